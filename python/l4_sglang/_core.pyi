@@ -1,0 +1,115 @@
+"""Rust core of l4_sglang (built by maturin from rust/src/py.rs).
+
+Call it through `l4_sglang.core`, which checks inputs and returns typed objects.
+"""
+
+__all__ = [
+    "CostModel",
+    "__version__",
+    "build_profile",
+    "diffuse_boundary",
+    "evaluate_layout",
+    "move_value",
+    "partition",
+    "pick_instance",
+    "pick_migration",
+    "predicted_work",
+]
+
+__version__: str
+build_profile: str
+"""'release' or 'debug': benchmarks refuse a debug build."""
+
+_Load = tuple[float, float, float, float, float, float]
+"""(running, kv_tokens, max_kv, queued_requests, queued_tokens, mean_remaining)"""
+
+class CostModel:
+    """Step-time model of one engine iteration; parameters from JSON."""
+
+    @staticmethod
+    def from_json(text: str) -> CostModel:
+        """Parse and check a calibration; ValueError names the bad field."""
+    def to_json(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    def without_heterogeneity(self) -> CostModel:
+        """The same model with the length-mix term switched off."""
+    def step_time(self, batch: list[tuple[int, int]]) -> float:
+        """Seconds of one step running (new_tokens, context) items."""
+    def prefill_time(self, prompt_tokens: float) -> float:
+        """Seconds to prefill a prompt alone, in chunks."""
+    def decode_step_time(self, requests: float, kv_tokens: float, max_kv: float) -> float:
+        """Seconds of one decode step of a batch summary."""
+    def decode_throughput(self, requests: float, mean_kv: float, max_kv: float) -> float:
+        """Decode tokens per second at this batch."""
+    def max_concurrency(self, mean_kv: float) -> float:
+        """Most requests of this mean KV one instance holds."""
+    def decode_operating_point(
+        self, rate: float, busy: float, mean_kv: float, max_kv: float
+    ) -> tuple[float, float] | None:
+        """(batch size, step seconds) delivering `rate` tokens/s while decoding `busy` of the time."""
+
+def partition(
+    model: CostModel,
+    edges: list[float],
+    arrival_rate: list[float],
+    prompt_tokens: list[float],
+    decode_rate: list[float],
+    decode_context: list[float],
+    growth_rate: list[float],
+    instances: int,
+    slo_ttft_s: float,
+    slo_tpot_s: float,
+    slo_penalty_s: float,
+    max_utilization: float,
+) -> dict:
+    """Exact DP over bins and instances; releases the GIL."""
+
+def evaluate_layout(
+    model: CostModel,
+    edges: list[float],
+    arrival_rate: list[float],
+    prompt_tokens: list[float],
+    decode_rate: list[float],
+    decode_context: list[float],
+    growth_rate: list[float],
+    cuts: list[int],
+    instances: list[int],
+    slo_ttft_s: float,
+    slo_tpot_s: float,
+    slo_penalty_s: float,
+    max_utilization: float,
+) -> dict:
+    """Price a given layout with the DP's stage cost."""
+
+def predicted_work(model: CostModel, load: _Load, horizon_steps: float) -> float:
+    """Seconds of work queued and running on one instance."""
+
+def pick_instance(model: CostModel, loads: list[_Load], candidates: int, horizon_steps: float, seed: int) -> int:
+    """Least predicted work among `candidates` instances sampled with `seed`."""
+
+def diffuse_boundary(
+    boundary: float,
+    lower_load: float,
+    upper_load: float,
+    min_tokens: float,
+    max_tokens: float,
+    rate: float,
+    deadband: float,
+) -> float:
+    """One diffusion step of the boundary between two neighbour stages."""
+
+def move_value(
+    model: CostModel, context: float, remaining: float, source: _Load, source_after: _Load, target: _Load
+) -> tuple[float, float]:
+    """(gain_s, cost_s) of moving one running request."""
+
+def pick_migration(
+    model: CostModel,
+    loads: list[_Load],
+    requests: list[list[tuple[int, float, float]]],
+    min_gap: float,
+    margin: float,
+    horizon_steps: float,
+) -> dict | None:
+    """The move from the busiest to the idlest instance that pays most, if any."""

@@ -1,0 +1,510 @@
+//! Step-time cost model of one engine iteration.
+//!
+//! A step runs a batch of items; each item is one request with `new_tokens`
+//! computed in this step (1 for a decode, the chunk size for a prefill chunk)
+//! and `context` tokens already in its KV cache before the step.
+//!
+//! ```text
+//! step = overhead
+//!      + max(linear_floor, per_token * sum(new_tokens))      linear layers (roofline)
+//!      + per_request * n_items                               sampling, bookkeeping
+//!      + decode_attention(decode items)                      new_tokens == 1
+//!      + prefill_pair * sum(new * context + new * (new + 1) / 2)   prefill items
+//!
+//! decode_attention = decode_kv * (S + het_alpha * max(0, het_width * L - S))
+//!   S = sum of KV tokens read (context + 1 per item), L = the longest of them.
+//! ```
+//!
+//! The decode term is a wave model of the attention kernel: the GPU works on
+//! about `het_width` requests' worth of KV at once, so a batch costs its total
+//! KV (S) unless one request is so long that its own KV, spread over the whole
+//! machine's width, takes longer (`het_width * L > S`). That is why one 128K
+//! request beside 63 short ones runs 8x slower than 64 requests of 4K holding
+//! the same KV. `het_alpha` = 0 switches the length-mix term off (a model that
+//! sees only the sum), which comparisons report beside the calibrated one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+
+/// Calibrated parameters of one (model, GPU, attention backend) triple.
+/// All times are seconds for the whole model (every layer), not per layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostModelParams {
+    pub name: String,
+    /// Fixed cost of every step: scheduling, kernel launches.
+    pub overhead_s: f64,
+    /// Linear layers cannot run faster than reading the weights once.
+    pub linear_floor_s: f64,
+    /// Linear-layer time per token computed in the step (compute bound).
+    pub linear_per_token_s: f64,
+    /// Per request in the batch: sampling, logits, metadata.
+    pub per_request_s: f64,
+    /// Decode attention per KV token read.
+    pub decode_kv_s: f64,
+    /// How many requests' worth of KV the attention kernel processes at once.
+    pub het_width: f64,
+    /// Weight of the length-mix (heterogeneity) term, 0 switches it off.
+    pub het_alpha: f64,
+    /// Prefill attention per (query token, key token) pair.
+    pub prefill_pair_s: f64,
+    /// KV cache capacity of one instance in tokens.
+    pub kv_capacity_tokens: f64,
+    /// Most requests one instance runs at once.
+    pub max_running_requests: f64,
+    /// Prefill chunk size in tokens (SGLang's --chunked-prefill-size).
+    pub chunked_prefill_size: f64,
+    /// Where the numbers come from (GPU, engine, kernel, date, method).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub provenance: serde_json::Value,
+    /// Raw calibration points, kept beside the fit they produced.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub measurements: serde_json::Value,
+}
+
+/// One item of a batch: tokens computed this step, tokens already cached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchItem {
+    pub new_tokens: u64,
+    pub context: u64,
+}
+
+/// Summary of the decode part of a batch, enough to price a step without
+/// listing its requests (the DP and the balancer work on such summaries).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DecodeSummary {
+    pub requests: f64,
+    /// Sum over requests of KV tokens read in the step.
+    pub kv_tokens: f64,
+    /// Longest KV read by one request.
+    pub max_kv: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostModel {
+    pub params: CostModelParams,
+}
+
+fn check_non_negative(field: &'static str, value: f64) -> Result<(), CoreError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(
+            field,
+            format!("must be a finite number >= 0, got {value}"),
+        ))
+    }
+}
+
+fn check_positive(field: &'static str, value: f64) -> Result<(), CoreError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(
+            field,
+            format!("must be a finite number > 0, got {value}"),
+        ))
+    }
+}
+
+impl CostModel {
+    pub fn new(params: CostModelParams) -> Result<Self, CoreError> {
+        let p = &params;
+        check_non_negative("overhead_s", p.overhead_s)?;
+        check_non_negative("linear_floor_s", p.linear_floor_s)?;
+        check_non_negative("linear_per_token_s", p.linear_per_token_s)?;
+        check_non_negative("per_request_s", p.per_request_s)?;
+        check_non_negative("decode_kv_s", p.decode_kv_s)?;
+        check_positive("het_width", p.het_width)?;
+        check_non_negative("het_alpha", p.het_alpha)?;
+        check_non_negative("prefill_pair_s", p.prefill_pair_s)?;
+        check_positive("kv_capacity_tokens", p.kv_capacity_tokens)?;
+        check_positive("max_running_requests", p.max_running_requests)?;
+        check_positive("chunked_prefill_size", p.chunked_prefill_size)?;
+        if p.overhead_s + p.linear_floor_s <= 0.0 {
+            return Err(CoreError::invalid(
+                "overhead_s",
+                "overhead_s + linear_floor_s must be > 0: a step cannot be free".to_string(),
+            ));
+        }
+        Ok(Self { params })
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, CoreError> {
+        let params: CostModelParams = serde_json::from_str(text)
+            .map_err(|e| CoreError::invalid("cost_model", e.to_string()))?;
+        Self::new(params)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.params).expect("plain struct serializes")
+    }
+
+    /// The same model with the length-mix term switched off.
+    pub fn without_heterogeneity(&self) -> Self {
+        let mut params = self.params.clone();
+        params.het_alpha = 0.0;
+        params.name = format!("{}-no-het", params.name);
+        Self { params }
+    }
+
+    fn linear_time(&self, tokens: f64, requests: f64) -> f64 {
+        let p = &self.params;
+        if requests <= 0.0 {
+            return 0.0;
+        }
+        p.overhead_s
+            + p.linear_floor_s.max(p.linear_per_token_s * tokens)
+            + p.per_request_s * requests
+    }
+
+    /// Decode attention time of a batch summary.
+    pub fn decode_attention_time(&self, d: &DecodeSummary) -> f64 {
+        let p = &self.params;
+        let excess = (p.het_width * d.max_kv - d.kv_tokens).max(0.0);
+        p.decode_kv_s * (d.kv_tokens + p.het_alpha * excess)
+    }
+
+    /// Prefill attention time of `new` query tokens over `context` cached ones.
+    pub fn prefill_attention_time(&self, new: f64, context: f64) -> f64 {
+        self.params.prefill_pair_s * (new * context + new * (new + 1.0) / 2.0)
+    }
+
+    /// Predicted duration of one step running exactly `batch`.
+    pub fn step_time(&self, batch: &[BatchItem]) -> f64 {
+        let mut tokens = 0.0;
+        let mut decode = DecodeSummary::default();
+        let mut prefill_attn = 0.0;
+        for item in batch {
+            let new = item.new_tokens as f64;
+            let ctx = item.context as f64;
+            tokens += new;
+            if item.new_tokens <= 1 {
+                let kv = ctx + new;
+                decode.requests += 1.0;
+                decode.kv_tokens += kv;
+                decode.max_kv = decode.max_kv.max(kv);
+            } else {
+                prefill_attn += self.prefill_attention_time(new, ctx);
+            }
+        }
+        self.linear_time(tokens, batch.len() as f64)
+            + self.decode_attention_time(&decode)
+            + prefill_attn
+    }
+
+    /// Step time of a pure decode batch given by its summary.
+    pub fn decode_step_time(&self, d: &DecodeSummary) -> f64 {
+        self.linear_time(d.requests, d.requests) + self.decode_attention_time(d)
+    }
+
+    /// Time to prefill a prompt of `prompt` tokens alone on an idle instance,
+    /// in chunks of `chunked_prefill_size` (each chunk is one step). A final
+    /// chunk of one token is priced like every one-token item: a decode read.
+    pub fn prefill_time(&self, prompt: f64) -> f64 {
+        let prompt = prompt.round();
+        if prompt <= 0.0 {
+            return 0.0;
+        }
+        let chunk = self.params.chunked_prefill_size.round().max(2.0);
+        let full_chunks = (prompt / chunk).floor();
+        let rest = prompt - full_chunks * chunk;
+        // Chunk c (0-based) computes `chunk` tokens over c * chunk cached ones;
+        // the sum of their attention pairs over c, in closed form.
+        let pairs_full = chunk * chunk * full_chunks * (full_chunks - 1.0) / 2.0
+            + full_chunks * chunk * (chunk + 1.0) / 2.0;
+        let mut time =
+            self.params.prefill_pair_s * pairs_full + full_chunks * self.linear_time(chunk, 1.0);
+        let done = full_chunks * chunk;
+        if rest == 1.0 {
+            let d = DecodeSummary {
+                requests: 1.0,
+                kv_tokens: done + 1.0,
+                max_kv: done + 1.0,
+            };
+            time += self.decode_step_time(&d);
+        } else if rest > 1.0 {
+            time += self.linear_time(rest, 1.0) + self.prefill_attention_time(rest, done);
+        }
+        time
+    }
+
+    /// Decode tokens per second of one instance running `requests` requests
+    /// whose KV reads average `mean_kv` and peak at `max_kv`.
+    pub fn decode_throughput(&self, requests: f64, mean_kv: f64, max_kv: f64) -> f64 {
+        if requests <= 0.0 {
+            return 0.0;
+        }
+        let d = DecodeSummary {
+            requests,
+            kv_tokens: requests * mean_kv,
+            max_kv: max_kv.max(mean_kv),
+        };
+        requests / self.decode_step_time(&d)
+    }
+
+    /// How many requests of mean KV `mean_kv` one instance can hold at once.
+    pub fn max_concurrency(&self, mean_kv: f64) -> f64 {
+        let p = &self.params;
+        let by_kv = (p.kv_capacity_tokens / mean_kv.max(1.0)).floor();
+        by_kv.min(p.max_running_requests).max(1.0)
+    }
+
+    /// Smallest concurrency `n` (real-valued) at which an instance decoding a
+    /// fraction `busy` of its time delivers `rate` tokens/s, and the decode
+    /// step time there. `None` when no `n` up to `max_concurrency` suffices.
+    pub fn decode_operating_point(
+        &self,
+        rate: f64,
+        busy: f64,
+        mean_kv: f64,
+        max_kv: f64,
+    ) -> Option<(f64, f64)> {
+        if rate <= 0.0 {
+            return Some((0.0, self.decode_curve(mean_kv, max_kv).step(0.0)));
+        }
+        if busy <= 0.0 {
+            return None;
+        }
+        self.decode_curve(mean_kv, max_kv).solve(rate / busy)
+    }
+
+    /// Decode step time as a function of batch size `n`, for requests of mean
+    /// KV `mean_kv` beside a longest one of `max_kv`.
+    pub fn decode_curve(&self, mean_kv: f64, max_kv: f64) -> DecodeCurve {
+        let p = &self.params;
+        let max_kv = max_kv.max(mean_kv);
+        let n_cap = self.max_concurrency(mean_kv);
+        let floor_cut = if p.linear_per_token_s > 0.0 {
+            p.linear_floor_s / p.linear_per_token_s
+        } else {
+            f64::INFINITY
+        };
+        let het_cut = if mean_kv > 0.0 {
+            p.het_width * max_kv / mean_kv
+        } else {
+            f64::INFINITY
+        };
+        let mut cuts = [0.0, floor_cut.min(n_cap), het_cut.min(n_cap), n_cap];
+        cuts.sort_by(|a, b| a.total_cmp(b));
+        let mut pieces = [Piece::default(); 3];
+        for (piece, w) in pieces.iter_mut().zip(cuts.windows(2)) {
+            let mid = (w[0] + w[1]) / 2.0;
+            let (below_floor, below_het) = (mid < floor_cut, mid < het_cut);
+            let mut a = p.overhead_s;
+            let mut b = p.per_request_s + p.decode_kv_s * mean_kv;
+            if below_floor {
+                a += p.linear_floor_s;
+            } else {
+                b += p.linear_per_token_s;
+            }
+            if below_het {
+                a += p.decode_kv_s * p.het_alpha * p.het_width * max_kv;
+                b -= p.decode_kv_s * p.het_alpha * mean_kv;
+            }
+            *piece = Piece {
+                lo: w[0],
+                hi: w[1],
+                a,
+                b,
+            };
+        }
+        DecodeCurve { pieces, n_cap }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Piece {
+    lo: f64,
+    hi: f64,
+    a: f64,
+    b: f64,
+}
+
+/// `step(n) = a + b n` on each of up to three pieces covering `[0, n_cap]`.
+/// Every piece has `a > 0`, so throughput `n / step(n)` rises with `n`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeCurve {
+    pieces: [Piece; 3],
+    n_cap: f64,
+}
+
+impl DecodeCurve {
+    pub fn n_cap(&self) -> f64 {
+        self.n_cap
+    }
+
+    pub fn step(&self, n: f64) -> f64 {
+        let n = n.clamp(0.0, self.n_cap);
+        let piece = self
+            .pieces
+            .iter()
+            .find(|p| n <= p.hi && p.hi > p.lo)
+            .unwrap_or(&self.pieces[2]);
+        piece.a + piece.b * n
+    }
+
+    /// Decode tokens per second at the largest batch.
+    pub fn max_throughput(&self) -> f64 {
+        self.n_cap / self.step(self.n_cap)
+    }
+
+    /// Smallest `n` in `[0, n_cap]` with `n = demand * step(n)`, and `step(n)`.
+    /// `n - demand * step(n)` is concave (step is convex) and negative at 0,
+    /// so the first piece holding a root holds the smallest one.
+    pub fn solve(&self, demand: f64) -> Option<(f64, f64)> {
+        if demand <= 0.0 {
+            return Some((0.0, self.step(0.0)));
+        }
+        for p in self.pieces.iter().filter(|p| p.hi > p.lo) {
+            let denom = 1.0 - demand * p.b;
+            if denom <= 0.0 {
+                continue;
+            }
+            let n = demand * p.a / denom;
+            if n >= p.lo && n <= p.hi {
+                return Some((n, p.a + p.b * n));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn h100() -> CostModel {
+        CostModel::from_json(include_str!(
+            "../../python/l4_sglang/data/costmodels/llama3-8b-h100-default.json"
+        ))
+        .unwrap()
+    }
+
+    fn decode_batch(contexts: &[u64]) -> Vec<BatchItem> {
+        contexts
+            .iter()
+            .map(|&c| BatchItem {
+                new_tokens: 1,
+                context: c,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn step_time_grows_with_context() {
+        let m = h100();
+        let mut last = 0.0;
+        for ctx in [0, 100, 1_000, 10_000, 100_000] {
+            let t = m.step_time(&decode_batch(&[ctx; 8]));
+            assert!(t > last, "ctx {ctx}: {t} <= {last}");
+            last = t;
+        }
+    }
+
+    #[test]
+    fn mixed_batch_costs_more_than_its_homogeneous_twin() {
+        let m = h100();
+        // One 128K request beside 63 short ones vs 64 of the same mean: same total KV.
+        let mut mixed = vec![2_048u64; 63];
+        mixed.push(131_072);
+        let total: u64 = mixed.iter().sum();
+        assert_eq!(total % 64, 0);
+        let homogeneous = vec![total / 64; 64];
+        let (t_mixed, t_hom) = (
+            m.step_time(&decode_batch(&mixed)),
+            m.step_time(&decode_batch(&homogeneous)),
+        );
+        assert!(
+            t_mixed > 1.5 * t_hom,
+            "mixed {t_mixed} vs homogeneous {t_hom}"
+        );
+        // Without the length-mix term the two cost the same.
+        let flat = m.without_heterogeneity();
+        let (a, b) = (
+            flat.step_time(&decode_batch(&mixed)),
+            flat.step_time(&decode_batch(&homogeneous)),
+        );
+        assert!((a - b).abs() < 1e-12 * a.max(1.0));
+    }
+
+    #[test]
+    fn prefill_time_matches_stepwise_sum() {
+        let m = h100();
+        let chunk = m.params.chunked_prefill_size as u64;
+        for prompt in [
+            1u64,
+            2,
+            100,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            3 * chunk + 17,
+            100_000,
+        ] {
+            let (mut done, mut sum) = (0, 0.0);
+            while done < prompt {
+                let new = chunk.min(prompt - done);
+                sum += m.step_time(&[BatchItem {
+                    new_tokens: new,
+                    context: done,
+                }]);
+                done += new;
+            }
+            let closed = m.prefill_time(prompt as f64);
+            assert!(
+                (closed - sum).abs() <= 1e-9 * sum,
+                "prompt {prompt}: {closed} vs {sum}"
+            );
+        }
+    }
+
+    #[test]
+    fn operating_point_solves_its_equation() {
+        let m = h100();
+        for (rate, busy, mean, max) in [
+            (100.0, 1.0, 2_000.0, 4_000.0),
+            (2_000.0, 0.7, 500.0, 1_000.0),
+            (50.0, 0.9, 60_000.0, 120_000.0),
+        ] {
+            let (n, step) = m
+                .decode_operating_point(rate, busy, mean, max)
+                .expect("feasible");
+            let expected = m.decode_step_time(&DecodeSummary {
+                requests: n,
+                kv_tokens: n * mean,
+                max_kv: max,
+            });
+            assert!((step - expected).abs() <= 1e-9 * expected);
+            assert!(
+                (n - rate / busy * step).abs() <= 1e-6 * n.max(1.0),
+                "n {n} step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn operating_point_refuses_overload() {
+        let m = h100();
+        // More long-context tokens per second than any concurrency can deliver.
+        assert!(m
+            .decode_operating_point(1e6, 1.0, 100_000.0, 120_000.0)
+            .is_none());
+        assert!(m
+            .decode_operating_point(10.0, 0.0, 1_000.0, 1_000.0)
+            .is_none());
+    }
+
+    #[test]
+    fn bad_parameters_name_their_field() {
+        let mut p = h100().params;
+        p.decode_kv_s = f64::NAN;
+        let err = CostModel::new(p).unwrap_err().to_string();
+        assert!(err.contains("decode_kv_s"), "{err}");
+        let err = CostModel::from_json("{\"name\": 3}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cost_model"), "{err}");
+    }
+}
