@@ -85,7 +85,9 @@ def evaluate_layout(
 def predicted_work(model: CostModel, load: _Load, horizon_steps: float) -> float:
     """Seconds of work queued and running on one instance."""
 
-def pick_instance(model: CostModel, loads: list[_Load], candidates: int, horizon_steps: float, seed: int) -> int:
+def pick_instance(
+    model: CostModel, loads: list[_Load], candidates: int, horizon_steps: float, seed: int
+) -> int:
     """Least predicted work among `candidates` instances sampled with `seed`."""
 
 def diffuse_boundary(
