@@ -45,7 +45,7 @@ pub struct CostModelParams {
     pub decode_kv_s: f64,
     /// How many requests' worth of KV the attention kernel processes at once.
     pub het_width: f64,
-    /// Weight of the length-mix (heterogeneity) term, 0 switches it off.
+    /// Weight of the length-mix (heterogeneity) term in [0, 1], 0 switches it off.
     pub het_alpha: f64,
     /// Prefill attention per (query token, key token) pair.
     pub prefill_pair_s: f64,
@@ -117,7 +117,14 @@ impl CostModel {
         check_non_negative("per_request_s", p.per_request_s)?;
         check_non_negative("decode_kv_s", p.decode_kv_s)?;
         check_positive("het_width", p.het_width)?;
-        check_non_negative("het_alpha", p.het_alpha)?;
+        // Above 1 the step time would fall as a batch grows, which no kernel does
+        // (and the DP's pruning relies on more instances never costing more).
+        if !(p.het_alpha.is_finite() && (0.0..=1.0).contains(&p.het_alpha)) {
+            return Err(CoreError::invalid(
+                "het_alpha",
+                format!("must be in [0, 1], got {}", p.het_alpha),
+            ));
+        }
         check_non_negative("prefill_pair_s", p.prefill_pair_s)?;
         check_positive("kv_capacity_tokens", p.kv_capacity_tokens)?;
         check_positive("max_running_requests", p.max_running_requests)?;

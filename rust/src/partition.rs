@@ -23,7 +23,10 @@
 //! u_p  = P / m                     share of time spent in prefill steps
 //! n    = the smallest batch with n = (D/m) / (1 - u_p) * step(n)   (cost model)
 //! tpot = step(n) / (1 - u_p)       decode steps stretched by prefill steps
-//! wait = rho / (1 - rho) * S / 2,  S = P / (lam + mig)   (M/D/1 queue)
+//! wait = rho^(sqrt(2(m+1)) - 1) / (m (1 - rho)) * E[S^2] / (2 E[S])
+//!                                  M/G/m queue (Sakasegawa; exact M/G/1 at m = 1)
+//!                                  over the stage's prefill times: E[S^2] / E[S] =
+//!                                  (sum arrival_rate * prefill^2 + mig * prefill(edges[j])^2) / P
 //! ttft_b = wait + prefill(prompt_tokens[b])
 //! latency    = sum arrival_rate * ttft_b + mig * (wait + prefill(edges[j])) + D * tpot
 //! violations = sum over b with ttft_b > slo_ttft of arrival_rate[b]
@@ -44,9 +47,21 @@
 //! layout keeps every stage under `max_utilization`), a second DP with
 //! `cost = max(0, W - m * max_utilization)` finds the layout with the least
 //! excess work, reported with `feasible = false`.
-//! Cost is O(B^2 N^2) in the worst case; stages below their minimum instance
-//! count (`W / m >= max_utilization`) are skipped, which prunes most of it
-//! under load.
+//! Cost is O(B^2 N^2) in the worst case. Exact pruning: a stage needs at
+//! least `m_min = floor(W / max_utilization) + 1` instances, so a stage
+//! `[j, i)` gets at most `N - fewest(0..j) - fewest(i..B)` of them, where
+//! `fewest` is the least total `m_min` over layouts of the bins on each side.
+//! Every stage shape is computed once, and the TTFT-violation cut is swept
+//! with a pointer as `m` grows (the wait only falls with `m`).
+//!
+//! Branch and bound, also exact: a stage's cost never rises with more
+//! instances, so `floor(j, i)` = its cost on the most instances it could get
+//! is a lower bound, and the cheapest chain of floors over `[0, j)` and over
+//! `[i, B)` bound what the rest of any layout through `[j, i)` costs. The DP
+//! first runs on a coarse grid (every `COARSE_STEP`-th edge); its layout is a
+//! layout of the fine grid too, so its cost `U` bounds the optimum, and a
+//! stage whose bound exceeds `U` (with a relative tolerance of 1e-9 for
+//! rounding) cannot be in any optimal layout and is skipped.
 
 use crate::cost_model::{CostModel, DecodeCurve};
 use crate::error::CoreError;
@@ -228,6 +243,18 @@ impl QoeConfig {
     }
 }
 
+/// Coarse grid step of the first, bounding DP pass.
+const COARSE_STEP: usize = 4;
+
+/// Restrictions of one DP pass: where cuts may fall, and the bounds that
+/// skip stages (empty `pre` means no skipping).
+struct Bound<'b> {
+    cut_allowed: &'b [bool],
+    pre: &'b [f64],
+    suf: &'b [f64],
+    upper: f64,
+}
+
 /// Everything about a stage `[j, i)` that does not depend on its instance count.
 struct StageShape {
     lam: f64,
@@ -236,23 +263,38 @@ struct StageShape {
     prefill_work: f64,
     mig_prefill: f64,
     decode_rate: f64,
+    /// W: instance-seconds of work per second.
     work: f64,
+    /// E[S^2] / (2 E[S]) of the stage's prefill times (the M/G/m residual).
+    residual: f64,
     curve: Option<DecodeCurve>,
 }
 
-/// Prefix sums over bins, so a stage's totals cost O(1).
+impl StageShape {
+    fn is_empty(&self) -> bool {
+        self.lam + self.mig <= 0.0 && self.decode_rate <= 0.0
+    }
+
+    /// Fewest instances that keep the stage under `max_utilization`.
+    fn min_instances(&self, max_utilization: f64) -> usize {
+        if self.is_empty() {
+            1
+        } else {
+            ((self.work / max_utilization).floor() as usize + 1).max(1)
+        }
+    }
+}
+
+/// Prefix sums over bins and every stage shape, so pricing a stage is O(1).
 struct Prepared<'a> {
     w: &'a Workload,
-    model: &'a CostModel,
     qoe: QoeConfig,
     /// prefill(prompt_tokens[b]), running max over b (equal to the value on occupied bins).
     prefill_mono: Vec<f64>,
     cum_lam: Vec<f64>,
-    cum_lam_prefill: Vec<f64>,
     cum_decode: Vec<f64>,
-    cum_decode_ctx: Vec<f64>,
-    /// Highest bin < b with decode_rate > 0, plus one (0 if none).
-    top_decode: Vec<usize>,
+    /// shapes[j * (B + 1) + i] for j < i.
+    shapes: Vec<StageShape>,
 }
 
 fn prefix(values: impl Iterator<Item = f64>) -> Vec<f64> {
@@ -269,7 +311,6 @@ fn prefix(values: impl Iterator<Item = f64>) -> Vec<f64> {
 struct StageCost {
     cost: f64,
     feasible: bool,
-    excess: f64,
     utilization: f64,
     prefill_utilization: f64,
     wait: f64,
@@ -277,10 +318,21 @@ struct StageCost {
     latency: f64,
     violations: f64,
     ttft_ok: f64,
+    /// First bin of the stage whose TTFT misses the SLO (`i` if none).
+    first_late: usize,
+}
+
+/// M/G/m wait (Sakasegawa's approximation), `residual` = E[S^2] / (2 E[S]).
+fn queue_wait(rho: f64, m: f64, residual: f64) -> f64 {
+    if rho <= 0.0 {
+        return 0.0;
+    }
+    let exponent = (2.0 * (m + 1.0)).sqrt() - 1.0;
+    rho.powf(exponent) / (m * (1.0 - rho)) * residual
 }
 
 impl<'a> Prepared<'a> {
-    fn new(model: &'a CostModel, w: &'a Workload, qoe: QoeConfig) -> Self {
+    fn new(model: &CostModel, w: &'a Workload, qoe: QoeConfig) -> Self {
         let n = w.bins();
         let mut prefill_mono = Vec::with_capacity(n);
         let mut running: f64 = 0.0;
@@ -292,67 +344,98 @@ impl<'a> Prepared<'a> {
         }
         let cum_lam = prefix(w.arrival_rate.iter().copied());
         let cum_lam_prefill = prefix((0..n).map(|b| w.arrival_rate[b] * prefill_mono[b]));
+        let cum_lam_prefill_sq =
+            prefix((0..n).map(|b| w.arrival_rate[b] * prefill_mono[b] * prefill_mono[b]));
         let cum_decode = prefix(w.decode_rate.iter().copied());
         let cum_decode_ctx = prefix((0..n).map(|b| w.decode_rate[b] * w.decode_context[b]));
-        let mut top_decode = vec![0usize; n + 1];
-        for b in 0..n {
-            top_decode[b + 1] = if w.decode_rate[b] > 0.0 {
-                b + 1
+        let edge_prefill: Vec<f64> = (0..n)
+            .map(|j| {
+                if j > 0 && w.growth_rate[j] > 0.0 {
+                    model.prefill_time(w.edges[j])
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut shapes = Vec::with_capacity((n + 1) * (n + 1));
+        for j in 0..=n {
+            let mig = if j > 0 && j < n {
+                w.growth_rate[j]
             } else {
-                top_decode[b]
+                0.0
             };
+            let mig_prefill = if j < n { edge_prefill[j] } else { 0.0 };
+            // Highest bin with decode traffic seen so far in [j, i).
+            let mut top: Option<usize> = None;
+            for i in 0..=n {
+                if i > j && w.decode_rate[i - 1] > 0.0 {
+                    top = Some(i - 1);
+                }
+                if i <= j {
+                    shapes.push(StageShape {
+                        lam: 0.0,
+                        mig: 0.0,
+                        prefill_arrivals: 0.0,
+                        prefill_work: 0.0,
+                        mig_prefill: 0.0,
+                        decode_rate: 0.0,
+                        work: 0.0,
+                        residual: 0.0,
+                        curve: None,
+                    });
+                    continue;
+                }
+                let lam = cum_lam[i] - cum_lam[j];
+                let prefill_arrivals = cum_lam_prefill[i] - cum_lam_prefill[j];
+                let prefill_work = prefill_arrivals + mig * mig_prefill;
+                let second_moment =
+                    cum_lam_prefill_sq[i] - cum_lam_prefill_sq[j] + mig * mig_prefill * mig_prefill;
+                let residual = if prefill_work > 0.0 {
+                    second_moment / (2.0 * prefill_work)
+                } else {
+                    0.0
+                };
+                let decode_rate = cum_decode[i] - cum_decode[j];
+                let (mut work, mut curve) = (prefill_work, None);
+                if decode_rate > 0.0 {
+                    let mean_kv = (cum_decode_ctx[i] - cum_decode_ctx[j]) / decode_rate;
+                    let max_kv = top.map_or(mean_kv, |h| w.edges[h + 1]);
+                    let c = model.decode_curve(mean_kv, max_kv);
+                    work += decode_rate / c.max_throughput();
+                    curve = Some(c);
+                }
+                shapes.push(StageShape {
+                    lam,
+                    mig,
+                    prefill_arrivals,
+                    prefill_work,
+                    mig_prefill,
+                    decode_rate,
+                    work,
+                    residual,
+                    curve,
+                });
+            }
         }
         Prepared {
             w,
-            model,
             qoe,
             prefill_mono,
             cum_lam,
-            cum_lam_prefill,
             cum_decode,
-            cum_decode_ctx,
-            top_decode,
+            shapes,
         }
     }
 
-    fn shape(&self, j: usize, i: usize) -> StageShape {
-        let w = self.w;
-        let lam = self.cum_lam[i] - self.cum_lam[j];
-        let mig = if j > 0 { w.growth_rate[j] } else { 0.0 };
-        let mig_prefill = if mig > 0.0 {
-            self.model.prefill_time(w.edges[j])
-        } else {
-            0.0
-        };
-        let prefill_arrivals = self.cum_lam_prefill[i] - self.cum_lam_prefill[j];
-        let prefill_work = prefill_arrivals + mig * mig_prefill;
-        let decode_rate = self.cum_decode[i] - self.cum_decode[j];
-        let (mut work, mut curve) = (prefill_work, None);
-        if decode_rate > 0.0 {
-            let mean_kv = (self.cum_decode_ctx[i] - self.cum_decode_ctx[j]) / decode_rate;
-            let top = self.top_decode[i];
-            let max_kv = if top > j { w.edges[top] } else { mean_kv };
-            let c = self.model.decode_curve(mean_kv, max_kv);
-            work += decode_rate / c.max_throughput();
-            curve = Some(c);
-        }
-        StageShape {
-            lam,
-            mig,
-            prefill_arrivals,
-            prefill_work,
-            mig_prefill,
-            decode_rate,
-            work,
-            curve,
-        }
+    fn shape(&self, j: usize, i: usize) -> &StageShape {
+        &self.shapes[j * (self.w.bins() + 1) + i]
     }
 
-    /// Arrival rate of bins in `[j, i)` whose TTFT exceeds the SLO at this wait.
-    fn ttft_violations(&self, j: usize, i: usize, wait: f64) -> f64 {
-        // prefill_mono is non-decreasing, so the violating bins are a suffix.
+    /// First bin in `[from, i)` whose TTFT exceeds the SLO at this wait
+    /// (`prefill_mono` is non-decreasing, so the late bins are a suffix).
+    fn first_late_bin(&self, from: usize, i: usize, wait: f64) -> usize {
         let slo = self.qoe.slo_ttft_s;
-        let (mut lo, mut hi) = (j, i);
+        let (mut lo, mut hi) = (from, i);
         while lo < hi {
             let mid = (lo + hi) / 2;
             if wait + self.prefill_mono[mid] > slo {
@@ -361,10 +444,13 @@ impl<'a> Prepared<'a> {
                 lo = mid + 1;
             }
         }
-        self.cum_lam[i] - self.cum_lam[lo]
+        lo
     }
 
-    fn price(&self, s: &StageShape, j: usize, i: usize, m: usize) -> StageCost {
+    /// Price stage `[j, i)` on `m` instances; the first late bin is known to
+    /// lie in `[late.0, late.1]` (pointers the DP sweeps as `m` moves).
+    fn price(&self, j: usize, i: usize, m: usize, late: (usize, usize)) -> StageCost {
+        let s = self.shape(j, i);
         let q = &self.qoe;
         let mf = m as f64;
         let utilization = s.work / mf;
@@ -372,7 +458,6 @@ impl<'a> Prepared<'a> {
         let mut out = StageCost {
             cost: 0.0,
             feasible: true,
-            excess: 0.0,
             utilization,
             prefill_utilization,
             wait: 0.0,
@@ -380,50 +465,51 @@ impl<'a> Prepared<'a> {
             latency: 0.0,
             violations: 0.0,
             ttft_ok: 0.0,
+            first_late: i,
         };
-        let entering = s.lam + s.mig;
-        if entering <= 0.0 && s.decode_rate <= 0.0 {
+        if s.is_empty() {
             return out;
         }
-        let infeasible = |mut out: StageCost| {
+        if utilization >= q.max_utilization {
             out.feasible = false;
             out.cost = f64::INFINITY;
-            out.excess = (s.work - mf * q.max_utilization).max(0.0);
-            out
-        };
-        if utilization >= q.max_utilization {
-            return infeasible(out);
+            return out;
         }
         let busy = 1.0 - prefill_utilization;
         if let Some(curve) = &s.curve {
             match curve.solve(s.decode_rate / mf / busy) {
                 Some((_, step)) => out.tpot = step / busy,
-                None => return infeasible(out),
+                None => {
+                    out.feasible = false;
+                    out.cost = f64::INFINITY;
+                    return out;
+                }
             }
         }
-        let service = if entering > 0.0 {
-            s.prefill_work / entering
-        } else {
-            0.0
-        };
-        out.wait = utilization / (1.0 - utilization) * service / 2.0;
+        out.wait = queue_wait(utilization, mf, s.residual);
         out.latency = s.lam * out.wait
             + s.prefill_arrivals
             + s.mig * (out.wait + s.mig_prefill)
             + s.decode_rate * out.tpot;
-        let late = self.ttft_violations(j, i, out.wait);
+        let first_late = self.first_late_bin(late.0.max(j), late.1.min(i), out.wait);
+        out.first_late = first_late;
+        let late = self.cum_lam[i] - self.cum_lam[first_late];
         out.ttft_ok = s.lam - late;
         out.violations = late;
         if s.decode_rate > 0.0 && out.tpot > q.slo_tpot_s {
-            out.violations += entering;
+            out.violations += s.lam + s.mig;
         }
         out.cost = out.latency + q.slo_penalty_s * out.violations;
         out
     }
 
+    fn excess(&self, j: usize, i: usize, m: usize) -> f64 {
+        (self.shape(j, i).work - m as f64 * self.qoe.max_utilization).max(0.0)
+    }
+
     fn report(&self, j: usize, i: usize, m: usize) -> StageReport {
         let s = self.shape(j, i);
-        let c = self.price(&s, j, i, m);
+        let c = self.price(j, i, m, (j, i));
         StageReport {
             first_bin: j,
             end_bin: i,
@@ -461,13 +547,7 @@ impl<'a> Prepared<'a> {
             .filter(|s| s.feasible && s.tpot_s <= self.qoe.slo_tpot_s)
             .map(|s| s.decode_rate)
             .sum::<f64>();
-        let excess = cuts
-            .iter()
-            .map(|&(j, i, m)| {
-                let s = self.shape(j, i);
-                (s.work - m as f64 * self.qoe.max_utilization).max(0.0)
-            })
-            .sum();
+        let excess = cuts.iter().map(|&(j, i, m)| self.excess(j, i, m)).sum();
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 1.0 };
         Partition {
             total_cost: if feasible {
@@ -496,74 +576,287 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// The DP over bins and instances; `excess_mode` minimises overload instead of QoE.
-    fn solve(&self, instances: usize, excess_mode: bool) -> Option<Vec<(usize, usize, usize)>> {
+    /// Least total `m_min` over layouts of `[0, j)` (forward) and of `[i, B)`
+    /// (backward): exact lower bounds on the instances either side needs.
+    fn fewest_instances(&self, excess_mode: bool) -> (Vec<usize>, Vec<usize>) {
+        let bins = self.w.bins();
+        let need = |j: usize, i: usize| {
+            if excess_mode {
+                1
+            } else {
+                self.shape(j, i).min_instances(self.qoe.max_utilization)
+            }
+        };
+        let mut before = vec![usize::MAX; bins + 1];
+        before[0] = 0;
+        for i in 1..=bins {
+            before[i] = (0..i)
+                .map(|j| before[j].saturating_add(need(j, i)))
+                .min()
+                .unwrap_or(usize::MAX);
+        }
+        let mut after = vec![usize::MAX; bins + 1];
+        after[bins] = 0;
+        for j in (0..bins).rev() {
+            after[j] = (j + 1..=bins)
+                .map(|i| after[i].saturating_add(need(j, i)))
+                .min()
+                .unwrap_or(usize::MAX);
+        }
+        (before, after)
+    }
+
+    /// Costs of stage `[j, i)` for the instance counts that can still be part
+    /// of a layout cheaper than `b.upper`; returns their range `(first, top)`.
+    ///
+    /// A layout using this stage on `m` instances costs at least
+    /// `prior_min[k_max - m] + cost(m) + suf[i]` (`k_max = n - after[i]`).
+    /// `cost(m)` never rises with `m` and `prior_min[k_max - m]` never falls,
+    /// so: the floor `cost(m_hi)` trims the top of the range unpriced, and
+    /// pricing downwards stops once `prior_min[k_max - m_lo] + cost(m)` fails.
+    #[allow(clippy::too_many_arguments)]
+    fn bounded_costs(
+        &self,
+        j: usize,
+        i: usize,
+        m_lo: usize,
+        m_hi: usize,
+        k_max: usize,
+        prior_min: &[f64],
+        b: &Bound,
+        stage_costs: &mut [f64],
+    ) -> Option<(usize, usize)> {
+        let suf = b.suf[i];
+        let floor = self.price(j, i, m_hi, (j, i));
+        if !floor.feasible || b.pre[j] + floor.cost + suf > b.upper {
+            return None;
+        }
+        let mut top = m_hi;
+        while prior_min[k_max - top] + floor.cost + suf > b.upper {
+            if top == m_lo {
+                return None;
+            }
+            top -= 1;
+        }
+        let best_prior = prior_min[k_max - m_lo];
+        let mut late_to = i;
+        let mut first = top + 1;
+        for m in (m_lo..=top).rev() {
+            let (c, first_late) = if m == m_hi {
+                (floor.cost, floor.first_late)
+            } else {
+                let priced = self.price(j, i, m, (j, late_to));
+                (priced.cost, priced.first_late)
+            };
+            if !c.is_finite() || best_prior + c + suf > b.upper {
+                break;
+            }
+            // The wait only grows as m falls, so the late cut only moves left.
+            late_to = first_late;
+            stage_costs[m] = if prior_min[k_max - m] + c + suf > b.upper {
+                f64::INFINITY
+            } else {
+                c
+            };
+            first = m;
+        }
+        (first <= top).then_some((first, top))
+    }
+
+    /// Cheapest chain of stage floors over `[0, j)` and over `[i, B)`.
+    fn floor_bounds(&self, n: usize, before: &[usize], after: &[usize]) -> (Vec<f64>, Vec<f64>) {
+        let bins = self.w.bins();
+        let floor = |j: usize, i: usize| match n.checked_sub(before[j].saturating_add(after[i])) {
+            Some(m) if m >= 1 => self.price(j, i, m, (j, i)).cost,
+            _ => f64::INFINITY,
+        };
+        let mut floors = vec![f64::INFINITY; (bins + 1) * (bins + 1)];
+        for j in 0..bins {
+            for i in j + 1..=bins {
+                floors[j * (bins + 1) + i] = floor(j, i);
+            }
+        }
+        let mut pre = vec![f64::INFINITY; bins + 1];
+        pre[0] = 0.0;
+        for i in 1..=bins {
+            pre[i] = (0..i)
+                .map(|j| pre[j] + floors[j * (bins + 1) + i])
+                .fold(f64::INFINITY, f64::min);
+        }
+        let mut suf = vec![f64::INFINITY; bins + 1];
+        suf[bins] = 0.0;
+        for j in (0..bins).rev() {
+            suf[j] = (j + 1..=bins)
+                .map(|i| suf[i] + floors[j * (bins + 1) + i])
+                .fold(f64::INFINITY, f64::min);
+        }
+        (pre, suf)
+    }
+
+    /// Total cost of a layout found by `solve`.
+    fn layout_cost(&self, cuts: &[(usize, usize, usize)]) -> f64 {
+        cuts.iter()
+            .map(|&(j, i, m)| self.price(j, i, m, (j, i)).cost)
+            .sum()
+    }
+
+    /// The exact DP with branch and bound (see the module doc).
+    fn solve_pruned(&self, instances: usize) -> Option<Vec<(usize, usize, usize)>> {
+        let bins = self.w.bins();
+        if bins <= 2 * COARSE_STEP {
+            return self.solve(instances, false, None);
+        }
+        let coarse: Vec<bool> = (0..=bins)
+            .map(|b| b % COARSE_STEP == 0 || b == bins)
+            .collect();
+        let upper = self
+            .solve(
+                instances,
+                false,
+                Some(Bound {
+                    cut_allowed: &coarse,
+                    pre: &[],
+                    suf: &[],
+                    upper: 0.0,
+                }),
+            )
+            .map_or(f64::INFINITY, |cuts| self.layout_cost(&cuts));
+        if !upper.is_finite() {
+            return self.solve(instances, false, None);
+        }
+        let (before, after) = self.fewest_instances(false);
+        let (pre, suf) = self.floor_bounds(instances, &before, &after);
+        let all = vec![true; bins + 1];
+        let bound = Bound {
+            cut_allowed: &all,
+            pre: &pre,
+            suf: &suf,
+            upper: upper * (1.0 + 1e-9) + 1e-12,
+        };
+        self.solve(instances, false, Some(bound))
+    }
+
+    /// The DP over bins and instances; `excess_mode` minimises overload instead
+    /// of QoE; `bound` restricts cut points and skips stages that cannot beat it.
+    fn solve(
+        &self,
+        instances: usize,
+        excess_mode: bool,
+        bound: Option<Bound>,
+    ) -> Option<Vec<(usize, usize, usize)>> {
         let bins = self.w.bins();
         let n = instances;
         let width = n + 1;
+        let (before, after) = self.fewest_instances(excess_mode);
+        if before[bins] > n {
+            return None;
+        }
         let mut f = vec![f64::INFINITY; (bins + 1) * width];
         let mut choice = vec![(0usize, 0usize); (bins + 1) * width];
         f[0] = 0.0;
-        // Fewest instances any layout of bins [0, j) needs (0 for j = 0).
-        let mut fewest = vec![usize::MAX; bins + 1];
-        fewest[0] = 0;
         let mut stage_costs = vec![f64::INFINITY; width];
         let mut reversed = vec![f64::INFINITY; width];
+        // prior_min[j][t] = min over k <= t of f[j][k]: a valid lower bound on
+        // any f[j][k <= t] even where pruning left f[j] overestimated.
+        let mut prior_min = vec![f64::INFINITY; (bins + 1) * width];
         for i in 1..=bins {
+            let done = i - 1;
+            let mut running = f64::INFINITY;
+            for t in 0..width {
+                running = running.min(f[done * width + t]);
+                prior_min[done * width + t] = running;
+            }
+            if after[i] > n || bound.as_ref().is_some_and(|b| !b.cut_allowed[i]) {
+                continue;
+            }
             for j in 0..i {
-                if fewest[j] == usize::MAX || fewest[j] >= n {
-                    continue;
+                if let Some(b) = &bound {
+                    if !b.cut_allowed[j]
+                        || f[j * width..(j + 1) * width].iter().all(|x| !x.is_finite())
+                    {
+                        continue;
+                    }
                 }
-                let shape = self.shape(j, i);
-                // Smallest m with work / m < max_utilization (or 1 in excess mode).
+                // Instances left for this stage once both sides have their fewest.
+                let Some(m_hi) = n.checked_sub(before[j].saturating_add(after[i])) else {
+                    continue;
+                };
                 let m_lo = if excess_mode {
                     1
                 } else {
-                    let need = (shape.work / self.qoe.max_utilization).floor() as usize + 1;
-                    need.max(1)
+                    self.shape(j, i).min_instances(self.qoe.max_utilization)
                 };
-                let m_hi = n - fewest[j];
                 if m_lo > m_hi {
                     continue;
                 }
-                let mut cheapest_m = usize::MAX;
-                for (m, slot) in stage_costs.iter_mut().enumerate().skip(1) {
-                    *slot = if m < m_lo || m > m_hi {
-                        f64::INFINITY
-                    } else {
-                        let c = self.price(&shape, j, i, m);
-                        let v = if excess_mode { c.excess } else { c.cost };
-                        if v.is_finite() && cheapest_m == usize::MAX {
-                            cheapest_m = m;
+                let (first, top) = match bound.as_ref().filter(|b| !b.pre.is_empty()) {
+                    Some(b) => {
+                        let prior_min = &prior_min[j * width..(j + 1) * width];
+                        match self.bounded_costs(
+                            j,
+                            i,
+                            m_lo,
+                            m_hi,
+                            n - after[i],
+                            prior_min,
+                            b,
+                            &mut stage_costs,
+                        ) {
+                            Some(range) => range,
+                            None => continue,
                         }
-                        v
-                    };
-                }
-                if cheapest_m == usize::MAX {
-                    continue;
-                }
-                fewest[i] = fewest[i].min(fewest[j] + cheapest_m);
+                    }
+                    None => {
+                        let mut first = usize::MAX;
+                        let mut late_from = j;
+                        for m in m_lo..=m_hi {
+                            let v = if excess_mode {
+                                self.excess(j, i, m)
+                            } else {
+                                let c = self.price(j, i, m, (late_from, i));
+                                if c.feasible {
+                                    late_from = c.first_late;
+                                }
+                                c.cost
+                            };
+                            stage_costs[m] = v;
+                            if v.is_finite() && first == usize::MAX {
+                                first = m;
+                            }
+                        }
+                        if first == usize::MAX {
+                            continue;
+                        }
+                        (first, m_hi)
+                    }
+                };
                 // reversed[t] = f[j][n - t]: f[j][k - m] sits at reversed[n - k + m],
                 // so the scan over m reads both arrays forwards.
-                let row = &f[j * width..(j + 1) * width];
                 for t in 0..width {
-                    reversed[t] = row[n - t];
+                    reversed[t] = f[j * width + n - t];
                 }
-                for k in (fewest[j] + cheapest_m)..=n {
+                for k in (before[j] + first)..=(n - after[i]) {
                     let base = n - k;
-                    let ms = cheapest_m..=(k - fewest[j]).min(m_hi);
-                    let best = ms
-                        .clone()
-                        .map(|m| reversed[base + m] + stage_costs[m])
+                    let top = (k - before[j]).min(top);
+                    if top < first {
+                        continue;
+                    }
+                    let costs = &stage_costs[first..=top];
+                    let prior = &reversed[base + first..=base + top];
+                    let best = prior
+                        .iter()
+                        .zip(costs)
+                        .map(|(a, b)| a + b)
                         .fold(f64::INFINITY, f64::min);
                     let slot = i * width + k;
                     if best < f[slot] {
-                        let m = ms
-                            .clone()
-                            .find(|&m| reversed[base + m] + stage_costs[m] == best)
-                            .unwrap_or(cheapest_m);
+                        let offset = prior
+                            .iter()
+                            .zip(costs)
+                            .position(|(a, b)| a + b == best)
+                            .unwrap_or(0);
                         f[slot] = best;
-                        choice[slot] = (j, m);
+                        choice[slot] = (j, first + offset);
                     }
                 }
             }
@@ -597,10 +890,10 @@ pub fn partition(
         return Err(CoreError::invalid("instances", "must be >= 1"));
     }
     let prepared = Prepared::new(model, workload, qoe);
-    let cuts = match prepared.solve(instances, false) {
+    let cuts = match prepared.solve_pruned(instances) {
         Some(cuts) => cuts,
         None => prepared
-            .solve(instances, true)
+            .solve(instances, true, None)
             .expect("one stage on every instance is always a layout"),
     };
     Ok(prepared.summarize(&cuts))
@@ -739,6 +1032,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Deterministic pseudo-random workload over `bins` log-spaced bins.
+    fn scattered(bins: usize, seed: u64, scale: f64) -> Workload {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let mut unit = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let mut edges = vec![0.0];
+        edges.extend(
+            (0..bins).map(|b| 16.0 * (131_072.0f64 / 16.0).powf(b as f64 / (bins - 1) as f64)),
+        );
+        let mut w = Workload {
+            edges: edges.clone(),
+            ..Default::default()
+        };
+        for b in 0..bins {
+            let occupied = unit() < 0.8;
+            let rate = if occupied {
+                scale * unit() * 4.0 / (1.0 + b as f64 / 8.0)
+            } else {
+                0.0
+            };
+            w.arrival_rate.push(rate);
+            w.prompt_tokens.push(if occupied {
+                edges[b] + unit() * (edges[b + 1] - edges[b])
+            } else {
+                0.0
+            });
+            w.decode_rate.push(rate * 300.0 * unit());
+            w.decode_context
+                .push(edges[b] + unit() * (edges[b + 1] - edges[b]));
+            w.growth_rate
+                .push(if b > 0 { rate * unit() * 0.2 } else { 0.0 });
+        }
+        w
+    }
+
+    #[test]
+    fn branch_and_bound_keeps_the_optimum() {
+        let m = model();
+        let mut pruned_paths = 0;
+        for seed in 0..24 {
+            for (bins, n, scale) in [(24, 6, 0.3), (32, 12, 1.0), (40, 16, 3.0), (48, 9, 0.05)] {
+                let w = scattered(bins, seed, scale);
+                let q = QoeConfig::default();
+                let p = Prepared::new(&m, &w, q);
+                let plain = p.solve(n, false, None).map(|c| p.layout_cost(&c));
+                let pruned = p.solve_pruned(n).map(|c| p.layout_cost(&c));
+                match (plain, pruned) {
+                    (Some(a), Some(b)) => {
+                        pruned_paths += 1;
+                        assert!(
+                            (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                            "seed {seed} bins {bins}: {a} vs {b}"
+                        );
+                    }
+                    (None, None) => {}
+                    other => panic!("seed {seed} bins {bins}: feasibility differs {other:?}"),
+                }
+            }
+        }
+        assert!(
+            pruned_paths > 40,
+            "only {pruned_paths} feasible cases exercised the bound"
+        );
     }
 
     #[test]
