@@ -738,6 +738,8 @@ impl<'a> Prepared<'a> {
 
     /// The DP over bins and instances; `excess_mode` minimises overload instead
     /// of QoE; `bound` restricts cut points and skips stages that cannot beat it.
+    // Bins and instance counts index several tables at once; plain ranges read clearer.
+    #[allow(clippy::needless_range_loop)]
     fn solve(
         &self,
         instances: usize,
