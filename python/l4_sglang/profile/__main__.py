@@ -1,0 +1,38 @@
+"""`python -m l4_sglang.profile {job,fit}`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m l4_sglang.profile", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    job = sub.add_parser("job", help="time kernels and a real SGLang server on this GPU host")
+    job.add_argument("--out", required=True)
+    job.add_argument("--backend", default="flashinfer", choices=["flashinfer", "triton"])
+    job.add_argument("--model-path", default="/tmp/model")
+    job.add_argument("--port", type=int, default=30000)
+    job.add_argument("--kernels", action="store_true", help="also time the attention and linear kernels")
+    job.add_argument("--seed", type=int, default=0)
+    job.add_argument("--budget-s", type=float, default=480, help="stop starting scenarios after this")
+    job.add_argument("--start-timeout-s", type=float, default=400)
+    job.add_argument("extra", nargs="*", help="more SGLang server flags, after --")
+    fit = sub.add_parser("fit", help="fit cost-model parameters to a job's results")
+    fit.add_argument("results", nargs="+", help="job output folders")
+    fit.add_argument("--name", required=True)
+    fit.add_argument("--out", required=True)
+    fit.add_argument("--holdout", type=float, default=0.3)
+    args = parser.parse_args(argv)
+    if args.command == "job":
+        from l4_sglang.profile import job as job_module
+
+        return job_module.main(args)
+    from l4_sglang.profile import fit as fit_module
+
+    return fit_module.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""One calibration job on a GPU host: kernels, then a real SGLang server
+driven through the scenarios, every result written under one folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from l4_sglang.profile import scenarios
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"SGLang exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"SGLang not healthy after {timeout_s:.0f} s")
+
+
+def server_info(url: str) -> dict:
+    for path in ("/server_info", "/get_server_info"):
+        try:
+            with urllib.request.urlopen(f"{url}{path}", timeout=10) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            continue
+    return {}
+
+
+def run_scenarios(url: str, max_kv: int, out: Path, seed: int, deadline: float) -> list[dict]:
+    results = []
+    for i, (name, kind, prompts, max_new) in enumerate(scenarios.plan(max_kv)):
+        if time.monotonic() > deadline:
+            print(f"skip {name}: job deadline reached", flush=True)
+            continue
+        t0 = time.monotonic()
+        r = asyncio.run(scenarios.run_batch(url, name, kind, prompts, max_new, seed + i))
+        errors = [t.error for t in r.requests if t.error]
+        step = f"{r.steady_step_s * 1e3:.2f} ms" if r.steady_step_s else "-"
+        ttft = f"{max(r.ttft_s):.3f} s" if r.ttft_s else "-"
+        print(
+            f"{name:26s} steady step {step:>10s}  max TTFT {ttft:>9s}  errors {len(errors)}  "
+            f"({time.monotonic() - t0:.1f} s)",
+            flush=True,
+        )
+        results.append(r.to_dict())
+        (out / "scenarios.json").write_text(json.dumps(results))
+    if time.monotonic() < deadline:
+        r = asyncio.run(scenarios.run_interference(url, seed + 99, decoders=32, ctx=2048, long_prompt=32768))
+        print(f"{r.name}: long prefill TTFT {r.ttft_s}", flush=True)
+        results.append(r.to_dict())
+        (out / "scenarios.json").write_text(json.dumps(results))
+    return results
+
+
+def main(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    if args.kernels:
+        from l4_sglang.profile import kernels
+
+        result = kernels.run_all()
+        (out / "kernels.json").write_text(json.dumps(result))
+    url = f"http://127.0.0.1:{args.port}"
+    cmd = [
+        sys.executable, "-m", "sglang.launch_server", "--model-path", args.model_path,
+        "--load-format", "dummy", "--skip-tokenizer-init", "--attention-backend", args.backend,
+        "--grammar-backend", "none", "--host", "127.0.0.1", "--port", str(args.port),
+        "--mem-fraction-static", "0.85", "--context-length", "131072", "--decode-log-interval", "10",
+        *args.extra,
+    ]  # fmt: skip
+    print("starting:", " ".join(cmd), flush=True)
+    log = open(out / f"sglang-{args.backend}.log", "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(url, proc, timeout_s=args.start_timeout_s)
+        print(f"healthy after {time.monotonic() - started:.0f} s", flush=True)
+        info = server_info(url)
+        (out / "server_info.json").write_text(json.dumps(info))
+        max_kv = int(info.get("max_total_num_tokens") or 400_000)
+        results = run_scenarios(url, max_kv, out, args.seed, deadline)
+        meta = {
+            "backend": args.backend,
+            "gpu": os.popen("nvidia-smi --query-gpu=name --format=csv,noheader").read().strip(),
+            "sglang_version": info.get("version"),
+            "max_total_num_tokens": max_kv,
+            "chunked_prefill_size": info.get("chunked_prefill_size"),
+            "date": time.strftime("%Y-%m-%d"),
+            "scenarios": len(results),
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        return 0
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

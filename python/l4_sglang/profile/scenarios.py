@@ -1,0 +1,164 @@
+"""Controlled request batches against a live SGLang server, timed per token.
+
+Each scenario sends `input_ids` prompts (random ids, so the prefix cache
+never hits; the cache is flushed between scenarios anyway) with
+`ignore_eos`, streams every request, and records the arrival time of every
+chunk. The steady decode step time is the median inter-chunk gap over the
+window in which every request of the batch is decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import aiohttp
+
+VOCAB = 128_000
+
+
+@dataclass
+class RequestTrace:
+    prompt_tokens: int
+    max_new_tokens: int
+    sent: float = 0.0
+    chunks: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    error: str = ""
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    kind: str
+    prompts: list[int]
+    max_new_tokens: int
+    requests: list[RequestTrace]
+    # Derived: median gap while all requests decode (a decode step with this batch).
+    steady_step_s: float | None = None
+    steady_requests: int = 0
+    ttft_s: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for r in d["requests"]:
+            r["chunks"] = [round(t, 6) for t in r["chunks"]]
+        return d
+
+
+def random_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(1000, VOCAB) for _ in range(n)]
+
+
+async def stream_one(
+    session: aiohttp.ClientSession, url: str, ids: list[int], max_new: int, trace: RequestTrace
+) -> None:
+    body = {
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": max_new, "ignore_eos": True, "temperature": 0},
+        "stream": True,
+    }
+    trace.sent = time.perf_counter()
+    try:
+        async with session.post(f"{url}/generate", json=body) as resp:
+            if resp.status != 200:
+                trace.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                return
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                now = time.perf_counter()
+                chunk = json.loads(payload)
+                count = len(chunk.get("output_ids", []))
+                # One chunk may carry several tokens; record one time per new token.
+                trace.chunks.extend([now] * max(0, count - trace.output_tokens))
+                trace.output_tokens = max(trace.output_tokens, count)
+    except Exception as e:  # recorded, not raised: one bad request must not end the run
+        trace.error = repr(e)
+
+
+def steady_step(traces: list[RequestTrace]) -> tuple[float | None, int]:
+    """Median token gap inside the window where every request is decoding."""
+    live = [t for t in traces if len(t.chunks) >= 3 and not t.error]
+    if len(live) < len(traces) or not live:
+        return None, 0
+    start = max(t.chunks[0] for t in live)
+    end = min(t.chunks[-1] for t in live)
+    gaps = []
+    for t in live:
+        times = [x for x in t.chunks if start <= x <= end]
+        gaps.extend(b - a for a, b in itertools.pairwise(times) if b > a)
+    if len(gaps) < 5:
+        return None, len(live)
+    return statistics.median(gaps), len(live)
+
+
+async def flush(session: aiohttp.ClientSession, url: str) -> None:
+    async with session.post(f"{url}/flush_cache") as resp:
+        await resp.read()
+
+
+async def run_batch(
+    url: str, name: str, kind: str, prompts: list[int], max_new: int, seed: int, stagger_s: float = 0.0
+) -> ScenarioResult:
+    rng = random.Random(seed)
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await flush(session, url)
+        traces = [RequestTrace(p, max_new) for p in prompts]
+        tasks = []
+        for p, tr in zip(prompts, traces, strict=True):
+            tasks.append(asyncio.create_task(stream_one(session, url, random_ids(rng, p), max_new, tr)))
+            if stagger_s:
+                await asyncio.sleep(stagger_s)
+        await asyncio.gather(*tasks)
+    result = ScenarioResult(name, kind, prompts, max_new, traces)
+    result.steady_step_s, result.steady_requests = steady_step(traces)
+    result.ttft_s = [t.chunks[0] - t.sent for t in traces if t.chunks]
+    return result
+
+
+async def run_interference(url: str, seed: int, decoders: int, ctx: int, long_prompt: int) -> ScenarioResult:
+    """Decoders running when one long prefill arrives: the ITL spike it causes."""
+    rng = random.Random(seed)
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await flush(session, url)
+        traces = [RequestTrace(ctx, 600) for _ in range(decoders)]
+        tasks = [asyncio.create_task(stream_one(session, url, random_ids(rng, ctx), 600, t)) for t in traces]
+        while not all(len(t.chunks) >= 20 or t.error for t in traces):
+            await asyncio.sleep(0.05)
+        long = RequestTrace(long_prompt, 2)
+        tasks.append(asyncio.create_task(stream_one(session, url, random_ids(rng, long_prompt), 2, long)))
+        await asyncio.gather(*tasks)
+        traces.append(long)
+    result = ScenarioResult(f"interference_{decoders}x{ctx}+{long_prompt}", "interference", [], 600, traces)
+    result.ttft_s = [long.chunks[0] - long.sent] if long.chunks else []
+    return result
+
+
+def plan(max_kv_tokens: int) -> list[tuple[str, str, list[int], int]]:
+    """(name, kind, prompts, max_new_tokens) of every batch scenario, sized to the KV capacity."""
+    out: list[tuple[str, str, list[int], int]] = []
+    for p in (512, 2048, 8192, 32768, 98304):
+        out.append((f"prefill_{p}", "prefill", [p], 1))
+    for n in (1, 8, 32, 128, 256):
+        out.append((f"decode_{n}x1024", "decode", [1024] * n, 48))
+    budget = min(262_144, int(max_kv_tokens * 0.8))
+    out.append(("decode_64x4096", "decode", [budget // 64] * 64, 64))
+    out.append(("decode_16x16384", "decode", [budget // 16] * 16, 48))
+    long = min(131_072, budget // 2)
+    out.append(("mixed_1long_63short", "decode", [long] + [(budget - long) // 63] * 63, 64))
+    very_long = min(int(budget * 0.88), 230_000)
+    out.append(("mixed_1verylong_63x512", "decode", [very_long] + [512] * 63, 64))
+    out.append(("mixed_4x16k_60x1k", "decode", [16384] * 4 + [1024] * 60, 64))
+    return out
