@@ -1,0 +1,543 @@
+"""The Rust DP partitioner pinned to an independent Python reference and to brute force.
+
+`reference_partition.py` re-derives the stage cost and the DP from the module
+doc of rust/src/partition.rs; here the Rust results (`l4_sglang.partition`,
+`l4_sglang.evaluate_layout`) are compared with it and with an exhaustive search
+over every layout, on random workloads (Hypothesis, derandomized) and on the
+Mooncake conversation trace.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import l4_sglang
+from l4_sglang import CostModel, QoeConfig, Workload, evaluate_layout, log_bin_edges, partition
+
+
+def _load_reference():
+    """tests/reference_partition.py by path, whatever pytest's import mode."""
+    path = Path(__file__).resolve().with_name("reference_partition.py")
+    spec = importlib.util.spec_from_file_location("l4_reference_partition", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ref = _load_reference()
+
+MODEL = CostModel.load("llama3-8b-h100-default")
+MODELS = {"het": MODEL, "no-het": MODEL.without_heterogeneity()}
+PARAMS = {name: model.params for name, model in MODELS.items()}
+
+REPO = Path(__file__).resolve().parents[1]
+MOONCAKE = REPO.parent / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
+
+# Known disagreement (see test_non_monotone_prefill_follows_the_spec): the Rust
+# prices every occupied bin at the running max of prefill(prompt_tokens) over
+# the bins before it, which equals prefill(prompt_tokens[b]) only while prefill
+# time is non-decreasing in the prompt; it is not (a final 1-token chunk is
+# priced as a decode read, slower than a 2-token chunk). While this is True the
+# property tests set such workloads aside; set it to False once the Rust is fixed.
+RUST_PREFILL_RUNNING_MAX = True
+
+# Known disagreement (see test_tiny_rate_follows_the_spec): the Rust sums a
+# stage's rates as differences of prefix sums over all bins, so a rate below the
+# rounding error of the running total (1e-20 next to 10) vanishes, and with it
+# the stage's "D > 0" TPOT-violation term. The random workloads keep non-zero
+# rates within a factor 1e3 of each other, where this cannot matter.
+RUST_PREFIX_SUM_CANCELLATION = True
+
+REL = 1e-9
+ABS = 1e-12
+
+
+def close(a: float, b: float) -> bool:
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return math.isclose(a, b, rel_tol=REL, abs_tol=ABS)
+
+
+def rust_layout(layout) -> list[tuple[int, int, int]]:
+    return [(s.first_bin, s.end_bin, s.instances) for s in layout.stages]
+
+
+def prefill_non_monotone(params: dict, workload: Workload) -> bool:
+    """Some occupied bin has a longer prefill than a later occupied bin."""
+    running = -math.inf
+    for rate, prompt in zip(workload.arrival_rate, workload.prompt_tokens, strict=True):
+        if rate > 0:
+            t = ref.prefill_time(params, prompt)
+            if t < running:
+                return True
+            running = max(running, t)
+    return False
+
+
+# --------------------------------------------------------------------------
+# Random workloads
+# --------------------------------------------------------------------------
+
+
+@st.composite
+def edges_strategy(draw, bins: int) -> np.ndarray:
+    if draw(st.booleans()):
+        top = draw(st.sampled_from([512.0, 4096.0, 32768.0, 131072.0, 262144.0]))
+        return log_bin_edges(bins, max_tokens=top)
+    start = draw(st.sampled_from([0.0, 0.0, 100.0, 3000.0]))
+    widths = draw(st.lists(st.floats(1.0, 40_000.0), min_size=bins, max_size=bins))
+    return start + np.concatenate([[0.0], np.cumsum(widths)])
+
+
+@st.composite
+def workload_strategy(draw, params: dict, instances: int, min_bins: int, max_bins: int) -> Workload:
+    """A random workload, scaled so one stage on all instances sits at a random
+    utilization from very light (3%) to heavily overloaded (400%)."""
+    bins = draw(st.integers(min_bins, max_bins))
+    edges = draw(edges_strategy(bins))
+    lo, hi = edges[:-1], edges[1:]
+    unit = st.floats(0.0, 1.0)
+    # Non-zero rates stay within 1e3 of each other: see RUST_PREFIX_SUM_CANCELLATION.
+    weight = st.floats(1e-3, 1.0)
+    arrivals = np.array([draw(st.sampled_from([0.0, 1.0, 1.0])) * draw(weight) for _ in lo])
+    prompts = np.clip(lo + np.array([draw(unit) for _ in lo]) * (hi - lo), lo, hi)
+    out_scale = draw(st.sampled_from([10.0, 300.0, 2000.0]))
+    decode = np.array([draw(st.sampled_from([0.0, 1.0, 1.0])) * draw(weight) * out_scale for _ in lo])
+    contexts = np.clip(lo + np.array([draw(unit) for _ in lo]) * (hi - lo), lo, hi)
+    growth = np.array([0.0] + [draw(st.sampled_from([0.0, 1.0])) * draw(weight) for _ in lo[1:]])
+    raw = Workload(edges, arrivals, prompts, decode, contexts, growth)
+    work = ref.stage_work(params, raw, 0, bins)
+    if work <= 0:
+        return raw
+    utilization = 2.0 ** draw(st.floats(-5.0, 2.0))
+    return raw.scaled(utilization * instances / work)
+
+
+qoe_strategy = st.one_of(
+    st.just(QoeConfig()),
+    st.builds(
+        QoeConfig,
+        slo_ttft_s=st.floats(0.05, 20.0),
+        slo_tpot_s=st.floats(0.005, 0.5),
+        slo_penalty_s=st.sampled_from([0.0, 1.0, 100.0, 1000.0]),
+        max_utilization=st.sampled_from([0.6, 0.75, 0.9, 0.95]),
+    ),
+)
+
+
+@st.composite
+def case_strategy(draw, bins: tuple[int, int], instances: tuple[int, int]):
+    name = draw(st.sampled_from(sorted(MODELS)))
+    count = draw(st.integers(*instances))
+    workload = draw(workload_strategy(PARAMS[name], count, *bins))
+    return name, workload, count, draw(qoe_strategy)
+
+
+SETTINGS = {
+    "derandomize": True,
+    "database": None,
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+
+def check_against_reference(name: str, workload: Workload, instances: int, qoe: QoeConfig) -> bool:
+    """Rust == reference (and Rust's layout priced by both sides agrees); returns feasibility."""
+    params, model = PARAMS[name], MODELS[name]
+    got = partition(model, workload, instances, qoe)
+    want, want_layout = ref.reference_partition(params, workload, instances, qoe)
+    layout = rust_layout(got)
+    bins = workload.bins
+    assert layout[0][0] == 0 and layout[-1][1] == bins
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(layout))
+    assert sum(m for _, _, m in layout) == instances and all(m >= 1 for _, _, m in layout)
+    assert got.feasible == math.isfinite(want), (got.total_cost, want, layout, want_layout)
+    again = evaluate_layout(
+        model, workload, [j for j, _, _ in layout] + [bins], [m for _, _, m in layout], qoe
+    )
+    assert again.feasible == got.feasible
+    checker = ref.Reference(params, workload, qoe)
+    if got.feasible:
+        assert close(got.total_cost, want), (got.total_cost, want, layout, want_layout)
+        assert close(again.total_cost, got.total_cost), (again.total_cost, got.total_cost)
+        assert close(checker.layout_cost(layout), got.total_cost), (checker.layout_cost(layout), layout)
+        assert got.excess_work == 0.0
+    else:
+        assert math.isinf(got.total_cost) and math.isinf(again.total_cost)
+        least, _ = ref.reference_min_excess(params, workload, instances, qoe)
+        assert least > 0
+        assert close(got.excess_work, least), (got.excess_work, least, layout, want_layout)
+        assert close(checker.layout_excess(layout), least), (checker.layout_excess(layout), least)
+        assert close(again.excess_work, got.excess_work)
+    return got.feasible
+
+
+def test_small_workloads_match_reference_and_brute_force():
+    seen: Counter[bool] = Counter()
+
+    @settings(max_examples=400, **SETTINGS)
+    @given(case_strategy(bins=(1, 6), instances=(1, 5)))
+    def run(case):
+        name, workload, instances, qoe = case
+        if RUST_PREFILL_RUNNING_MAX:
+            assume(not prefill_non_monotone(PARAMS[name], workload))
+        feasible = check_against_reference(name, workload, instances, qoe)
+        best = ref.brute_force(PARAMS[name], workload, instances, qoe)
+        want, _ = ref.reference_partition(PARAMS[name], workload, instances, qoe)
+        assert close(best, want), (best, want)
+        seen[feasible] += 1
+
+    run()
+    assert seen[True] >= 50 and seen[False] >= 50, seen
+
+
+def test_larger_workloads_match_reference():
+    seen: Counter[bool] = Counter()
+
+    @settings(max_examples=120, **SETTINGS)
+    @given(case_strategy(bins=(4, 24), instances=(2, 12)))
+    def run(case):
+        name, workload, _, _ = case
+        if RUST_PREFILL_RUNNING_MAX:
+            assume(not prefill_non_monotone(PARAMS[name], workload))
+        seen[check_against_reference(*case)] += 1
+
+    run()
+    assert seen[True] >= 20 and seen[False] >= 20, seen
+
+
+def bimodal(scale: float) -> Workload:
+    """Chats around 500 tokens, documents around 60K (the Rust unit tests' workload)."""
+    return Workload(
+        edges=[0.0, 1024.0, 8192.0, 32768.0, 131072.0],
+        arrival_rate=[20.0 * scale, 0.0, 0.0, 0.3 * scale],
+        prompt_tokens=[500.0, 0.0, 0.0, 60000.0],
+        decode_rate=[20.0 * scale * 200, 0.0, 0.0, 0.3 * scale * 200],
+        decode_context=[600.0, 0.0, 0.0, 60100.0],
+        growth_rate=[0.0, 0.0, 1.0 * scale, 0.0],
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(
+    ("scale", "instances", "feasible"), [(0.2, 3, True), (1.0, 5, True), (1.0, 2, False), (200.0, 4, False)]
+)
+def test_bimodal_examples(name, scale, instances, feasible):
+    """Explicit light and overloaded cases, so both regimes are always covered."""
+    workload, qoe = bimodal(scale), QoeConfig()
+    assert check_against_reference(name, workload, instances, qoe) is feasible
+    best = ref.brute_force(PARAMS[name], workload, instances, qoe)
+    assert close(best, ref.reference_partition(PARAMS[name], workload, instances, qoe)[0])
+
+
+# --------------------------------------------------------------------------
+# The cost-model pieces of the reference against the Rust cost model
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reference_cost_model_matches_rust(name):
+    model, params = MODELS[name], PARAMS[name]
+    chunk = int(params["chunked_prefill_size"])
+    prompts = [0, 0.4, 0.5, 1, 2, 2.5, 3.5, 100, 100_000, 3 * chunk + 17]
+    for prompt in [*prompts, chunk - 1, chunk, chunk + 1, chunk + 2]:
+        want = model.prefill_time(prompt)
+        assert math.isclose(ref.prefill_time(params, prompt), want, rel_tol=1e-12, abs_tol=1e-15), prompt
+    for kv in [0.0, 0.5, 1.0, 100.0, 4096.0, 1e6]:
+        assert ref.max_concurrency(params, kv) == model.max_concurrency(kv)
+    for rate, busy, mean, longest in [
+        (100.0, 1.0, 2000.0, 4000.0),
+        (2000.0, 0.7, 500.0, 1000.0),
+        (50.0, 0.9, 60000.0, 120000.0),
+        (3.0, 0.5, 100.0, 131072.0),
+        (20000.0, 0.95, 300.0, 512.0),
+        (1e6, 1.0, 100000.0, 120000.0),
+    ]:
+        want = model.decode_operating_point(rate, busy, mean, longest)
+        n, step, ok = ref.solve_decode(params, rate / busy, mean, max(longest, mean))
+        assert bool(ok[0]) == (want is not None)
+        if want is not None:
+            assert math.isclose(n[0], want[0], rel_tol=1e-11), (n, want)
+            assert math.isclose(step[0], want[1], rel_tol=1e-11), (step, want)
+            direct = model.decode_step_time(n[0], n[0] * mean, longest)
+            assert math.isclose(step[0], direct, rel_tol=1e-11)
+
+
+# --------------------------------------------------------------------------
+# Known disagreement: prefill time is not monotone in the prompt
+# --------------------------------------------------------------------------
+
+NON_MONOTONE = [
+    # prefill(1) > prefill(2): a lone 1-token chunk is priced as a decode read.
+    pytest.param(
+        Workload(
+            edges=[0.0, 1.5, 40.0],
+            arrival_rate=[5.0, 5.0],
+            prompt_tokens=[1.0, 2.0],
+            decode_rate=[0.0, 0.0],
+            decode_context=[0.0, 0.0],
+            growth_rate=[0.0, 0.0],
+        ),
+        1,
+        id="prompts-1-and-2",
+    ),
+    # prefill(8193) > prefill(8194): the same for the last chunk after one full one.
+    pytest.param(
+        Workload(
+            edges=[0.0, 8193.5, 9000.0],
+            arrival_rate=[1.0, 1.0],
+            prompt_tokens=[8193.0, 8194.0],
+            decode_rate=[100.0, 100.0],
+            decode_context=[8200.0, 8300.0],
+            growth_rate=[0.0, 0.5],
+        ),
+        1,
+        id="prompts-8193-and-8194",
+    ),
+]
+
+
+def test_prefill_time_is_not_monotone():
+    """The premise of the disagreement below, on the Rust cost model itself."""
+    assert MODEL.prefill_time(1) > MODEL.prefill_time(2)
+    chunk = MODEL.params["chunked_prefill_size"]
+    assert MODEL.prefill_time(chunk + 1) > MODEL.prefill_time(chunk + 2)
+
+
+@pytest.mark.xfail(
+    RUST_PREFILL_RUNNING_MAX,
+    strict=True,
+    reason="Rust prices bin b at max over earlier occupied bins of prefill(prompt_tokens), "
+    "the spec at prefill(prompt_tokens[b]); they differ when prefill time is not monotone",
+)
+@pytest.mark.parametrize(("workload", "instances"), NON_MONOTONE)
+def test_non_monotone_prefill_follows_the_spec(workload, instances):
+    qoe = QoeConfig()
+    got = evaluate_layout(MODEL, workload, [0, workload.bins], [instances], qoe)
+    want = ref.Reference(PARAMS["het"], workload, qoe).layout_cost([(0, workload.bins, instances)])
+    assert close(got.total_cost, want), (got.total_cost, want)
+
+
+@pytest.mark.xfail(
+    RUST_PREFIX_SUM_CANCELLATION,
+    strict=True,
+    reason="Rust computes the stage's D as cum_decode[i] - cum_decode[j]: 10 + 1e-20 - 10 = 0, "
+    "so the spec's 'D > 0 and tpot > slo_tpot' violation term is dropped",
+)
+def test_tiny_rate_follows_the_spec():
+    workload = Workload(
+        edges=[0.0, 8.0, 36000.0, 36550.0],
+        arrival_rate=[0.0, 0.0, 1.0],
+        prompt_tokens=[0.0, 8.0, 36549.0],
+        decode_rate=[10.0, 1e-20, 0.0],
+        decode_context=[7.0, 8.0, 30000.0],
+        growth_rate=[0.0, 0.0, 0.0],
+    )
+    qoe, layout = QoeConfig(), [(0, 1, 1), (1, 3, 3)]
+    got = evaluate_layout(MODEL, workload, [0, 1, 3], [1, 3], qoe)
+    want = ref.Reference(PARAMS["het"], workload, qoe).layout_cost(layout)
+    assert close(got.total_cost, want), (got.total_cost, want)
+
+
+# --------------------------------------------------------------------------
+# A realistic workload: the Mooncake conversation trace
+# --------------------------------------------------------------------------
+
+
+def mooncake_workload(requests: int, bins: int) -> Workload:
+    if not MOONCAKE.is_file():
+        pytest.fail(f"Mooncake trace not found at {MOONCAKE}: it is needed for the realistic check")
+    rows = []
+    with MOONCAKE.open() as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+            if len(rows) == requests:
+                break
+    prompt = np.array([r["input_length"] for r in rows], dtype=np.float64)
+    output = np.array([r["output_length"] for r in rows], dtype=np.float64)
+    stamps_ms = np.array([r["timestamp"] for r in rows], dtype=np.float64)
+    duration = (stamps_ms.max() - stamps_ms.min()) / 1000.0
+    return Workload.from_requests(prompt, output, duration, log_bin_edges(bins))
+
+
+def test_mooncake_layout_beats_one_stage():
+    bins, instances, qoe = 32, 16, QoeConfig()
+    base = mooncake_workload(2000, bins)
+    one = evaluate_layout(MODEL, base, [0, bins], [instances], qoe)
+    # A moderate rate: one stage on all 16 instances at 50% utilization.
+    workload = base.scaled(0.5 / one.stages[0].utilization)
+    single = evaluate_layout(MODEL, workload, [0, bins], [instances], qoe)
+    assert single.feasible and math.isclose(single.stages[0].utilization, 0.5)
+    best = partition(MODEL, workload, instances, qoe)
+    assert best.feasible
+    assert len(best.stages) >= 2, best.instances
+    assert sum(best.instances) == instances
+    assert best.total_cost <= single.total_cost
+    assert best.mean_e2e_s <= single.mean_e2e_s, (best.mean_e2e_s, single.mean_e2e_s)
+    want, _ = ref.reference_partition(PARAMS["het"], workload, instances, qoe)
+    assert close(best.total_cost, want), (best.total_cost, want)
+
+
+# --------------------------------------------------------------------------
+# Bad inputs: every one is a ValueError naming its field
+# --------------------------------------------------------------------------
+
+
+class Err:
+    """An expected ValueError whose message contains `match`."""
+
+    def __init__(self, match: str):
+        self.match = match
+
+    def __repr__(self) -> str:
+        return f"Err({self.match!r})"
+
+
+GOOD = object()
+
+BASE = {
+    "edges": [0.0, 1024.0, 8192.0, 32768.0, 131072.0],
+    "arrival_rate": [4.0, 0.0, 0.0, 0.06],
+    "prompt_tokens": [500.0, 0.0, 0.0, 60000.0],
+    "decode_rate": [800.0, 0.0, 0.0, 12.0],
+    "decode_context": [600.0, 0.0, 0.0, 60100.0],
+    "growth_rate": [0.0, 0.0, 0.2, 0.0],
+}
+NAN = float("nan")
+
+
+def with_(field: str, index: int | None, value):
+    """BASE with one field (or one value of it) replaced."""
+    if index is None:
+        return {field: value}
+    values = list(BASE[field])
+    values[index] = value
+    return {field: values}
+
+
+PARTITION_CASES = [
+    pytest.param({}, 4, {}, GOOD, id="good"),
+    pytest.param(
+        {"arrival_rate": [0.0] * 4, "decode_rate": [0.0] * 4, "growth_rate": [0.0] * 4},
+        2,
+        {},
+        GOOD,
+        id="no-traffic",
+    ),
+    pytest.param(with_("prompt_tokens", 1, 5.0), 4, {}, GOOD, id="prompt-outside-empty-bin"),
+    pytest.param({}, 1, {"max_utilization": 0.999}, GOOD, id="max-utilization-near-1"),
+    pytest.param(with_("arrival_rate", 0, NAN), 4, {}, Err("arrival_rate"), id="nan-arrival-rate"),
+    pytest.param(with_("arrival_rate", 3, -0.1), 4, {}, Err("arrival_rate"), id="negative-arrival-rate"),
+    pytest.param(with_("arrival_rate", 0, math.inf), 4, {}, Err("arrival_rate"), id="inf-arrival-rate"),
+    pytest.param(with_("decode_rate", 0, -1.0), 4, {}, Err("decode_rate"), id="negative-decode-rate"),
+    pytest.param(with_("growth_rate", 2, -1.0), 4, {}, Err("growth_rate"), id="negative-growth-rate"),
+    pytest.param(with_("decode_context", 3, NAN), 4, {}, Err("decode_context"), id="nan-decode-context"),
+    pytest.param(with_("prompt_tokens", 0, -5.0), 4, {}, Err("prompt_tokens"), id="negative-prompt"),
+    pytest.param(with_("edges", 2, 10.0), 4, {}, Err("edges"), id="unsorted-edges"),
+    pytest.param(with_("edges", 2, 1024.0), 4, {}, Err("edges"), id="repeated-edge"),
+    pytest.param(with_("edges", 0, -1.0), 4, {}, Err("edges"), id="negative-edge"),
+    pytest.param(with_("edges", 4, math.inf), 4, {}, Err("edges"), id="inf-edge"),
+    pytest.param({"edges": [0.0]}, 4, {}, Err("edges"), id="one-edge"),
+    pytest.param({}, 0, {}, Err("instances"), id="zero-instances"),
+    pytest.param({}, -3, {}, Err("instances"), id="negative-instances"),
+    pytest.param({}, 2.5, {}, Err("instances"), id="fractional-instances"),
+    pytest.param({}, "4", {}, Err("instances"), id="string-instances"),
+    pytest.param({}, True, {}, Err("instances"), id="bool-instances"),
+    pytest.param(
+        with_("arrival_rate", None, [1.0, 2.0, 3.0]), 4, {}, Err("arrival_rate"), id="short-arrival-rate"
+    ),
+    pytest.param(
+        with_("prompt_tokens", None, [1.0] * 5), 4, {}, Err("prompt_tokens"), id="long-prompt-tokens"
+    ),
+    pytest.param(with_("growth_rate", None, [[0.0] * 4]), 4, {}, Err("growth_rate"), id="2d-growth-rate"),
+    pytest.param(with_("growth_rate", 0, 0.5), 4, {}, Err("growth_rate"), id="growth-into-bin-0"),
+    pytest.param(with_("prompt_tokens", 0, 2000.0), 4, {}, Err("prompt_tokens"), id="prompt-above-bin"),
+    pytest.param(with_("prompt_tokens", 3, 100.0), 4, {}, Err("prompt_tokens"), id="prompt-below-bin"),
+    pytest.param({}, 4, {"max_utilization": 1.0}, Err("max_utilization"), id="max-utilization-1"),
+    pytest.param({}, 4, {"max_utilization": 0.0}, Err("max_utilization"), id="max-utilization-0"),
+    pytest.param({}, 4, {"slo_ttft_s": 0.0}, Err("slo_ttft_s"), id="slo-ttft-0"),
+    pytest.param({}, 4, {"slo_tpot_s": 0.0}, Err("slo_tpot_s"), id="slo-tpot-0"),
+    pytest.param({}, 4, {"slo_ttft_s": NAN}, Err("slo_ttft_s"), id="slo-ttft-nan"),
+    pytest.param({}, 4, {"slo_penalty_s": -1.0}, Err("slo_penalty_s"), id="negative-penalty"),
+    pytest.param(with_("arrival_rate", 1, "lots"), 4, {}, Err("arrival_rate"), id="text-arrival-rate"),
+    pytest.param(with_("decode_rate", 0, None), 4, {}, Err("decode_rate"), id="none-decode-rate"),
+    pytest.param({"edges": "0 1024 8192"}, 4, {}, Err("edges"), id="text-edges"),
+    pytest.param(with_("edges", 1, [1.0, 2.0]), 4, {}, Err("edges"), id="nested-edges"),
+]
+
+
+@pytest.mark.parametrize(("fields", "instances", "qoe_fields", "expected"), PARTITION_CASES)
+def test_partition_inputs(fields, instances, qoe_fields, expected):
+    def call():
+        workload = Workload(**{**BASE, **fields})
+        return partition(MODEL, workload, instances, QoeConfig(**qoe_fields))
+
+    if isinstance(expected, Err):
+        with pytest.raises(ValueError, match=expected.match):
+            call()
+    else:
+        layout = call()
+        assert isinstance(layout, l4_sglang.Layout)
+        assert sum(layout.instances) == instances
+
+
+QOE_TEXT_CASES = [
+    pytest.param({"slo_ttft_s": "fast"}, id="text-slo-ttft"),
+    pytest.param({"max_utilization": None}, id="none-max-utilization"),
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(AssertionError, TypeError),
+    reason="QoeConfig._args calls float() on each field: a non-numeric value raises "
+    "float()'s own error, which does not name the field",
+)
+@pytest.mark.parametrize("qoe_fields", QOE_TEXT_CASES)
+def test_partition_non_numeric_qoe_names_the_field(qoe_fields):
+    field = next(iter(qoe_fields))
+    with pytest.raises(ValueError, match=field):
+        partition(MODEL, Workload(**BASE), 4, QoeConfig(**qoe_fields))
+
+
+EVALUATE_CASES = [
+    pytest.param([0, 4], [4], GOOD, id="good-one-stage"),
+    pytest.param([0, 1, 4], [1, 3], GOOD, id="good-two-stages"),
+    pytest.param([0, 1, 2, 4], [1, 1], Err("instances"), id="more-stages-than-instances"),
+    pytest.param([0, 1, 2, 3], [1, 1, 1], Err("cuts"), id="cuts-not-ending-at-bins"),
+    pytest.param([0, 2], [2], Err("cuts"), id="cuts-short"),
+    pytest.param([1, 4], [2], Err("cuts"), id="cuts-not-starting-at-0"),
+    pytest.param([0, 2, 2, 4], [1, 1, 1], Err("cuts"), id="cuts-repeated"),
+    pytest.param([0, 3, 2, 4], [1, 1, 1], Err("cuts"), id="cuts-decreasing"),
+    pytest.param([0, 2, 4], [3, 0], Err("instances"), id="zero-instances-in-a-stage"),
+    pytest.param([0, 2, 4], [3], Err("instances"), id="too-few-counts"),
+    pytest.param([0, 4], [], Err("instances"), id="no-counts"),
+    pytest.param([0, 4], [-1], Err("instances"), id="negative-count"),
+]
+
+
+@pytest.mark.parametrize(("cuts", "instances", "expected"), EVALUATE_CASES)
+def test_evaluate_layout_inputs(cuts, instances, expected):
+    def call():
+        return evaluate_layout(MODEL, Workload(**BASE), cuts, instances, QoeConfig())
+
+    if isinstance(expected, Err):
+        with pytest.raises(ValueError, match=expected.match):
+            call()
+    else:
+        layout = call()
+        assert layout.instances == list(instances)
+        assert [s.first_bin for s in layout.stages] + [layout.stages[-1].end_bin] == list(cuts)
