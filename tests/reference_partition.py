@@ -70,16 +70,22 @@ def single_item_step_time(p: dict, new_tokens: int, context: int) -> float:
     return linear_time(p, new_tokens, 1.0) + attention
 
 
+def prefill_chunk_time(p: dict, new_tokens: int, context: int) -> float:
+    """One prefill chunk alone: the extend kernel, even for a single token."""
+    attention = p["prefill_pair_s"] * (new_tokens * context + new_tokens * (new_tokens + 1) / 2)
+    return linear_time(p, new_tokens, 1.0) + attention
+
+
 def prefill_time(p: dict, prompt: float) -> float:
     """Prefill of `prompt` tokens alone, one step per chunk, summed chunk by chunk."""
     tokens = int(_round(prompt))
     if tokens <= 0:
         return 0.0
-    chunk = int(max(_round(p["chunked_prefill_size"]), 2.0))
+    chunk = int(max(_round(p["chunked_prefill_size"]), 1.0))
     total, done = 0.0, 0
     while done < tokens:
         new = min(chunk, tokens - done)
-        total += single_item_step_time(p, new, done)
+        total += prefill_chunk_time(p, new, done)
         done += new
     return total
 

@@ -227,12 +227,16 @@ class QoeConfig:
     max_utilization: float = 0.9
 
     def _args(self) -> tuple[float, float, float, float]:
-        return (
-            float(self.slo_ttft_s),
-            float(self.slo_tpot_s),
-            float(self.slo_penalty_s),
-            float(self.max_utilization),
-        )
+        return tuple(_as_number(f, getattr(self, f)) for f in QOE_FIELDS)  # type: ignore[return-value]
+
+
+QOE_FIELDS = ("slo_ttft_s", "slo_tpot_s", "slo_penalty_s", "max_utilization")
+
+
+def _as_number(field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"invalid {field}: must be a number, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

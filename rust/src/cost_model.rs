@@ -207,14 +207,15 @@ impl CostModel {
     }
 
     /// Time to prefill a prompt of `prompt` tokens alone on an idle instance,
-    /// in chunks of `chunked_prefill_size` (each chunk is one step). A final
-    /// chunk of one token is priced like every one-token item: a decode read.
+    /// in chunks of `chunked_prefill_size` (each chunk is one step, priced as a
+    /// prefill item even when it holds one token: it runs the extend kernel).
+    /// Non-decreasing in `prompt`: one more token never costs less.
     pub fn prefill_time(&self, prompt: f64) -> f64 {
         let prompt = prompt.round();
         if prompt <= 0.0 {
             return 0.0;
         }
-        let chunk = self.params.chunked_prefill_size.round().max(2.0);
+        let chunk = self.params.chunked_prefill_size.round().max(1.0);
         let full_chunks = (prompt / chunk).floor();
         let rest = prompt - full_chunks * chunk;
         // Chunk c (0-based) computes `chunk` tokens over c * chunk cached ones;
@@ -223,16 +224,9 @@ impl CostModel {
             + full_chunks * chunk * (chunk + 1.0) / 2.0;
         let mut time =
             self.params.prefill_pair_s * pairs_full + full_chunks * self.linear_time(chunk, 1.0);
-        let done = full_chunks * chunk;
-        if rest == 1.0 {
-            let d = DecodeSummary {
-                requests: 1.0,
-                kv_tokens: done + 1.0,
-                max_kv: done + 1.0,
-            };
-            time += self.decode_step_time(&d);
-        } else if rest > 1.0 {
-            time += self.linear_time(rest, 1.0) + self.prefill_attention_time(rest, done);
+        if rest > 0.0 {
+            time += self.linear_time(rest, 1.0)
+                + self.prefill_attention_time(rest, full_chunks * chunk);
         }
         time
     }
@@ -441,12 +435,11 @@ mod tests {
         let m = h100();
         let chunk = m.params.chunked_prefill_size as u64;
         for prompt in [
-            1u64,
-            2,
+            2u64,
             100,
             chunk - 1,
             chunk,
-            chunk + 1,
+            chunk + 2,
             3 * chunk + 17,
             100_000,
         ] {
@@ -464,6 +457,34 @@ mod tests {
                 (closed - sum).abs() <= 1e-9 * sum,
                 "prompt {prompt}: {closed} vs {sum}"
             );
+        }
+    }
+
+    #[test]
+    fn prefill_time_never_falls() {
+        let m = h100();
+        let chunk = m.params.chunked_prefill_size as u64;
+        let mut last = 0.0;
+        let edges = [
+            0,
+            1,
+            2,
+            3,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            chunk + 2,
+            2 * chunk,
+            2 * chunk + 1,
+            131_072,
+        ];
+        let probes = (0..3_000u64).chain(edges).chain((0..200).map(|k| k * 997));
+        let mut all: Vec<u64> = probes.collect();
+        all.sort_unstable();
+        for p in all {
+            let t = m.prefill_time(p as f64);
+            assert!(t >= last, "prefill({p}) = {t} < {last}");
+            last = t;
         }
     }
 

@@ -332,6 +332,8 @@ fn queue_wait(rho: f64, m: f64, residual: f64) -> f64 {
 }
 
 impl<'a> Prepared<'a> {
+    // j and i index the edges, the bins and the shape table at once.
+    #[allow(clippy::needless_range_loop)]
     fn new(model: &CostModel, w: &'a Workload, qoe: QoeConfig) -> Self {
         let n = w.bins();
         let mut prefill_mono = Vec::with_capacity(n);
@@ -343,11 +345,7 @@ impl<'a> Prepared<'a> {
             prefill_mono.push(running);
         }
         let cum_lam = prefix(w.arrival_rate.iter().copied());
-        let cum_lam_prefill = prefix((0..n).map(|b| w.arrival_rate[b] * prefill_mono[b]));
-        let cum_lam_prefill_sq =
-            prefix((0..n).map(|b| w.arrival_rate[b] * prefill_mono[b] * prefill_mono[b]));
         let cum_decode = prefix(w.decode_rate.iter().copied());
-        let cum_decode_ctx = prefix((0..n).map(|b| w.decode_rate[b] * w.decode_context[b]));
         let edge_prefill: Vec<f64> = (0..n)
             .map(|j| {
                 if j > 0 && w.growth_rate[j] > 0.0 {
@@ -358,47 +356,51 @@ impl<'a> Prepared<'a> {
             })
             .collect();
         let mut shapes = Vec::with_capacity((n + 1) * (n + 1));
+        let empty = || StageShape {
+            lam: 0.0,
+            mig: 0.0,
+            prefill_arrivals: 0.0,
+            prefill_work: 0.0,
+            mig_prefill: 0.0,
+            decode_rate: 0.0,
+            work: 0.0,
+            residual: 0.0,
+            curve: None,
+        };
         for j in 0..=n {
+            shapes.extend((0..=j).map(|_| empty()));
             let mig = if j > 0 && j < n {
                 w.growth_rate[j]
             } else {
                 0.0
             };
             let mig_prefill = if j < n { edge_prefill[j] } else { 0.0 };
-            // Highest bin with decode traffic seen so far in [j, i).
+            // Sums over [j, i) grow with i; summing from j (not differencing
+            // prefix sums) keeps tiny rates beside large ones.
+            let (mut lam, mut prefill_arrivals, mut prefill_sq, mut decode_rate, mut decode_ctx) =
+                (0.0, 0.0, 0.0, 0.0, 0.0);
             let mut top: Option<usize> = None;
-            for i in 0..=n {
-                if i > j && w.decode_rate[i - 1] > 0.0 {
-                    top = Some(i - 1);
+            for i in j + 1..=n {
+                let b = i - 1;
+                let (rate, prefill) = (w.arrival_rate[b], prefill_mono[b]);
+                lam += rate;
+                prefill_arrivals += rate * prefill;
+                prefill_sq += rate * prefill * prefill;
+                decode_rate += w.decode_rate[b];
+                decode_ctx += w.decode_rate[b] * w.decode_context[b];
+                if w.decode_rate[b] > 0.0 {
+                    top = Some(b);
                 }
-                if i <= j {
-                    shapes.push(StageShape {
-                        lam: 0.0,
-                        mig: 0.0,
-                        prefill_arrivals: 0.0,
-                        prefill_work: 0.0,
-                        mig_prefill: 0.0,
-                        decode_rate: 0.0,
-                        work: 0.0,
-                        residual: 0.0,
-                        curve: None,
-                    });
-                    continue;
-                }
-                let lam = cum_lam[i] - cum_lam[j];
-                let prefill_arrivals = cum_lam_prefill[i] - cum_lam_prefill[j];
                 let prefill_work = prefill_arrivals + mig * mig_prefill;
-                let second_moment =
-                    cum_lam_prefill_sq[i] - cum_lam_prefill_sq[j] + mig * mig_prefill * mig_prefill;
+                let second_moment = prefill_sq + mig * mig_prefill * mig_prefill;
                 let residual = if prefill_work > 0.0 {
                     second_moment / (2.0 * prefill_work)
                 } else {
                     0.0
                 };
-                let decode_rate = cum_decode[i] - cum_decode[j];
                 let (mut work, mut curve) = (prefill_work, None);
                 if decode_rate > 0.0 {
-                    let mean_kv = (cum_decode_ctx[i] - cum_decode_ctx[j]) / decode_rate;
+                    let mean_kv = decode_ctx / decode_rate;
                     let max_kv = top.map_or(mean_kv, |h| w.edges[h + 1]);
                     let c = model.decode_curve(mean_kv, max_kv);
                     work += decode_rate / c.max_throughput();
