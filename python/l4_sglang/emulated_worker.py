@@ -1,0 +1,109 @@
+"""`python -m l4_sglang.emulated_worker`: an emulated SGLang server, no GPU needed.
+
+Speaks SGLang 0.5's HTTP API (native /generate, OpenAI routes, /server_info,
+/v1/loads, /metrics, /abort_request, ...) and runs a continuous-batching
+scheduler whose step times come from the Rust cost model, times --time-scale.
+It says it is emulated: `"emulated": true` in /server_info and an
+`x-l4-emulated: 1` header on every response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from l4_sglang.core import DEFAULT_COST_MODEL
+from l4_sglang.worker.server import DEFAULT_CONTEXT_LENGTH, DEFAULT_MODEL_PATH, EmulatedWorker, WorkerSettings
+
+READY_LINE = "The server is fired up and ready to roll!"  # what SGLang logs once it serves
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerSettings:
+    p = argparse.ArgumentParser(prog="python -m l4_sglang.emulated_worker", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000, help="0 picks a free port (printed when ready)")
+    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="shipped calibration name or JSON path")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiplies every step's modelled time (0.1: 10x faster)",
+    )
+    p.add_argument(
+        "--max-total-tokens", type=int, default=None, help="KV capacity (default: the cost model's)"
+    )
+    p.add_argument("--max-running-requests", type=int, default=None)
+    p.add_argument(
+        "--chunked-prefill-size", type=int, default=None, help="tokens per prefill step; <= 0: no chunking"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="token stream seed: workers that share it resume each other"
+    )
+    p.add_argument("--model-path", default=DEFAULT_MODEL_PATH, help="the model name it reports")
+    p.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH)
+    p.add_argument("--skip-tokenizer-init", action="store_true", help="answer without `text`, as SGLang does")
+    p.add_argument("--disable-radix-cache", action="store_true", help="no prefix cache")
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    if not a.time_scale > 0:
+        p.error("--time-scale must be > 0")
+    for name in ("max_total_tokens", "max_running_requests"):
+        value = getattr(a, name)
+        if value is not None and value < (2 if name == "max_total_tokens" else 1):
+            p.error(f"--{name.replace('_', '-')} is too small: {value}")
+    if a.context_length < 2:
+        p.error("--context-length must be >= 2")
+    logging.basicConfig(level=a.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    return WorkerSettings(
+        host=a.host,
+        port=a.port,
+        cost_model=a.cost_model,
+        time_scale=a.time_scale,
+        max_total_tokens=a.max_total_tokens,
+        max_running_requests=a.max_running_requests,
+        chunked_prefill_size=a.chunked_prefill_size,
+        seed=a.seed,
+        model_path=a.model_path,
+        context_length=a.context_length,
+        skip_tokenizer_init=a.skip_tokenizer_init,
+        disable_radix_cache=a.disable_radix_cache,
+    )
+
+
+async def serve(settings: WorkerSettings) -> None:
+    worker = EmulatedWorker(settings)
+    await worker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("l4_sglang.emulated_worker").info(
+        "emulated SGLang worker on %s (cost model %s, time scale %g). %s",
+        worker.url,
+        worker.cost_model.name,
+        settings.time_scale,
+        READY_LINE,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await worker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    try:
+        asyncio.run(serve(settings))
+    except (ValueError, OSError) as e:  # a bad cost model name or path, a port in use
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

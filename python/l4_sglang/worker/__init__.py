@@ -1,0 +1,12 @@
+"""The emulated SGLang worker: SGLang's HTTP API over a scheduler timed by the cost model.
+
+engine.py        the scheduler state machine (pure; fake-clock testable)
+prefix_cache.py  KV block cache keyed by block hashes
+runner.py        drives the engine in real time on asyncio
+tokenizer.py     a built-in deterministic tokenizer (shared with the router)
+protocol.py      /generate validation and response shapes
+openai_api.py    /v1/completions and /v1/chat/completions shapes
+server_info.py   /server_info, /model_info, /v1/loads, /get_load bodies
+metrics.py       /metrics in SGLang's Prometheus names
+server.py        the aiohttp app; `python -m l4_sglang.emulated_worker` serves it
+"""

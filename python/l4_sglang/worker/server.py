@@ -1,0 +1,530 @@
+"""The emulated worker's HTTP server (aiohttp): SGLang 0.5's routes over the engine.
+
+Every response carries `x-l4-emulated: 1`. Bad input gets a clean 400 in the
+route's error shape; a handler bug gets a 500, never a dead server. A client
+that goes away (handler cancelled, or a write to a closed stream) aborts its
+request in the engine, as SGLang does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
+from l4_sglang.worker import openai_api, protocol, server_info, tokenizer
+from l4_sglang.worker.engine import Engine, EngineConfig, Request, SamplingParams
+from l4_sglang.worker.metrics import WorkerMetrics
+from l4_sglang.worker.protocol import BadRequest, Clock, Limits, dumps
+from l4_sglang.worker.runner import EngineRunner
+
+DEFAULT_MODEL_PATH = "meta-llama/Meta-Llama-3-8B"
+DEFAULT_CONTEXT_LENGTH = 131072
+HEALTH_GENERATE_TIMEOUT_S = 20.0
+FLUSH_CACHE_MESSAGE = (
+    "Cache flushed.\nPlease check backend logs for more details. "
+    "(When there are running or waiting requests, the operation will not be performed.)"
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    host: str = "127.0.0.1"
+    port: int = 30000  # 0: any free port (see EmulatedWorker.port once started)
+    cost_model: str = DEFAULT_COST_MODEL
+    time_scale: float = 1.0
+    max_total_tokens: int | None = None  # None: the cost model's KV capacity
+    max_running_requests: int | None = None
+    chunked_prefill_size: int | None = None
+    seed: int = 0
+    model_path: str = DEFAULT_MODEL_PATH
+    context_length: int = DEFAULT_CONTEXT_LENGTH
+    skip_tokenizer_init: bool = False
+    disable_radix_cache: bool = False
+
+
+class MalformedJson(ValueError):
+    pass
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(obj), status=status, content_type="application/json")
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise MalformedJson(e.msg) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MalformedJson(str(e)) from None
+
+
+def _sse(payload: str) -> bytes:
+    return b"data: " + payload.encode() + b"\n\n"
+
+
+class EmulatedWorker:
+    """One emulated SGLang server: engine, runner, metrics and the aiohttp app."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        if not settings.time_scale > 0:
+            raise ValueError(f"invalid time_scale: must be > 0, got {settings.time_scale}")
+        self.settings = settings
+        self.cost_model = CostModel.load(settings.cost_model)
+        params = self.cost_model.params
+        self.config = EngineConfig(
+            max_total_tokens=settings.max_total_tokens or int(params["kv_capacity_tokens"]),
+            max_running_requests=settings.max_running_requests or int(params["max_running_requests"]),
+            chunked_prefill_size=(
+                settings.chunked_prefill_size
+                if settings.chunked_prefill_size is not None
+                else int(params["chunked_prefill_size"])
+            ),
+            context_length=settings.context_length,
+            seed=settings.seed,
+            enable_prefix_cache=not settings.disable_radix_cache,
+        )
+        self.identity = server_info.WorkerIdentity(
+            model_path=settings.model_path,
+            host=settings.host,
+            port=settings.port,
+            cost_model=self.cost_model.name,
+            time_scale=settings.time_scale,
+            skip_tokenizer_init=settings.skip_tokenizer_init,
+            max_total_tokens_arg=settings.max_total_tokens,
+            max_running_requests_arg=settings.max_running_requests,
+        )
+        self.limits = Limits(context_length=settings.context_length)
+        self.metrics = WorkerMetrics(settings.model_path, settings.context_length)
+        self.engine = Engine(self.config, self.cost_model.step_time)
+        self.runner: EngineRunner | None = None
+        self.clock = Clock(offset=0.0)
+        self.app = self._build_app()
+        self._site_runner: web.AppRunner | None = None
+        tokenizer.encode("warm up the tables")
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self.identity.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.identity.host}:{self.identity.port}"
+
+    async def start(self) -> None:
+        site_runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await site_runner.setup()
+        site = web.TCPSite(site_runner, self.settings.host, self.settings.port)
+        await site.start()
+        self._site_runner = site_runner
+        bound = site_runner.addresses[0][1]
+        self.identity = dataclasses.replace(self.identity, port=bound)
+
+    async def stop(self) -> None:
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+            self._site_runner = None
+
+    async def _on_startup(self, app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        self.clock = Clock(offset=time.time() - loop.time())
+        self.runner = EngineRunner(self.engine, self.settings.time_scale)
+        self.runner.on_update = self.metrics.on_update
+        self.runner.on_step = self.metrics.on_step
+        self.runner.start()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self.runner is not None:
+            self.runner.abort_all("Abort: the server is shutting down")
+            await self.runner.stop()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024**2)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        app.on_response_prepare.append(self._mark_emulated)
+        r = app.router
+        r.add_post("/generate", self.generate)
+        r.add_post("/v1/completions", self.completions)
+        r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_get("/v1/models", self.models)
+        r.add_get("/health", self.health)
+        r.add_get("/health_generate", self.health_generate)
+        for path in ("/server_info", "/get_server_info"):
+            r.add_get(path, self.get_server_info)
+        for path in ("/model_info", "/get_model_info"):
+            r.add_get(path, self.get_model_info)
+        r.add_get("/v1/loads", self.v1_loads)
+        r.add_get("/get_load", self.get_load)
+        r.add_get("/metrics", self.prometheus)
+        r.add_post("/abort_request", self.abort_request)
+        r.add_route("*", "/flush_cache", self.flush_cache)
+        r.add_get("/emulated/steps", self.emulated_steps)
+        return app
+
+    @staticmethod
+    async def _mark_emulated(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["x-l4-emulated"] = "1"
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPNotFound:
+            response = _json({"detail": "Not Found"}, 404)
+        except web.HTTPMethodNotAllowed:
+            response = _json({"detail": "Method Not Allowed"}, 405)
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            response = web.Response(status=500, text="Internal Server Error")
+        resource = request.match_info.route.resource
+        if resource is not None:
+            self.metrics.on_http(resource.canonical, request.method, response.status)
+        return response
+
+    # ---- requests into the engine --------------------------------------------
+
+    def _submit(
+        self, rid: str | None, ids: list[int], params: SamplingParams, hash_ids: list[int] | None
+    ) -> tuple[Request, asyncio.Event]:
+        assert self.runner is not None
+        why = self.engine.admissible(len(ids))
+        if why is not None:
+            raise BadRequest(why)
+        req = Request(rid=rid or uuid.uuid4().hex, input_ids=ids, params=params, hash_ids=hash_ids)
+        try:
+            event = self.runner.submit(req)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return req, event
+
+    @staticmethod
+    async def _updates(req: Request, event: asyncio.Event) -> AsyncIterator[None]:
+        """Yields after each engine update of `req`, until it has finished."""
+        while True:
+            await event.wait()
+            event.clear()
+            yield
+            if req.finished:
+                return
+
+    @contextlib.contextmanager
+    def _owned(self, *reqs: Request) -> Iterator[None]:
+        """Aborts the requests if the handler ends before they finish (client gone, cancelled)."""
+        try:
+            yield
+        finally:
+            for req in reqs:
+                if not req.finished and self.runner is not None:
+                    self.runner.abort(req.rid, "Abort: the client disconnected")
+
+    async def _wait(self, req: Request, event: asyncio.Event) -> None:
+        with self._owned(req):
+            async for _ in self._updates(req, event):
+                pass
+
+    async def _open_stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        return resp
+
+    # ---- /generate ---------------------------------------------------------
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await _read_json(request)
+        except MalformedJson as e:
+            return _json(protocol.malformed_json_body(str(e), request.path), 400)
+        try:
+            inputs, is_batch, stream = protocol.parse_generate(body, self.limits)
+            submitted = []
+            try:
+                for inp in inputs:
+                    submitted.append(self._submit(inp.rid, inp.input_ids, inp.params, inp.hash_ids))
+            except BadRequest:
+                for req, _ in submitted:
+                    self.runner.abort(req.rid, "Abort: another request of its batch was rejected")
+                raise
+        except BadRequest as e:
+            return _json(protocol.error_body(str(e)), 400)
+        with_text = not self.settings.skip_tokenizer_init
+        if stream:
+            req, event = submitted[0]
+            return await self._stream_generate(request, req, event, with_text)
+        await asyncio.gather(*(self._wait(req, event) for req, event in submitted))
+        now = self.runner.now()
+        outs = [protocol.generate_response(req, self.clock, now, with_text) for req, _ in submitted]
+        return _json(outs if is_batch else outs[0])
+
+    async def _stream_generate(
+        self, request: web.Request, req: Request, event: asyncio.Event, with_text: bool
+    ) -> web.StreamResponse:
+        sent = 0
+        ids_text = ""  # the cumulative output_ids, grown in place rather than re-joined per chunk
+        text_bytes = b""
+        first = True
+        encoder = protocol.StreamMetaEncoder(self.clock)
+        with self._owned(req), contextlib.suppress(ConnectionError):
+            resp = await self._open_stream(request)
+            async for _ in self._updates(req, event):
+                out = req.output_ids
+                n = len(out)
+                if n == sent and not req.finished:
+                    continue
+                if n > sent:
+                    new = ",".join(map(str, out[sent:n]))
+                    ids_text = f"{ids_text},{new}" if ids_text else new
+                    if with_text:
+                        text_bytes += tokenizer.decode_bytes(out[sent:n])
+                    sent = n
+                meta = encoder.encode(req, self.runner.now(), final=req.finished, first_chunk=first)
+                first = False
+                text_part = f'"text":{dumps(protocol.output_text(req, text_bytes))},' if with_text else ""
+                payload = f'{{{text_part}"output_ids":[{ids_text}],"meta_info":{meta}}}'
+                await resp.write(_sse(payload))
+            await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    # ---- OpenAI routes -----------------------------------------------------
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai(request, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai(request, chat=True)
+
+    async def _openai(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            body = await _read_json(request)
+        except MalformedJson as e:
+            return _json(openai_api.error_body(f"JSON decode error: {e}"), 400)
+        try:
+            parse = openai_api.parse_chat if chat else openai_api.parse_completion
+            inp = parse(body, self.limits)
+            req, event = self._submit(inp.rid, inp.input_ids, inp.params, inp.hash_ids)
+        except BadRequest as e:
+            return _json(openai_api.error_body(str(e), e.param), 400)
+        created = int(time.time())
+        if not inp.stream:
+            await self._wait(req, event)
+            return _json(openai_api.response(inp, req, protocol.output_text(req), created))
+        sent = 0
+        text_bytes = b""
+        emitted = ""
+        with self._owned(req), contextlib.suppress(ConnectionError):
+            resp = await self._open_stream(request)
+            if chat:
+                await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, "", role=True))))
+            async for _ in self._updates(req, event):
+                out = req.output_ids
+                if len(out) > sent:
+                    text_bytes += tokenizer.decode_bytes(out[sent:])
+                    sent = len(out)
+                text = protocol.output_text(req, text_bytes)
+                if not req.finished:
+                    text = text.rstrip("\ufffd")  # hold back a character whose bytes are still coming
+                delta = text[len(emitted) :] if text.startswith(emitted) else ""
+                emitted += delta
+                if req.finished:
+                    finish, matched = openai_api.finish_fields(req)
+                    last = openai_api.chunk(inp, req.rid, created, delta, finish=finish, matched=matched)
+                    await resp.write(_sse(dumps(last)))
+                    if inp.include_usage:
+                        await resp.write(_sse(dumps(openai_api.usage_chunk(inp, req, created))))
+                elif delta:
+                    await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, delta))))
+            await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def models(self, request: web.Request) -> web.Response:
+        return _json(
+            openai_api.models_list(self.settings.model_path, self.settings.context_length, int(time.time()))
+        )
+
+    # ---- health, info, load ------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        if not self.engine.idle:
+            return web.Response(status=200)  # requests are making progress
+        params = SamplingParams(max_new_tokens=1, ignore_eos=True)
+        req, event = self._submit(f"HEALTH_CHECK_{uuid.uuid4().hex}", [tokenizer.BOS_ID], params, None)
+        try:
+            await asyncio.wait_for(self._wait(req, event), HEALTH_GENERATE_TIMEOUT_S)
+        except TimeoutError:
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    def _gen_throughput(self) -> float:
+        return self.metrics.gen_throughput(self.runner.now()) if self.runner else 0.0
+
+    def _cache_hit_rate(self) -> float:
+        stats = self.engine.stats
+        return stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
+
+    async def get_server_info(self, request: web.Request) -> web.Response:
+        return _json(server_info.server_info(self.identity, self.config, self._gen_throughput()))
+
+    async def get_model_info(self, request: web.Request) -> web.Response:
+        return _json(server_info.model_info(self.identity))
+
+    async def v1_loads(self, request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            include = server_info.parse_include(query.get("include"))
+            dp_rank = int(query["dp_rank"]) if "dp_rank" in query else None
+        except ValueError as e:
+            return _json({"detail": str(e)}, 400)
+        load = self.engine.load()
+        if query.get("format") == "prometheus":
+            text = server_info.loads_prometheus(load, self._gen_throughput(), self._cache_hit_rate())
+            return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return _json(
+            server_info.loads(load, self._gen_throughput(), self._cache_hit_rate(), include, dp_rank)
+        )
+
+    async def get_load(self, request: web.Request) -> web.Response:
+        return _json(server_info.get_load(self.engine.load()))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        now = self.runner.now() if self.runner else 0.0
+        text = self.metrics.render(self.engine.load(), self.engine.stats, now)
+        resp = web.Response(text=text)
+        resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return resp
+
+    # ---- control -----------------------------------------------------------
+
+    async def abort_request(self, request: web.Request) -> web.Response:
+        try:
+            body = await _read_json(request)
+        except MalformedJson as e:
+            return _json(protocol.error_body(f"JSON decode error: {e}"), 400)
+        if not isinstance(body, dict):
+            return _json(protocol.error_body("The request body must be a JSON object."), 400)
+        assert self.runner is not None
+        rid = body.get("rid")
+        if body.get("abort_all"):
+            self.runner.abort_all()
+        elif isinstance(rid, str):
+            self.runner.abort(rid)
+        elif isinstance(rid, list):
+            for one in rid:
+                if isinstance(one, str):
+                    self.runner.abort(one)
+        return web.Response(status=200)
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "POST"):
+            return _json({"detail": "Method Not Allowed"}, 405)
+        ok = self.engine.flush_cache()
+        return web.Response(text=FLUSH_CACHE_MESSAGE, status=200 if ok else 400)
+
+    async def emulated_steps(self, request: web.Request) -> web.Response:
+        """Debug: the engine's recent steps (modelled cost vs when they ran) and lag."""
+        assert self.runner is not None
+        try:
+            last = max(int(request.query.get("last", "200")), 0)
+        except ValueError:
+            return _json({"detail": "last must be an integer"}, 400)
+        records = list(self.runner.step_log)[-last:] if last else []
+        lags = sorted(r.applied - r.deadline for r in self.runner.step_log)
+        stats = dataclasses.asdict(self.engine.stats)
+        return _json(
+            {
+                "emulated": True,
+                "cost_model": self.cost_model.name,
+                "time_scale": self.settings.time_scale,
+                "stats": stats,
+                "lag_s": {
+                    "mean": sum(lags) / len(lags) if lags else 0.0,
+                    "p99": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
+                    "max": lags[-1] if lags else 0.0,
+                },
+                "steps": [r.to_json() for r in records],
+            }
+        )
+
+
+class BackgroundWorker:
+    """An emulated worker on its own event loop in a daemon thread (tests, notebooks).
+
+    with BackgroundWorker(WorkerSettings(port=0, time_scale=0.1)) as w:
+        requests.post(w.url + "/generate", ...)
+    """
+
+    def __init__(self, settings: WorkerSettings, start_timeout_s: float = 30.0) -> None:
+        self.settings = settings
+        self.worker: EmulatedWorker | None = None
+        self._timeout = start_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.worker is not None
+        return self.worker.url
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self.worker = EmulatedWorker(self.settings)
+            loop.run_until_complete(self.worker.start())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.worker.stop())
+            loop.close()
+
+    def start(self) -> BackgroundWorker:
+        self._thread = threading.Thread(target=self._main, name="l4-emulated-worker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._timeout):
+            raise TimeoutError("the emulated worker did not start in time")
+        if self._error is not None:
+            raise RuntimeError("the emulated worker failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> BackgroundWorker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
