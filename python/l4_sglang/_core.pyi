@@ -16,6 +16,10 @@ __all__ = [
     "predicted_work",
 ]
 
+from typing import final
+
+from typing_extensions import disjoint_base
+
 __version__: str
 build_profile: str
 """'release' or 'debug': benchmarks refuse a debug build."""
@@ -23,6 +27,8 @@ build_profile: str
 _Load = tuple[float, float, float, float, float, float]
 """(running, kv_tokens, max_kv, queued_requests, queued_tokens, mean_remaining)"""
 
+@final
+@disjoint_base
 class CostModel:
     """Step-time model of one engine iteration; parameters from JSON."""
 

@@ -41,9 +41,9 @@ def server_info(url: str) -> dict:
     return {}
 
 
-def run_scenarios(url: str, max_kv: int, out: Path, seed: int, deadline: float) -> list[dict]:
+def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, deadline: float) -> list[dict]:
     results = []
-    for i, (name, kind, prompts, max_new) in enumerate(scenarios.plan(max_kv)):
+    for i, (name, kind, prompts, max_new) in enumerate(scenarios.plan(max_kv, context)):
         if time.monotonic() > deadline:
             print(f"skip {name}: job deadline reached", flush=True)
             continue
@@ -94,7 +94,8 @@ def main(args) -> int:
         info = server_info(url)
         (out / "server_info.json").write_text(json.dumps(info))
         max_kv = int(info.get("max_total_num_tokens") or 400_000)
-        results = run_scenarios(url, max_kv, out, args.seed, deadline)
+        context = int(info.get("context_length") or 131072)
+        results = run_scenarios(url, max_kv, context, out, args.seed, deadline)
         meta = {
             "backend": args.backend,
             "gpu": os.popen("nvidia-smi --query-gpu=name --format=csv,noheader").read().strip(),

@@ -146,19 +146,32 @@ async def run_interference(url: str, seed: int, decoders: int, ctx: int, long_pr
     return result
 
 
-def plan(max_kv_tokens: int) -> list[tuple[str, str, list[int], int]]:
-    """(name, kind, prompts, max_new_tokens) of every batch scenario, sized to the KV capacity."""
+def plan(max_kv_tokens: int, context_length: int = 131072) -> list[tuple[str, str, list[int], int]]:
+    """(name, kind, prompts, max_new_tokens) of every batch scenario, sized to the KV capacity.
+
+    Every mixed batch has a homogeneous twin holding the same total KV. Big
+    batches decode for long enough that all their requests overlap after the
+    last prefill (SGLang interleaves decode steps with prefill chunks).
+    """
+    longest = context_length - 512
     out: list[tuple[str, str, list[int], int]] = []
     for p in (512, 2048, 8192, 32768, 98304):
-        out.append((f"prefill_{p}", "prefill", [p], 1))
-    for n in (1, 8, 32, 128, 256):
-        out.append((f"decode_{n}x1024", "decode", [1024] * n, 48))
+        out.append((f"prefill_{p}", "prefill", [min(p, longest)], 1))
+    for n in (1, 8, 32):
+        out.append((f"decode_{n}x1024", "decode", [1024] * n, 64))
+    for n in (128, 256):
+        out.append((f"decode_{n}x1024", "decode", [1024] * n, 400))
     budget = min(262_144, int(max_kv_tokens * 0.8))
-    out.append(("decode_64x4096", "decode", [budget // 64] * 64, 64))
-    out.append(("decode_16x16384", "decode", [budget // 16] * 16, 48))
-    long = min(131_072, budget // 2)
-    out.append(("mixed_1long_63short", "decode", [long] + [(budget - long) // 63] * 63, 64))
-    very_long = min(int(budget * 0.88), 230_000)
-    out.append(("mixed_1verylong_63x512", "decode", [very_long] + [512] * 63, 64))
-    out.append(("mixed_4x16k_60x1k", "decode", [16384] * 4 + [1024] * 60, 64))
+    mixes = [
+        ("mixed_1long_63short", [min(longest, budget // 2)]),
+        ("mixed_1x120k_63x512", [min(longest, 120_000)]),
+        ("mixed_4x16k_60x1k", [16_384] * 4),
+    ]
+    for name, long in mixes:
+        short = 512 if "63x512" in name else 1024 if "60x1k" in name else (budget - long[0]) // 63
+        prompts = long + [short] * (64 - len(long))
+        out.append((name, "decode", prompts, 400))
+        twin = sum(prompts) // 64
+        out.append((f"twin_64x{twin}", "decode", [twin] * 64, 400))
+    out.append(("decode_16x16384", "decode", [min(longest, budget // 16)] * 16, 200))
     return out
