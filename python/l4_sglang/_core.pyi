@@ -18,8 +18,6 @@ __all__ = [
 
 from typing import final
 
-from typing_extensions import disjoint_base
-
 __version__: str
 build_profile: str
 """'release' or 'debug': benchmarks refuse a debug build."""
@@ -28,7 +26,6 @@ _Load = tuple[float, float, float, float, float, float]
 """(running, kv_tokens, max_kv, queued_requests, queued_tokens, mean_remaining)"""
 
 @final
-@disjoint_base
 class CostModel:
     """Step-time model of one engine iteration; parameters from JSON."""
 

@@ -281,6 +281,8 @@ class Engine:
         chunk = self.config.chunked_prefill_size
         budget = chunk if chunk > 0 else 1 << 62
         items: list[tuple[Request, int, int]] = []
+        # Requests of this step that will decode next step (each needs a KV slot then).
+        admitted_now = 0
         if self.chunked is not None:
             req = self.chunked
             n = min(req.fill_tokens - req.computed_tokens, budget)
@@ -289,8 +291,8 @@ class Engine:
             if req.computed_tokens + n < req.fill_tokens:
                 return Step("prefill", items, 0.0)
             self.chunked = None
+            admitted_now = 1
         admitted = len(self.active) - len(self.waiting)
-        admitted_now = 0
         while self.waiting and budget > 0 and admitted < self.config.max_running_requests:
             req = self.waiting[0]
             fill = req.context_tokens
