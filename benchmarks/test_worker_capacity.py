@@ -5,8 +5,12 @@ and opens N streaming /generate requests at once (128-token prompts, 256 new
 tokens each). It reports:
 - slowdown: the measured makespan over the ideal one, the same requests run
   through the engine on a fake clock (cost model x time scale, no CPU limit);
-  1.00 means the worker kept up with the modelled GPU;
-- the engine's lag behind its step deadlines (mean, p99), from /emulated/steps;
+  1.00 means the worker kept up with the modelled GPU (the client's spread in
+  opening N connections counts against it);
+- dilation: the worker's own busy time over the modelled time of the steps it
+  ran (1.00: every step ended on its deadline, give or take 20 ms that later
+  steps catch up), and its lag behind step deadlines (mean, p99), both from
+  /emulated/steps;
 - the worker process's CPU use (100% = one core busy), and the client's.
 It measures only: nothing here asserts on wall-clock numbers.
 
@@ -46,6 +50,7 @@ class Result:
     ideal_s: float
     measured_s: float
     mean_ttft_s: float
+    dilation: float
     lag_mean_ms: float
     lag_p99_ms: float
     worker_cpu: float
@@ -59,14 +64,15 @@ class Result:
     def row(self) -> str:
         return (
             f"{self.time_scale:>6g} {self.streams:>7d} {self.ideal_s:>8.2f} {self.measured_s:>9.2f} "
-            f"{self.slowdown:>8.2f} {self.lag_mean_ms:>9.2f} {self.lag_p99_ms:>8.2f} "
+            f"{self.slowdown:>8.2f} {self.dilation:>8.2f} {self.mean_ttft_s * 1e3:>8.0f} "
+            f"{self.lag_mean_ms:>7.2f} {self.lag_p99_ms:>7.2f} "
             f"{self.worker_cpu:>7.0%} {self.client_cpu:>7.0%} {self.tokens / self.measured_s:>9.0f}"
         )
 
 
 HEADER = (
-    f"{'scale':>6} {'streams':>7} {'ideal_s':>8} {'measured':>9} {'slowdown':>8} "
-    f"{'lag_ms':>9} {'p99_ms':>8} {'worker':>7} {'client':>7} {'tok/s':>9}"
+    f"{'scale':>6} {'streams':>7} {'ideal_s':>8} {'measured':>9} {'slowdown':>8} {'dilation':>8} "
+    f"{'ttft_ms':>8} {'lag_ms':>7} {'p99_ms':>7} {'worker':>7} {'client':>7} {'tok/s':>9}"
 )
 
 
@@ -153,7 +159,7 @@ def measure(model: CostModel, time_scale: float, streams: int) -> Result:
         worker_cpu = (_cpu_seconds(proc.pid) - worker_cpu0) / wall
         client_cpu = (time.process_time() - client_cpu0) / wall
         with urllib.request.urlopen(url + "/emulated/steps?last=0", timeout=10) as resp:
-            lag = json.loads(resp.read())["lag_s"]
+            log = json.loads(resp.read())
     finally:
         proc.terminate()
         proc.wait(10)
@@ -164,8 +170,9 @@ def measure(model: CostModel, time_scale: float, streams: int) -> Result:
         ideal_s=ideal_makespan(model, streams, time_scale),
         measured_s=wall,
         mean_ttft_s=sum(t for t, _ in results) / len(results),
-        lag_mean_ms=lag["mean"] * 1e3,
-        lag_p99_ms=lag["p99"] * 1e3,
+        dilation=(log["modelled_s"] + log["lost_s"]) / log["modelled_s"],
+        lag_mean_ms=log["lag_s"]["mean"] * 1e3,
+        lag_p99_ms=log["lag_s"]["p99"] * 1e3,
         worker_cpu=worker_cpu,
         client_cpu=client_cpu,
         tokens=tokens,

@@ -110,6 +110,8 @@ def test_concurrent_requests_queue_when_kv_is_full_and_all_finish():
         assert load["num_running_reqs"] == load["num_waiting_reqs"] == load["num_used_tokens"] == 0
         queued = [out["meta_info"]["queue_time"] for out in results.values()]
         assert max(queued) > 0.05  # later requests waited for KV
+        status, _, text = call("POST", w.url + "/generate", {"input_ids": [1] * 700})
+        assert status == 400 and "does not fit in the KV cache" in text
     finally:
         w.stop()
 

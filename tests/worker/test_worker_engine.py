@@ -130,6 +130,8 @@ def test_a_request_that_outgrows_the_kv_is_aborted_not_stuck(model):
     run(engine)
     assert r.finish_reason["type"] == "abort"
     assert engine.admissible(49) is None and engine.admissible(50) is not None
+    with pytest.raises(ValueError, match="does not fit in the KV cache"):
+        engine.add(req("huge", 50), 0.0)
 
 
 def test_prefix_cache_hits_on_a_repeated_prompt(model):

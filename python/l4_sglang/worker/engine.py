@@ -220,6 +220,9 @@ class Engine:
             raise ValueError(f"Duplicate request ID: {req.rid}")
         if not req.input_ids:
             raise ValueError("invalid input_ids: empty")
+        why = self.admissible(req.context_tokens)
+        if why is not None:
+            raise ValueError(why)
         if req.arrival_time is None:
             req.arrival_time = now
         req.phase = Phase.WAITING

@@ -57,6 +57,9 @@ class EngineRunner:
         self.engine = engine
         self.time_scale = time_scale
         self.step_log: deque[StepRecord] = deque(maxlen=STEP_LOG_SIZE)
+        # Real time the engine spent stepping: modelled (cost x scale) and lost to falling behind.
+        self.modelled_s = 0.0
+        self.lost_s = 0.0
         self.on_step: Callable[[StepRecord], None] | None = None
         self.on_update: Callable[[Request, float], None] | None = None
         self._waiters: dict[str, asyncio.Event] = {}
@@ -117,8 +120,10 @@ class EngineRunner:
         prev_deadline: float | None = None
         while True:
             now = self.now()
-            behind = prev_deadline is None or now - prev_deadline > MAX_CATCH_UP_S
-            start = now if behind else prev_deadline
+            if prev_deadline is not None and now - prev_deadline > MAX_CATCH_UP_S:
+                self.lost_s += now - prev_deadline  # busy but late: this time is not caught up
+                prev_deadline = None
+            start = now if prev_deadline is None else prev_deadline
             step = engine.plan(start)
             if step is None:
                 prev_deadline = None
@@ -126,6 +131,7 @@ class EngineRunner:
                 await self._wake.wait()
                 continue
             deadline = start + step.cost_s * self.time_scale
+            self.modelled_s += step.cost_s * self.time_scale
             # Sleep even when late, so HTTP handlers get the loop between steps.
             await asyncio.sleep(max(deadline - self.now(), 0.0))
             applied = self.now()

@@ -150,14 +150,19 @@ class EmulatedWorker:
         self.runner.on_step = self.metrics.on_step
         self.runner.start()
 
-    async def _on_cleanup(self, app: web.Application) -> None:
+    async def _on_shutdown(self, app: web.Application) -> None:
+        # Before aiohttp waits for open handlers: end their streams instead of waiting them out.
         if self.runner is not None:
             self.runner.abort_all("Abort: the server is shutting down")
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self.runner is not None:
             await self.runner.stop()
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024**2)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         app.on_response_prepare.append(self._mark_emulated)
         r = app.router
@@ -209,9 +214,6 @@ class EmulatedWorker:
         self, rid: str | None, ids: list[int], params: SamplingParams, hash_ids: list[int] | None
     ) -> tuple[Request, asyncio.Event]:
         assert self.runner is not None
-        why = self.engine.admissible(len(ids))
-        if why is not None:
-            raise BadRequest(why)
         req = Request(rid=rid or uuid.uuid4().hex, input_ids=ids, params=params, hash_ids=hash_ids)
         try:
             event = self.runner.submit(req)
@@ -459,6 +461,10 @@ class EmulatedWorker:
                 "cost_model": self.cost_model.name,
                 "time_scale": self.settings.time_scale,
                 "stats": stats,
+                # Busy time as modelled (cost x scale) and lost by falling behind: the time dilation
+                # of this worker is (modelled_s + lost_s) / modelled_s, 1.0 when it keeps real time.
+                "modelled_s": self.runner.modelled_s,
+                "lost_s": self.runner.lost_s,
                 "lag_s": {
                     "mean": sum(lags) / len(lags) if lags else 0.0,
                     "p99": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
