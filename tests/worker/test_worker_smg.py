@@ -1,0 +1,63 @@
+"""SGLang's own gateway (smg) in front of an emulated worker: it must take it for SGLang."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from worker_http import call, free_port, get_json, poll, post_json, sse
+
+from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("smg") is None, reason="smg (SGLang's gateway) not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    with BackgroundWorker(WorkerSettings(port=0, time_scale=0.1)) as worker:
+        port = free_port()
+        cmd = [sys.executable, "-m", "smg", "launch", "--worker-urls", worker.url, "--port", str(port)]
+        cmd += ["--policy", "round_robin", "--log-level", "warn", "--shutdown-grace-period-secs", "0"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            def registered():
+                if proc.poll() is not None:
+                    raise AssertionError("smg exited")
+                try:
+                    workers = get_json(url + "/workers")["workers"]
+                except (OSError, AssertionError):
+                    return None
+                return workers if workers and workers[0].get("is_healthy") else None
+
+            yield url, poll(registered, timeout=30, interval=0.1)[0]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_smg_detects_an_sglang_worker(gateway):
+    _, worker = gateway
+    assert worker["runtime_type"] == "sglang"
+    assert worker["labels"]["version"] == "0.5.14"
+    assert worker["engine_load"]["loads"][0]["max_total_num_tokens"] == 423494
+
+
+def test_requests_pass_through_smg(gateway):
+    url, _ = gateway
+    out = post_json(url + "/generate", {"input_ids": [1, 2, 3, 4], "sampling_params": {"max_new_tokens": 4}})
+    assert len(out["output_ids"]) == 4 and out["meta_info"]["finish_reason"]["type"] == "length"
+    events = sse(url + "/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 3}, "stream": True})
+    assert events[-1][1] == "[DONE]" and len(json.loads(events[-2][1])["output_ids"]) == 3
+    chat = {
+        "model": "meta-llama/Meta-Llama-3-8B",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+    }
+    reply = post_json(url + "/v1/chat/completions", chat)
+    assert reply["usage"]["completion_tokens"] == 3
+    assert call("POST", url + "/v1/chat/completions", {**chat, "max_tokens": 10**6})[0] == 400
