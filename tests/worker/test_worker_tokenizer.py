@@ -6,6 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from l4_sglang.worker import tokenizer
+from l4_sglang.worker.engine import Request, SamplingParams
+from l4_sglang.worker.protocol import TextStream
 
 ENGLISH = (
     "The quick brown fox jumps over the lazy dog. In 2024, revenue grew by 15% to $3.2 billion, "
@@ -50,3 +52,15 @@ def test_special_tokens_and_chat_template():
     ids = tokenizer.chat_prompt_ids([("user", "hi")])
     assert ids[0] == tokenizer.BOS_ID and ids.count(tokenizer.START_HEADER_ID) == 2
     assert tokenizer.decode(ids) == "user\n\nhiassistant\n\n"
+
+
+def test_text_stream_holds_back_a_character_split_across_tokens():
+    ids = tokenizer.encode("ok 🙂!")
+    req = Request("r", [1], SamplingParams(max_new_tokens=len(ids)))
+    stream = TextStream()
+    seen = []
+    for i in ids:
+        req.output_ids.append(i)
+        seen.append(stream.update(req))
+    assert seen == ["ok", "ok ", "ok ", "ok ", "ok ", "ok 🙂", "ok 🙂!"]
+    assert all("\ufffd" not in s for s in seen)

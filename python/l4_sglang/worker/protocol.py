@@ -7,6 +7,7 @@ Field names, nesting and key order follow real SGLang 0.5.14 responses
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -208,15 +209,39 @@ def parse_generate(body: Any, limits: Limits) -> tuple[list[GenerateInput], bool
     return inputs, is_batch, stream
 
 
-def output_text(req: Request, text_bytes: bytes | None = None) -> str:
+def output_text(req: Request) -> str:
     """Decoded output, cut before a matched stop string as SGLang's detokenizer does."""
-    raw = text_bytes if text_bytes is not None else tokenizer.decode_bytes(req.output_ids)
-    text = raw.decode("utf-8", "replace")
+    text = tokenizer.decode(req.output_ids)
     if req.matched_stop_str:
         cut = text.find(req.matched_stop_str)
         if cut >= 0:
             text = text[:cut]
     return text
+
+
+class TextStream:
+    """A request's output text as it grows, decoded incrementally.
+
+    A character whose bytes span several tokens is held back until complete (as
+    SGLang's detokenizer does); once the request ends, the text is cut before a
+    matched stop string.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._ids = 0
+        self._text = ""
+
+    def update(self, req: Request) -> str:
+        out = req.output_ids
+        if len(out) > self._ids or req.finished:
+            self._text += self._decoder.decode(tokenizer.decode_bytes(out[self._ids :]), final=req.finished)
+            self._ids = len(out)
+        if req.finished and req.matched_stop_str:
+            cut = self._text.find(req.matched_stop_str)
+            if cut >= 0:
+                return self._text[:cut]
+        return self._text
 
 
 @dataclass

@@ -1,5 +1,14 @@
 """The emulated worker's HTTP server (aiohttp): SGLang 0.5's routes over the engine.
 
+Routes: POST /generate (text or input_ids, one or a batch; SSE with cumulative
+output_ids when streaming), POST /v1/completions, POST /v1/chat/completions,
+GET /v1/models, GET /health, GET /health_generate, GET /server_info and
+/get_server_info, GET /model_info and /get_model_info, GET /v1/loads, GET
+/get_load, GET /metrics, POST /abort_request, GET|POST /flush_cache.
+Extensions: `hash_ids` (trace block hashes, 512 tokens a block) on a request
+keys the prefix cache; GET /emulated/steps is a debug log of the engine's
+steps (modelled cost, start, deadline, when applied) and its lag.
+
 Every response carries `x-l4-emulated: 1`. Bad input gets a clean 400 in the
 route's error shape; a handler bug gets a 500, never a dead server. A client
 that goes away (handler cancelled, or a write to a closed stream) aborts its
@@ -284,7 +293,7 @@ class EmulatedWorker:
     ) -> web.StreamResponse:
         sent = 0
         ids_text = ""  # the cumulative output_ids, grown in place rather than re-joined per chunk
-        text_bytes = b""
+        text = protocol.TextStream()
         first = True
         encoder = protocol.StreamMetaEncoder(self.clock)
         with self._owned(req), contextlib.suppress(ConnectionError):
@@ -297,12 +306,10 @@ class EmulatedWorker:
                 if n > sent:
                     new = ",".join(map(str, out[sent:n]))
                     ids_text = f"{ids_text},{new}" if ids_text else new
-                    if with_text:
-                        text_bytes += tokenizer.decode_bytes(out[sent:n])
                     sent = n
                 meta = encoder.encode(req, self.runner.now(), final=req.finished, first_chunk=first)
                 first = False
-                text_part = f'"text":{dumps(protocol.output_text(req, text_bytes))},' if with_text else ""
+                text_part = f'"text":{dumps(text.update(req))},' if with_text else ""
                 payload = f'{{{text_part}"output_ids":[{ids_text}],"meta_info":{meta}}}'
                 await resp.write(_sse(payload))
             await resp.write(b"data: [DONE]\n\n")
@@ -331,23 +338,16 @@ class EmulatedWorker:
         if not inp.stream:
             await self._wait(req, event)
             return _json(openai_api.response(inp, req, protocol.output_text(req), created))
-        sent = 0
-        text_bytes = b""
-        emitted = ""
+        text = protocol.TextStream()
+        emitted = 0  # characters of the text already sent
         with self._owned(req), contextlib.suppress(ConnectionError):
             resp = await self._open_stream(request)
             if chat:
                 await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, "", role=True))))
             async for _ in self._updates(req, event):
-                out = req.output_ids
-                if len(out) > sent:
-                    text_bytes += tokenizer.decode_bytes(out[sent:])
-                    sent = len(out)
-                text = protocol.output_text(req, text_bytes)
-                if not req.finished:
-                    text = text.rstrip("\ufffd")  # hold back a character whose bytes are still coming
-                delta = text[len(emitted) :] if text.startswith(emitted) else ""
-                emitted += delta
+                so_far = text.update(req)
+                delta = so_far[emitted:]  # empty when a stop string cut back what was sent
+                emitted += len(delta)
                 if req.finished:
                     finish, matched = openai_api.finish_fields(req)
                     last = openai_api.chunk(inp, req.rid, created, delta, finish=finish, matched=matched)
