@@ -170,6 +170,16 @@ def test_openai_routes_answer_errors_in_openai_shape(worker):
         assert set(error) == {"message", "type", "param", "code"} and error["code"] == 400
 
 
+def test_odd_unicode_in_ids_and_prompts_is_answered(worker):
+    raw = b'{"text": "\\ud800 \\udfff \xf0\x9f\x99\x82", "rid": "r-\\ud800", '
+    raw += b'"sampling_params": {"max_new_tokens": 2}}'
+    status, _, text = call("POST", worker.url + "/generate", raw=raw)
+    assert status == 200
+    assert json.loads(text)["meta_info"]["id"] == "r-\ud800"
+    events = sse(worker.url + "/generate", {"text": "\ud800", "rid": "s-\udfff", "stream": True})
+    assert json.loads(events[-2][1])["meta_info"]["id"] == "s-\udfff"
+
+
 def test_unknown_routes_and_methods(worker):
     assert call("GET", worker.url + "/nope")[::2] == (404, '{"detail":"Not Found"}')
     assert call("GET", worker.url + "/generate")[0] == 405

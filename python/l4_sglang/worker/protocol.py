@@ -349,7 +349,3 @@ def malformed_json_body(detail: str, path: str) -> dict:
         "param": None,
         "code": 400,
     }
-
-
-def new_request(inp: GenerateInput, rid: str) -> Request:
-    return Request(rid=rid, input_ids=inp.input_ids, params=inp.params, hash_ids=inp.hash_ids)

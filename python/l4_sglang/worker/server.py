@@ -69,8 +69,15 @@ class MalformedJson(ValueError):
     pass
 
 
+def _utf8(text: str) -> bytes:
+    # A lone surrogate (a client's rid or model name may carry one) becomes its JSON escape.
+    return text.encode("utf-8", "backslashreplace")
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(obj), status=status, content_type="application/json")
+    return web.Response(
+        body=_utf8(dumps(obj)), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -84,7 +91,7 @@ async def _read_json(request: web.Request) -> Any:
 
 
 def _sse(payload: str) -> bytes:
-    return b"data: " + payload.encode() + b"\n\n"
+    return b"data: " + _utf8(payload) + b"\n\n"
 
 
 class EmulatedWorker:
