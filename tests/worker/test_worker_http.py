@@ -8,6 +8,8 @@ import urllib.parse
 
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from worker_http import SAMPLES, call, get_json, poll, post_json, sse
 
 from l4_sglang.worker import tokenizer
@@ -178,6 +180,30 @@ def test_odd_unicode_in_ids_and_prompts_is_answered(worker):
     assert json.loads(text)["meta_info"]["id"] == "r-\ud800"
     events = sse(worker.url + "/generate", {"text": "\ud800", "rid": "s-\udfff", "stream": True})
     assert json.loads(events[-2][1])["meta_info"]["id"] == "s-\udfff"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 40) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+_generate_keys = st.sampled_from(["text", "input_ids", "sampling_params", "stream", "rid", "hash_ids"])
+_sampling = st.dictionaries(
+    st.sampled_from(["max_new_tokens", "stop", "stop_token_ids", "temperature", "top_p", "ignore_eos", "n"]),
+    _json_values,
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(_generate_keys, _json_values | _sampling, max_size=4), route=st.integers(0, 2))
+def test_no_body_makes_the_server_fail(worker, body, route):
+    path = ["/generate", "/v1/completions", "/v1/chat/completions"][route]
+    if route:
+        body = {"model": "m", "prompt": body.get("text"), "messages": body.get("input_ids"), **body}
+    status, _, text = call("POST", worker.url + path, body)
+    assert status in (200, 400), text
+    json.loads(text.split("\n\n")[0].removeprefix("data: "))
 
 
 def test_unknown_routes_and_methods(worker):
