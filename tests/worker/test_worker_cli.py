@@ -2,13 +2,14 @@
 
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import threading
 
 import pytest
-from worker_http import REPO, SAMPLES, WorkerProcess, call, get_json, poll, post_json, sse
+from worker_http import SAMPLES, WorkerProcess, call, get_json, poll, post_json, sse
 
 from l4_sglang import CostModel
 
@@ -126,7 +127,7 @@ def test_bad_arguments_exit_with_a_message(args, needle):
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PYTHONPATH": str(REPO / "python"), "PATH": ""},
+        env={**os.environ, "PATH": ""},
     )
     assert run.returncode == 2
     assert needle in run.stderr

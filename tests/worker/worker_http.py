@@ -87,8 +87,8 @@ class WorkerProcess:
 
     def __init__(self, *args: str) -> None:
         self.port = free_port()
+        # The subprocess imports l4_sglang the way the tests do: the installed package.
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "l4_sglang.emulated_worker", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
