@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--name", required=True)
     fit.add_argument("--out", required=True)
     fit.add_argument("--holdout", type=float, default=0.3)
+    fit.add_argument("--het-from", help="take het_width/het_alpha from this calibration JSON")
     args = parser.parse_args(argv)
     if args.command == "job":
         from l4_sglang.profile import job as job_module
