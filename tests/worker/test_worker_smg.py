@@ -1,25 +1,27 @@
-"""SGLang's own gateway (smg) in front of an emulated worker: it must take it for SGLang."""
+"""SGLang's own gateway (smg, a dev dependency) in front of two emulated workers:
+it must take them for SGLang and pass requests, streaming chat included."""
 
-import importlib.util
 import json
 import subprocess
 import sys
+from contextlib import ExitStack
 
+import openai
 import pytest
 from worker_http import call, free_port, get_json, poll, post_json, sse
 
 from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("smg") is None, reason="smg (SGLang's gateway) not installed"
-)
-
 
 @pytest.fixture(scope="module")
 def gateway():
-    with BackgroundWorker(WorkerSettings(port=0, time_scale=0.1)) as worker:
+    with ExitStack() as stack:
+        workers = [
+            stack.enter_context(BackgroundWorker(WorkerSettings(port=0, time_scale=0.1))) for _ in range(2)
+        ]
         port = free_port()
-        cmd = [sys.executable, "-m", "smg", "launch", "--worker-urls", worker.url, "--port", str(port)]
+        urls = [w.url for w in workers]
+        cmd = [sys.executable, "-m", "smg", "launch", "--worker-urls", *urls, "--port", str(port)]
         cmd += ["--policy", "round_robin", "--log-level", "warn", "--shutdown-grace-period-secs", "0"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
@@ -32,7 +34,8 @@ def gateway():
                     workers = get_json(url + "/workers")["workers"]
                 except (OSError, AssertionError):
                     return None
-                return workers if workers and workers[0].get("is_healthy") else None
+                healthy = [w for w in workers if w.get("is_healthy")]
+                return healthy if len(healthy) == 2 else None
 
             yield url, poll(registered, timeout=30, interval=0.1)[0]
         finally:
@@ -61,3 +64,21 @@ def test_requests_pass_through_smg(gateway):
     reply = post_json(url + "/v1/chat/completions", chat)
     assert reply["usage"]["completion_tokens"] == 3
     assert call("POST", url + "/v1/chat/completions", {**chat, "max_tokens": 10**6})[0] == 400
+
+
+def test_openai_client_streams_a_chat_completion_through_smg(gateway):
+    url, _ = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    stream = client.chat.completions.create(
+        model="meta-llama/Meta-Llama-3-8B",
+        messages=[{"role": "user", "content": "Say something short."}],
+        max_tokens=8,
+        stream=True,
+    )
+    pieces, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces).strip(), pieces
+    assert finish == "length"

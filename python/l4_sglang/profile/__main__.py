@@ -25,11 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", required=True)
     fit.add_argument("--holdout", type=float, default=0.3)
     fit.add_argument("--het-from", help="take het_width/het_alpha from this calibration JSON")
+    replay = sub.add_parser("replay", help="replay a job's scenarios on an emulated worker and compare")
+    replay.add_argument("real", help="a job output folder")
+    replay.add_argument("--cost-model", required=True)
+    replay.add_argument("--out", required=True)
+    replay.add_argument("--port", type=int, default=31234)
+    replay.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "job":
         from l4_sglang.profile import job as job_module
 
         return job_module.main(args)
+    if args.command == "replay":
+        from l4_sglang.profile import replay as replay_module
+
+        return replay_module.main(args)
     from l4_sglang.profile import fit as fit_module
 
     return fit_module.main(args)

@@ -1,0 +1,103 @@
+"""Replay a calibration job's scenarios against an emulated worker and compare.
+
+The worker runs the fitted cost model with the real server's limits (KV
+capacity, running requests, chunk size); the same scenario plan and seeds are
+sent; per scenario the steady decode step, mean TTFT and mean E2E are set
+beside the real engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from l4_sglang.profile import job, scenarios
+
+
+def _mean_e2e(s: dict) -> float | None:
+    done = [r["chunks"][-1] - r["sent"] for r in s["requests"] if r["chunks"]]
+    return statistics.fmean(done) if done else None
+
+
+def _mean_ttft(s: dict) -> float | None:
+    return statistics.fmean(s["ttft_s"]) if s["ttft_s"] else None
+
+
+def compare(real: list[dict], emulated: list[dict]) -> list[dict]:
+    by_name = {s["name"]: s for s in emulated}
+    rows = []
+    for r in real:
+        e = by_name.get(r["name"])
+        if e is None:
+            continue
+        row = {"scenario": r["name"]}
+        for key, get in (
+            ("step_s", lambda s: s.get("steady_step_s")),
+            ("ttft_s", _mean_ttft),
+            ("e2e_s", _mean_e2e),
+        ):
+            a, b = get(r), get(e)
+            row[f"real_{key}"], row[f"emulated_{key}"] = a, b
+            row[f"{key}_rel_diff"] = (b / a - 1.0) if a and b else None
+        rows.append(row)
+    return rows
+
+
+def main(args) -> int:
+    real_dir, out = Path(args.real), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = json.loads((real_dir / "server_info.json").read_text())
+    real = json.loads((real_dir / "scenarios.json").read_text())
+    log = next(real_dir.glob("sglang-*.log")).read_text()
+    running = [int(x) for x in re.findall(r"max_running_requests=(\d+)", log)]
+    cmd = [
+        sys.executable, "-m", "l4_sglang.emulated_worker", "--host", "127.0.0.1", "--port", str(args.port),
+        "--cost-model", args.cost_model, "--max-total-tokens", str(info["max_total_num_tokens"]),
+        "--chunked-prefill-size", str(info.get("chunked_prefill_size") or 8192),
+        "--max-running-requests", str(running[0] if running else 2048), "--skip-tokenizer-init",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        job.wait_healthy(url, proc, timeout_s=60)
+        wanted = {s["name"] for s in real}
+        results = []
+        plan = scenarios.plan(int(info["max_total_num_tokens"]), int(info.get("context_length") or 131072))
+        for i, (name, kind, prompts, max_new) in enumerate(plan):
+            if name not in wanted:
+                continue
+            t0 = time.monotonic()
+            r = asyncio.run(scenarios.run_batch(url, name, kind, prompts, max_new, args.seed + i))
+            results.append(r.to_dict())
+            print(f"{name:26s} emulated in {time.monotonic() - t0:.1f} s", flush=True)
+        with urllib.request.urlopen(f"{url}/server_info") as resp:
+            emulated_info = json.loads(resp.read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows = compare(real, results)
+    report = {
+        "real": str(real_dir),
+        "cost_model": args.cost_model,
+        "emulated": bool(emulated_info.get("emulated")),
+        "rows": rows,
+    }
+    (out / "replay.json").write_text(json.dumps(report, indent=1))
+    print(f"{'scenario':26s} {'step real/emu':>20s} {'TTFT real/emu':>20s} {'E2E real/emu':>20s}")
+    for row in rows:
+
+        def cell(key: str, row: dict = row) -> str:
+            a, b = row[f"real_{key}"], row[f"emulated_{key}"]
+            if not a or not b:
+                return "-"
+            return f"{a:.3f}/{b:.3f} ({b / a - 1:+.0%})"
+
+        print(f"{row['scenario']:26s} {cell('step_s'):>20s} {cell('ttft_s'):>20s} {cell('e2e_s'):>20s}")
+    return 0
