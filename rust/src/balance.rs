@@ -378,12 +378,7 @@ pub fn pick_migration(
 mod tests {
     use super::*;
 
-    fn model() -> CostModel {
-        CostModel::from_json(include_str!(
-            "../../python/l4_sglang/data/costmodels/llama3-8b-h100-default.json"
-        ))
-        .unwrap()
-    }
+    use crate::cost_model::tests::h100 as model;
 
     fn load(running: f64, ctx: f64) -> InstanceLoad {
         InstanceLoad {

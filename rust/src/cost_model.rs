@@ -373,7 +373,7 @@ impl DecodeCurve {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn h100() -> CostModel {

@@ -953,12 +953,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
 
-    fn model() -> CostModel {
-        CostModel::from_json(include_str!(
-            "../../python/l4_sglang/data/costmodels/llama3-8b-h100-default.json"
-        ))
-        .unwrap()
-    }
+    use crate::cost_model::tests::h100 as model;
 
     /// A bimodal workload: chats around 500 tokens, documents around 60K.
     fn bimodal(scale: f64) -> Workload {
