@@ -1,0 +1,541 @@
+"""l4: length-specialised stages chosen by the DP, requests moving down the pipeline.
+
+What it does with each event (DESIGN.md "L4, as we build it"):
+
+- **Learning the workload.** Arrivals, decode progress and finishes feed a
+  decayed histogram over `bins` log-spaced length bins up to `max_tokens`
+  (`histogram.LengthHistogram`, half-life `decay_half_life_s` of `now` time).
+  Its per-bin arrays are the DP's `Workload`, computed directly (no request
+  reservoir). The remaining tokens of a running request are `max_new_tokens -
+  generated` when `max_new_tokens` is known, else the mean residual output of
+  finished requests of its prompt bin that ran longer than it has so far,
+  else max(generated, 256).
+- **Layout.** Stages are contiguous length ranges [0, b1), [b1, b2), ...,
+  [b_last, inf), each owning at least one worker; every registered worker is
+  in exactly one stage. Until `min_samples` requests have finished there is
+  one stage of all workers and a new request goes to the least loaded of them
+  (all sampled). Then every `refine_interval_s`, `tick` runs `partition` on the
+  histogram and prices the current layout with `evaluate_layout` (its
+  boundaries snapped to the nearest bin edges); the DP's layout is applied only
+  when its relative gain in predicted QoE cost is above `min_gain` (an
+  infeasible current layout is always replaced by a feasible one; between two
+  infeasible ones the excess work is compared), or at once when workers were
+  added or removed since the last applied layout. Applied boundaries are bin
+  edges. Workers keep their order: the old stages' workers, each stage's
+  sorted by the mean context of what they run, fill the new stages in order,
+  so a worker changes stage only where the counts make it; a worker that
+  changes stage keeps its running requests (they finish or migrate by the
+  rules below).
+- **Admission.** A request goes to the stage holding its prompt length (its
+  predicted peak, prompt + max_new_tokens, with `admit_by_peak`), or the
+  nearest stage with a healthy worker (the upper one on a tie); inside it to
+  the least predicted work among `candidates` workers sampled by the core with
+  a seed drawn from the policy's seed and a counter. With `prefix_affinity`, a
+  request whose first prefix block hash was last routed to a worker of that
+  stage goes there again if its predicted work is at most (1 + pair_min_gap)
+  times the stage's least (an LRU of `prefix_entries` hashes).
+- **Pipeline migration** (`on_progress`). When a request's context exceeds
+  its worker's stage bound times (1 + hysteresis) and a later stage exists, it
+  is proposed to move to the least loaded healthy worker of the stage holding
+  its context if `move_value` predicts a gain above the recompute cost. A
+  request whose move did not pay is weighed again at most once per
+  `balance_interval_s`. Requests below their worker's range (after a layout
+  change) just finish there.
+- **Balance** (`tick`, every `balance_interval_s`). Each boundary between two
+  stages diffuses (`diffuse_boundary`) on their transient load: each stage's
+  mean predicted work per healthy worker, averaged exponentially over
+  `refine_interval_s`, divided by the same averaged over `decay_half_life_s`
+  since the stage last changed. Only departures from a stage's usual load
+  move a boundary (the DP chose unequal loads on purpose, and the cost model's
+  absolute numbers may be off for a real engine), never further than
+  DIFFUSION_SPAN_BINS bins from where the DP put it nor past the log-midpoint
+  to the DP's neighbouring boundary, so no stage collapses. Boundaries return
+  to bin edges when the DP's next layout is applied (a DP run that is not
+  applied leaves them where they drifted). Inside each stage, `pick_migration`
+  pairs the busiest and idlest workers (`pair_min_gap`, `pair_margin`).
+- **Workers.** An added worker joins the stage with the most predicted work
+  per worker; a removed worker leaves its stage, and a stage left without
+  workers merges into its upper neighbour (the last into its lower one). Either
+  way the next `tick` repartitions. Unhealthy and removed workers are never
+  routed to, nor proposed as migration targets.
+
+`migration=False` turns off both kinds of migration.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from l4_sglang.core import (
+    CostModel,
+    InstanceLoad,
+    Layout,
+    QoeConfig,
+    diffuse_boundary,
+    evaluate_layout,
+    log_bin_edges,
+    move_value,
+    partition,
+    pick_instance,
+    pick_migration,
+    predicted_work,
+)
+from l4_sglang.policy.base import (
+    LayoutView,
+    Migration,
+    NoWorkerAvailable,
+    Policy,
+    PolicyConfig,
+    RequestInfo,
+    StageView,
+    check_config,
+    finite,
+)
+from l4_sglang.policy.book import DEFAULT_REMAINING_TOKENS, Booking
+from l4_sglang.policy.histogram import LengthHistogram
+
+_QOE = QoeConfig()
+
+REFINEMENT_HISTORY = 64
+"""DP runs `L4.refinements` keeps."""
+
+DIFFUSION_SPAN_BINS = 2
+"""Diffusion keeps a boundary within this many bin widths (log space) of where
+the DP put it: the DP sets targets, diffusion handles transients."""
+
+
+def _knob(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class L4Config(PolicyConfig):
+    bins: int = _knob(32, "log-spaced length bins of the histogram and the DP")
+    max_tokens: int = _knob(131072, "top of the last bin (longer contexts count in it)")
+    refine_interval_s: float = _knob(5.0, "seconds between DP runs in tick()")
+    min_gain: float = _knob(0.05, "relative predicted QoE gain a new layout needs to be applied")
+    decay_half_life_s: float = _knob(60.0, "half-life of the length histogram, seconds")
+    candidates: int = _knob(2, "workers sampled inside a stage for a new request")
+    migration: bool = _knob(True, "propose migrations (pipeline and in-stage balance)")
+    hysteresis: float = _knob(0.1, "a request migrates once its context exceeds its stage bound x (1 + this)")
+    admit_by_peak: bool = _knob(False, "admit by prompt + max_new_tokens when max_new_tokens is given")
+    diffusion_rate: float = _knob(0.25, "log-space boundary step per unit of relative load imbalance")
+    diffusion_deadband: float = _knob(0.1, "relative imbalance below which boundaries stay put")
+    pair_min_gap: float = _knob(0.2, "relative work gap between two workers of a stage worth a migration")
+    pair_margin: float = _knob(1.0, "an in-stage migration's gain must exceed this times its cost")
+    prefix_affinity: bool = _knob(True, "send a known first prefix block to the worker that last had it")
+    slo_ttft_s: float = _knob(_QOE.slo_ttft_s, "TTFT SLO of the DP's QoE, seconds")
+    slo_tpot_s: float = _knob(_QOE.slo_tpot_s, "TPOT SLO of the DP's QoE, seconds")
+    slo_penalty_s: float = _knob(_QOE.slo_penalty_s, "seconds of latency one SLO violation is worth")
+    max_utilization: float = _knob(_QOE.max_utilization, "utilisation above which a stage is overloaded")
+    min_samples: int = _knob(50, "finished requests before the first DP (until then one stage)")
+    balance_interval_s: float = _knob(1.0, "seconds between diffusion and in-stage pairing in tick()")
+    horizon_steps: float = _knob(100.0, "decode steps of predicted work per running batch")
+    prefix_entries: int = _knob(4096, "first-block hashes the prefix-affinity LRU keeps")
+
+    def __post_init__(self):
+        positive = ("finite and > 0", lambda x: finite(x) and x > 0)
+        at_least_0 = ("finite and >= 0", lambda x: finite(x) and x >= 0)
+        rules = {
+            "bins": (">= 1", lambda x: x >= 1),
+            "max_tokens": ("> 16 (the first log edge)", lambda x: x > 16),
+            "refine_interval_s": at_least_0,
+            "min_gain": at_least_0,
+            "decay_half_life_s": ("> 0 (inf: no decay)", lambda x: x > 0),
+            "candidates": (">= 1", lambda x: x >= 1),
+            "hysteresis": at_least_0,
+            "diffusion_rate": at_least_0,
+            "diffusion_deadband": ("in [0, 1)", lambda x: 0 <= x < 1),
+            "pair_min_gap": at_least_0,
+            "pair_margin": at_least_0,
+            "slo_ttft_s": positive,
+            "slo_tpot_s": positive,
+            "slo_penalty_s": at_least_0,
+            "max_utilization": ("in (0, 1)", lambda x: 0 < x < 1),
+            "min_samples": (">= 0", lambda x: x >= 0),
+            "balance_interval_s": at_least_0,
+            "horizon_steps": at_least_0,
+            "prefix_entries": (">= 0", lambda x: x >= 0),
+        }
+        check_config(self, {k: (what, ok(getattr(self, k))) for k, (what, ok) in rules.items()})
+
+    def qoe(self) -> QoeConfig:
+        return QoeConfig(self.slo_ttft_s, self.slo_tpot_s, self.slo_penalty_s, self.max_utilization)
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What the last DP run decided (for logs, tests and the router's status page)."""
+
+    at: float
+    current_cost: float | None
+    """Predicted QoE cost of the layout in place; None when workers changed (applied regardless)."""
+    proposed_cost: float
+    gain: float
+    applied: bool
+    boundaries: tuple[float, ...]
+    instances: tuple[int, ...]
+
+
+def _gain(current: Layout, proposed: Layout) -> float:
+    if current.feasible and proposed.feasible:
+        c = current.total_cost
+        return (c - proposed.total_cost) / c if c > 0 else 0.0
+    if proposed.feasible:
+        return math.inf
+    if current.feasible:
+        return -math.inf
+    e = current.excess_work
+    return (e - proposed.excess_work) / e if e > 0 else 0.0
+
+
+class L4(Policy):
+    NAME = "l4"
+    Config = L4Config
+    config: L4Config
+
+    def __init__(self, config: object | None, cost_model: CostModel, seed: int = 0):
+        super().__init__(config, cost_model, seed)
+        c = self.config
+        self._edges = log_bin_edges(c.bins, c.max_tokens)
+        self._hist = LengthHistogram(self._edges, c.decay_half_life_s)
+        self._qoe = c.qoe()
+        self._bounds: list[float] = []
+        self._stages: list[list[str]] = []
+        self._where: dict[str, int] = {}
+        self._plan_bounds: list[float] | None = None
+        self._short: list[tuple[float, float]] | None = None
+        self._long: list[tuple[float, float]] | None = None
+        self._last_smooth = 0.0
+        self._predicted_e2e: float | None = None
+        self._updated_at = 0.0
+        self._planned = False
+        self._dirty = False
+        self._last_refine = -math.inf
+        self._last_balance = -math.inf
+        self._picks = 0
+        self._prefix: OrderedDict[int, str] = OrderedDict()
+        self.refinements: deque[Refinement] = deque(maxlen=REFINEMENT_HISTORY)
+        """The latest DP runs and what came of them, oldest first."""
+        self.book.remaining = self.remaining
+
+    # Layout bookkeeping.
+    def _set_stages(self, bounds: list[float], stages: list[list[str]], now: float) -> None:
+        self._bounds, self._stages = bounds, stages
+        self._short = self._long = None
+        self._where = {w: k for k, ws in enumerate(stages) for w in ws}
+        self._updated_at = float(now)
+
+    def stage_of(self, tokens: float) -> int:
+        """Index of the stage whose range holds a length of `tokens`."""
+        return bisect_right(self._bounds, tokens)
+
+    def _hi(self, k: int) -> float:
+        return self._bounds[k] if k < len(self._bounds) else math.inf
+
+    def _healthy(self, k: int) -> list[str]:
+        return [w for w in self._stages[k] if self.book.is_healthy(w)]
+
+    def _nearest_healthy_stage(self, k: int) -> int | None:
+        for s in sorted(range(len(self._stages)), key=lambda i: (abs(i - k), -i)):
+            if self._healthy(s):
+                return s
+        return None
+
+    def _work(self, worker_id: str) -> float:
+        return predicted_work(self.cost_model, self.book.load(worker_id), self.config.horizon_steps)
+
+    def layout(self) -> LayoutView | None:
+        if not self._stages:
+            return None
+        lows = [0.0, *self._bounds]
+        highs = [*self._bounds, math.inf]
+        stages = tuple(
+            StageView(float(lo), float(hi), tuple(ws))
+            for lo, hi, ws in zip(lows, highs, self._stages, strict=True)
+        )
+        return LayoutView(
+            stages=stages, predicted_mean_e2e_s=self._predicted_e2e, updated_at=self._updated_at
+        )
+
+    # Estimates.
+    def remaining(self, b: Booking) -> float:
+        """Expected tokens `b` still generates (see the module doc)."""
+        if b.info.max_new_tokens is not None:
+            return float(max(b.info.max_new_tokens - b.generated, 0))
+        est = self._hist.remaining(b.prompt, b.generated)
+        return est if est is not None else float(max(b.generated, DEFAULT_REMAINING_TOKENS))
+
+    def _without(self, load: InstanceLoad, b: Booking) -> InstanceLoad:
+        """`load` of b's worker after b leaves it."""
+        running = max(load.running - 1, 0.0)
+        kv = max(load.kv_tokens - b.context, 0.0)
+        max_kv = load.max_kv
+        if b.context >= load.max_kv:
+            others = [
+                x.context for x in self.book.workers[b.worker].requests.values() if x.started and x is not b
+            ]
+            max_kv = float(max(others, default=0))
+        max_kv = min(max(max_kv, kv / running), kv) if running > 0 else 0.0
+        return InstanceLoad(
+            running, kv, max_kv, load.queued_requests, load.queued_tokens, load.mean_remaining
+        )
+
+    # Events.
+    def add_worker(self, worker_id: str, now: float) -> None:
+        if not self.book.add_worker(worker_id, now):
+            return
+        stages = [list(ws) for ws in self._stages]
+        if not stages:
+            self._set_stages([], [[worker_id]], now)
+            return
+        per_worker = [sum(self._work(w) for w in ws) / len(ws) for ws in stages]
+        stages[int(np.argmax(per_worker))].append(worker_id)
+        self._set_stages(list(self._bounds), stages, now)
+        self._dirty = self._planned
+
+    def remove_worker(self, worker_id: str, now: float) -> None:
+        if not self.book.remove_worker(worker_id):
+            return
+        k = self._where[worker_id]
+        stages = [[w for w in ws if w != worker_id] for ws in self._stages]
+        bounds = list(self._bounds)
+        if not stages[k]:
+            del stages[k]
+            if bounds:
+                # Merge into the upper neighbour (the last stage into its lower one).
+                del bounds[k if k < len(bounds) else k - 1]
+            if self._plan_bounds:
+                del self._plan_bounds[k if k < len(self._plan_bounds) else k - 1]
+        self._set_stages(bounds, stages, now)
+        self._dirty = self._planned
+
+    def route(self, req: RequestInfo, now: float) -> str:
+        self.healthy_workers()  # NoWorkerAvailable when none is healthy
+        self._hist.add_arrival(req.prompt_tokens, now)
+        length = req.prompt_tokens
+        if self.config.admit_by_peak and req.max_new_tokens is not None:
+            length += req.max_new_tokens
+        k = self._nearest_healthy_stage(self.stage_of(length))
+        if k is None:  # unreachable: every registered worker is in a stage
+            raise NoWorkerAvailable(f"{self.NAME}: no healthy worker in any stage")
+        workers = self._healthy(k)
+        worker = self._affine(req, workers)
+        if worker is None:
+            loads = [self.book.load(w) for w in workers]
+            d = self.config.candidates if self._planned else len(workers)
+            self._picks += 1
+            seed = (self.seed * 0x9E3779B97F4A7C15 + self._picks) % 2**64
+            worker = workers[pick_instance(self.cost_model, loads, d, self.config.horizon_steps, seed)]
+        if self.config.prefix_affinity and req.prefix_hashes and self.config.prefix_entries > 0:
+            self._prefix[req.prefix_hashes[0]] = worker
+            self._prefix.move_to_end(req.prefix_hashes[0])
+            while len(self._prefix) > self.config.prefix_entries:
+                self._prefix.popitem(last=False)
+        self.book.route(req, worker, now)
+        return worker
+
+    def _affine(self, req: RequestInfo, workers: list[str]) -> str | None:
+        if not (self.config.prefix_affinity and req.prefix_hashes):
+            return None
+        last = self._prefix.get(req.prefix_hashes[0])
+        if last is None or last not in workers:
+            return None
+        least = min(self._work(w) for w in workers)
+        return last if self._work(last) <= (1 + self.config.pair_min_gap) * least else None
+
+    def on_progress(self, rid: str, generated_tokens: int, now: float) -> list[Migration]:
+        found = self.book.progress(rid, generated_tokens)
+        if found is None:
+            return []
+        b, before = found
+        self._hist.add_decode(b.prompt, before, b.generated, now)
+        if not (self.config.migration and b.started and b.target is None):
+            return []
+        k = self._where.get(b.worker)
+        if k is None or k == len(self._stages) - 1 or b.context <= self._hi(k) * (1 + self.config.hysteresis):
+            return []
+        if now - b.examined_at < self.config.balance_interval_s:
+            return []
+        b.examined_at = now
+        for s in range(self.stage_of(b.context), len(self._stages)):
+            candidates = self._healthy(s)
+            if candidates:
+                break
+        else:
+            return []
+        target = min(candidates, key=self._work)
+        source = self.book.load(b.worker, with_remaining=True)
+        gain, cost = move_value(
+            self.cost_model,
+            b.context,
+            self.remaining(b),
+            source,
+            self._without(source, b),
+            self.book.load(target, with_remaining=True),
+        )
+        if gain > cost:
+            return [self.propose(rid, target, "pipeline", now)]
+        return []
+
+    def on_finish(self, rid: str, now: float) -> None:
+        b = self.book.finish(rid)
+        if b is not None:
+            self._hist.add_finish(b.prompt, b.generated, now)
+
+    def tick(self, now: float) -> list[Migration]:
+        moves = super().tick(now)
+        if self._dirty or now - self._last_refine >= self.config.refine_interval_s:
+            self._refine(now)
+        if now - self._last_balance >= self.config.balance_interval_s:
+            self._last_balance = now
+            self._diffuse(now)
+            if self.config.migration:
+                moves.extend(self._pair(now))
+        return moves
+
+    # Refinement.
+    def _cuts(self) -> list[int]:
+        """The current boundaries as bin indices (nearest edge in log space), strictly increasing."""
+        bins = self._edges.size - 1
+        logs = np.log(self._edges[1:bins])
+        cuts = [int(np.argmin(np.abs(logs - math.log(b)))) + 1 for b in self._bounds]
+        for i in range(len(cuts)):
+            cuts[i] = max(cuts[i], cuts[i - 1] + 1 if i else 1)
+        for i in reversed(range(len(cuts))):
+            cuts[i] = min(cuts[i], bins - (len(cuts) - i))
+        return [0, *cuts, bins]
+
+    def _refine(self, now: float) -> None:
+        self._last_refine = now
+        n = len(self.book.workers)
+        if n == 0 or self._hist.finished < self.config.min_samples:
+            return
+        workload = self._hist.workload(now)
+        if workload is None:
+            return
+        proposed = partition(self.cost_model, workload, n, self._qoe)
+        current: Layout | None = None
+        if self._dirty or sum(len(ws) for ws in self._stages) != n:
+            gain = math.inf
+        else:
+            counts = [len(ws) for ws in self._stages]
+            current = evaluate_layout(self.cost_model, workload, self._cuts(), counts, self._qoe)
+            gain = _gain(current, proposed)
+        applied = gain > self.config.min_gain
+        if applied:
+            bounds = [float(s.lo_tokens) for s in proposed.stages[1:]]
+            self._set_stages(bounds, self._assign([s.instances for s in proposed.stages]), now)
+            self._plan_bounds = list(bounds)
+            self._predicted_e2e = proposed.mean_e2e_s
+            self._planned, self._dirty = True, False
+        elif current is not None:
+            self._predicted_e2e = current.mean_e2e_s
+        self.refinements.append(
+            Refinement(
+                at=float(now),
+                current_cost=None if current is None else current.total_cost,
+                proposed_cost=proposed.total_cost,
+                gain=gain,
+                applied=applied,
+                boundaries=tuple(proposed.boundaries),
+                instances=tuple(proposed.instances),
+            )
+        )
+
+    @property
+    def last_refinement(self) -> Refinement | None:
+        return self.refinements[-1] if self.refinements else None
+
+    def _assign(self, counts: list[int]) -> list[list[str]]:
+        """Workers for new stages of `counts`, in the order of their old stages."""
+        order = list(self.book.workers)
+        rank = {w: i for i, w in enumerate(order)}
+
+        def mean_context(w: str) -> float:
+            ctx = [b.context for b in self.book.workers[w].requests.values() if b.started]
+            return sum(ctx) / len(ctx) if ctx else 0.0
+
+        queue = [w for ws in self._stages for w in sorted(ws, key=lambda w: (mean_context(w), rank[w]))]
+        queue += [w for w in order if w not in self._where]  # none while the invariant holds
+        out, start = [], 0
+        for c in counts:
+            out.append(queue[start : start + c])
+            start += c
+        return out
+
+    # Balance.
+    def _diffuse(self, now: float) -> None:
+        """Move each boundary on its two stages' transient load (see the module doc)."""
+        k_count = len(self._stages)
+        if k_count < 2:
+            return
+        if self._short is None or self._long is None:
+            self._short, self._long = [(0.0, 0.0)] * k_count, [(0.0, 0.0)] * k_count
+            dt = 0.0
+        else:
+            dt = max(now - self._last_smooth, 0.0)
+        self._last_smooth = now
+        interval = max(self.config.refine_interval_s, 1e-9)
+        short_keep = math.exp(-dt / interval)
+        long_keep = math.exp(-dt * math.log(2) / self.config.decay_half_life_s)
+        ratio: list[float | None] = []
+        for k in range(k_count):
+            ws = self._healthy(k)
+            if not ws:
+                ratio.append(None)
+                continue
+            x = sum(self._work(w) for w in ws) / len(ws)
+            # Exponential averages as (weighted sum, weight): unbiased from the first sample.
+            (s, sw), (lg, lw) = self._short[k], self._long[k]
+            self._short[k] = (s * short_keep + x, sw * short_keep + 1)
+            self._long[k] = (lg * long_keep + x, lw * long_keep + 1)
+            mean_short = self._short[k][0] / self._short[k][1]
+            mean_long = self._long[k][0] / self._long[k][1]
+            ratio.append(mean_short / mean_long if mean_long > 0 else None)
+        span = float(self._edges[2] / self._edges[1]) ** DIFFUSION_SPAN_BINS
+        for k in range(k_count - 1):
+            lower, upper = ratio[k], ratio[k + 1]
+            if lower is None or upper is None:
+                continue
+            b = self._bounds[k]
+            lo = self._bounds[k - 1] if k > 0 else 0.0
+            hi = self._bounds[k + 1] if k + 1 < len(self._bounds) else float(self._edges[-1])
+            if self._plan_bounds is not None and len(self._plan_bounds) == len(self._bounds):
+                plan = self._plan_bounds
+                lo = max(lo, plan[k] / span, math.sqrt(plan[k - 1] * plan[k]) if k > 0 else 0.0)
+                hi = min(hi, plan[k] * span, math.sqrt(plan[k] * plan[k + 1]) if k + 1 < len(plan) else hi)
+            if not lo < b < hi:
+                continue
+            moved = diffuse_boundary(
+                b, lower, upper, lo, hi, self.config.diffusion_rate, self.config.diffusion_deadband
+            )
+            if moved != b:
+                self._bounds[k] = moved
+                self._updated_at = float(now)
+
+    def _pair(self, now: float) -> list[Migration]:
+        moves = []
+        for k in range(len(self._stages)):
+            workers = self._healthy(k)
+            if len(workers) < 2:
+                continue
+            loads = [self.book.load(w, with_remaining=True) for w in workers]
+            lists = [[(b.iid, b.context, self.remaining(b)) for b in self.book.running(w)] for w in workers]
+            m = pick_migration(
+                self.cost_model,
+                loads,
+                lists,
+                self.config.pair_min_gap,
+                self.config.pair_margin,
+                self.config.horizon_steps,
+            )
+            if m is not None:
+                b = self.book.by_iid[m.request]
+                moves.append(self.propose(b.rid, workers[m.target], "balance", now))
+        return moves
