@@ -62,17 +62,20 @@ def main(args) -> int:
         "--cost-model", args.cost_model, "--max-total-tokens", str(info["max_total_num_tokens"]),
         "--chunked-prefill-size", str(info.get("chunked_prefill_size") or 8192),
         "--max-running-requests", str(running[0] if running else 2048), "--skip-tokenizer-init",
+        "--context-length", str(info.get("context_length") or 131072),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{args.port}"
     try:
         job.wait_healthy(url, proc, timeout_s=60)
-        wanted = {s["name"] for s in real}
         results = []
-        plan = scenarios.plan(int(info["max_total_num_tokens"]), int(info.get("context_length") or 131072))
+        # The batches exactly as the real run sent them (its plan may be older than ours).
+        plan = [
+            (s["name"], s["kind"], [r["prompt_tokens"] for r in s["requests"]], s["max_new_tokens"])
+            for s in real
+            if s["kind"] != "interference"
+        ]
         for i, (name, kind, prompts, max_new) in enumerate(plan):
-            if name not in wanted:
-                continue
             t0 = time.monotonic()
             r = asyncio.run(scenarios.run_batch(url, name, kind, prompts, max_new, args.seed + i))
             results.append(r.to_dict())
