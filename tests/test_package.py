@@ -20,10 +20,16 @@ def test_core_reports_its_build():
     assert l4_sglang.__version__
 
 
-def test_launch_says_it_does_not_serve_yet():
+def test_launch_smoke_test_serves_through_the_router():
     run = subprocess.run(
-        [sys.executable, "-m", "l4_sglang.launch", "--num-instances", "2"], capture_output=True, text=True
-    )
+        [
+            sys.executable, "-m", "l4_sglang.launch", "--backend", "emulated", "--num-instances", "2",
+            "--port", "0", "--time-scale", "0.05", "--smoke-test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "NOT SERVING YET" in run.stderr
-    assert "instance(s)" in run.stdout
+    assert "EMULATED BACKEND" in run.stderr
+    assert "smoke test passed" in run.stdout

@@ -1,71 +1,501 @@
-"""`python -m l4_sglang.launch`: start workers and the L4 router.
+"""`python -m l4_sglang.launch`: start N workers and the L4 router in front of them.
 
-Not built yet: the router and the emulated workers land with their own issues.
-Until then this prints what the Rust core decides for a chat + document mix,
-so a newcomer sees the partitioner work, and says plainly that nothing is served.
+    python -m l4_sglang.launch [--model-path M] [--num-instances 4] [--backend auto|sglang|emulated]
+        [--policy l4] [--host 127.0.0.1] [--port 30000] [--cost-model NAME|PATH] [--time-scale S]
+        [--l4-<knob> V ...] [SGLang server flags ...]
+
+Backends:
+- `sglang`: N `python -m sglang.launch_server` processes, each on its own
+  port and its own GPUs (CUDA_VISIBLE_DEVICES; tp x pp x dp GPUs each, from
+  the SGLang flags), with every flag this launcher does not know passed
+  through unchanged (checked first by SGLang's own `ServerArgs` parser).
+- `emulated`: N emulated SGLang workers (`python -m l4_sglang.emulated_worker`,
+  no GPU; step times from the cost model, times --time-scale). The SGLang flags
+  they understand are passed on, others are ignored with a warning.
+- `auto` (default): sglang when a GPU and the sglang package are there, else
+  emulated, saying so and why.
+
+It waits until every worker answers /health, starts the router in this
+process, prints the URL to use, and serves until Ctrl-C or SIGTERM; then it
+stops every worker's whole process group (nothing is left behind, and the
+workers also die with the launcher if it is killed outright).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
+from l4_sglang.launch_router import add_router_args, settings_from
 
-from l4_sglang.core import (
-    DEFAULT_COST_MODEL,
-    CostModel,
-    QoeConfig,
-    Workload,
-    evaluate_layout,
-    log_bin_edges,
-    partition,
-)
+DEFAULT_EMULATED_MODEL = "meta-llama/Meta-Llama-3-8B"
+EMULATED_CHAT_MAX_TOKENS = 128
+"""Chat max_tokens without a client value, emulated backend only: an emulated
+model almost never says EOS, so "up to the context length" would run for hours."""
+OWN_WORKER_FLAGS = ("--host", "--port", "--base-gpu-id")
+"""SGLang flags the launcher sets per instance itself."""
 
 
-def synthetic_mix(rate: float, seed: int = 0, count: int = 4000) -> Workload:
-    """Chats (lognormal around 600 tokens) and documents (around 40K), 9:1."""
-    rng = np.random.default_rng(seed)
-    chats = rng.lognormal(np.log(600), 0.8, int(count * 0.9))
-    docs = rng.lognormal(np.log(40_000), 0.6, count - chats.size)
-    prompts = np.clip(np.concatenate([chats, docs]), 16, 120_000)
-    outputs = np.clip(rng.lognormal(np.log(300), 0.7, count), 1, 2000)
-    return Workload.from_requests(prompts, outputs, duration_s=count / rate, edges=log_bin_edges(32))
+class LaunchError(RuntimeError):
+    """A configuration the launcher cannot start (the message says why)."""
+
+
+@dataclass
+class WorkerPlan:
+    name: str
+    url: str
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables added to the launcher's environment."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES, else what nvidia-smi lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def sglang_available() -> bool:
+    return importlib.util.find_spec("sglang") is not None
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """(backend, why) for --backend auto|sglang|emulated."""
+    if requested == "emulated":
+        return "emulated", "--backend emulated"
+    has_sglang, gpus = sglang_available(), visible_gpus()
+    if requested == "sglang":
+        if not has_sglang:
+            raise LaunchError(
+                "--backend sglang needs the sglang package, which is not installed "
+                "(pip install 'l4_sglang[sglang]')"
+            )
+        return "sglang", "--backend sglang"
+    if not gpus:
+        return "emulated", "no GPU is visible (no CUDA_VISIBLE_DEVICES, no nvidia-smi)"
+    if not has_sglang:
+        return "emulated", "the sglang package is not installed"
+    return "sglang", f"{len(gpus)} GPU(s) and sglang found"
+
+
+def _flag_value(flags: Sequence[str], names: Sequence[str]) -> str | None:
+    """The value of the last of `names` in an argv-style list (`--x v` or `--x=v`)."""
+    found = None
+    for i, a in enumerate(flags):
+        for n in names:
+            if a == n and i + 1 < len(flags):
+                found = flags[i + 1]
+            elif a.startswith(n + "="):
+                found = a[len(n) + 1 :]
+    return found
+
+
+def gpus_per_instance(flags: Sequence[str]) -> int:
+    """tp x pp x dp from the SGLang flags (1 each when absent)."""
+    n = 1
+    for names in (("--tp-size", "--tp"), ("--pp-size", "--pp"), ("--dp-size", "--dp")):
+        raw = _flag_value(flags, names)
+        if raw is not None:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise LaunchError(f"{names[0]} must be an integer, got {raw!r}") from None
+            if value < 1:
+                raise LaunchError(f"{names[0]} must be >= 1, got {value}")
+            n *= value
+    return n
+
+
+def validate_sglang_flags(model_path: str, flags: Sequence[str]) -> None:
+    """Parse the passthrough flags with SGLang's own ServerArgs parser; LaunchError on a bad one."""
+    import argparse as _argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    parser = _argparse.ArgumentParser(prog="sglang.launch_server", exit_on_error=False, add_help=False)
+    ServerArgs.add_cli_args(parser)
+    try:
+        parser.parse_args(["--model-path", model_path, *flags])
+    except (_argparse.ArgumentError, SystemExit) as e:
+        raise LaunchError(f"SGLang rejects the server flags {' '.join(flags)!r}: {e}") from None
+
+
+def sglang_plans(
+    model_path: str,
+    num_instances: int,
+    flags: Sequence[str],
+    gpus: Sequence[str],
+    ports: Sequence[int],
+    host: str = "127.0.0.1",
+    python: str = sys.executable,
+) -> list[WorkerPlan]:
+    """The `sglang.launch_server` command and GPUs of each instance (no process is started)."""
+    for own in OWN_WORKER_FLAGS:
+        if _flag_value(flags, [own]) is not None or own in flags:
+            raise LaunchError(f"{own} is set by the launcher for each instance; leave it out")
+    per = gpus_per_instance(flags)
+    if num_instances * per > len(gpus):
+        raise LaunchError(
+            f"{num_instances} instance(s) x {per} GPU(s) each need {num_instances * per} GPUs; "
+            f"{len(gpus)} visible ({','.join(gpus) or 'none'})"
+        )
+    plans = []
+    for i in range(num_instances):
+        mine = list(gpus[i * per : (i + 1) * per])
+        cmd = [python, "-m", "sglang.launch_server", "--model-path", model_path]
+        cmd += ["--host", host, "--port", str(ports[i]), *flags]
+        plans.append(
+            WorkerPlan(
+                f"sglang-{i}", f"http://{host}:{ports[i]}", cmd, {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
+            )
+        )
+    return plans
+
+
+# SGLang server flags the emulated worker understands: name -> takes a value.
+EMULATED_FLAGS = {
+    "--max-total-tokens": True,
+    "--max-running-requests": True,
+    "--chunked-prefill-size": True,
+    "--context-length": True,
+    "--random-seed": True,
+    "--disable-radix-cache": False,
+    "--skip-tokenizer-init": False,
+}
+
+
+def emulated_worker_flags(flags: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(flags for the emulated worker, flags it ignores) from SGLang server flags."""
+    kept: list[str] = []
+    ignored: list[str] = []
+    i = 0
+    while i < len(flags):
+        a = flags[i]
+        name, _, inline = a.partition("=")
+        if name in EMULATED_FLAGS:
+            target = "--seed" if name == "--random-seed" else name
+            if EMULATED_FLAGS[name]:
+                if inline:
+                    kept += [target, inline]
+                elif i + 1 < len(flags):
+                    kept += [target, flags[i + 1]]
+                    i += 1
+            else:
+                kept.append(target)
+        else:
+            ignored.append(a)
+            # A value that follows a flag we ignore is ignored with it.
+            if (
+                a.startswith("--")
+                and "=" not in a
+                and i + 1 < len(flags)
+                and not flags[i + 1].startswith("--")
+            ):
+                ignored.append(flags[i + 1])
+                i += 1
+        i += 1
+    return kept, ignored
+
+
+def emulated_plans(
+    num_instances: int,
+    ports: Sequence[int],
+    model_path: str,
+    cost_model: str,
+    time_scale: float,
+    flags: Sequence[str],
+    host: str = "127.0.0.1",
+    python: str = sys.executable,
+) -> list[WorkerPlan]:
+    plans = []
+    for i in range(num_instances):
+        cmd = [python, "-m", "l4_sglang.emulated_worker", "--host", host, "--port", str(ports[i])]
+        cmd += ["--model-path", model_path, "--cost-model", cost_model, "--time-scale", repr(time_scale)]
+        cmd += ["--log-level", "warning", *flags]
+        plans.append(WorkerPlan(f"emulated-{i}", f"http://{host}:{ports[i]}", cmd))
+    return plans
+
+
+def resolve_tokenizer(model_path: str) -> str | None:
+    """A local directory holding the model's tokenizer.json, if one can be found without a download."""
+    path = Path(model_path)
+    if (path / "tokenizer.json").is_file():
+        return str(path)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        folder = snapshot_download(model_path, allow_patterns=["tokenizer.json", "tokenizer_config.json"])
+    except Exception:
+        return None
+    return folder if (Path(folder) / "tokenizer.json").is_file() else None
+
+
+# ---- processes -----------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the child gets SIGTERM if the launcher dies (even by SIGKILL)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Children:
+    """Worker processes, each the leader of its own process group."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[WorkerPlan, subprocess.Popen]] = []
+
+    def spawn(self, plan: WorkerPlan) -> None:
+        env = {**os.environ, **plan.env}
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        proc = subprocess.Popen(plan.cmd, env=env, start_new_session=True, preexec_fn=preexec)
+        self.procs.append((plan, proc))
+
+    def exited(self) -> list[tuple[WorkerPlan, int]]:
+        return [(plan, p.returncode) for plan, p in self.procs if p.poll() is not None]
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        for _, p in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(deadline - time.monotonic(), 0.1))
+        for _, p in self.procs:
+            # The group too: a worker's own children (SGLang's scheduler processes) may outlive it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+
+
+async def wait_healthy(
+    plans: Sequence[WorkerPlan], children: Children, timeout: float, stop: asyncio.Event
+) -> None:
+    import aiohttp
+
+    start = time.monotonic()
+    last_report = start
+    pending = {p.url for p in plans}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while pending:
+            dead = children.exited()
+            if dead:
+                plan, rc = dead[0]
+                raise LaunchError(f"worker {plan.name} exited with code {rc} before it was healthy")
+            for url in list(pending):
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get(url + "/health") as resp:
+                        if resp.status == 200:
+                            pending.discard(url)
+            if not pending:
+                break
+            now = time.monotonic()
+            if now - start > timeout:
+                raise LaunchError(
+                    f"{len(pending)} worker(s) not healthy after {timeout:.0f} s: {sorted(pending)}"
+                )
+            if now - last_report >= 10:
+                last_report = now
+                print(
+                    f"l4_sglang: waiting for {len(pending)} of {len(plans)} worker(s) "
+                    f"({now - start:.0f} s of {timeout:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+            if stop.is_set():
+                raise LaunchError("stopped while waiting for the workers")
+
+
+async def smoke_request(url: str, model: str) -> str:
+    """One chat completion through the router; its text."""
+    import aiohttp
+
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        session.post(url + "/v1/chat/completions", json=body) as resp,
+    ):
+        out = await resp.json()
+        if resp.status != 200:
+            raise LaunchError(f"smoke request failed: HTTP {resp.status} {out}")
+        return out["choices"][0]["message"]["content"]
+
+
+async def run(plans: list[WorkerPlan], settings, wait_timeout: float, smoke: bool, model: str) -> int:
+    from l4_sglang.router.app import Router
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    children = Children()
+    router: Router | None = None
+    try:
+        for plan in plans:
+            children.spawn(plan)
+        print(
+            f"l4_sglang: started {len(plans)} worker(s); waiting for /health ...", file=sys.stderr, flush=True
+        )
+        await wait_healthy(plans, children, wait_timeout, stop)
+        router = Router(settings)
+        await router.start()
+        print(
+            f"l4_sglang: serving on {router.url} (policy {settings.policy}, {len(plans)} worker(s))",
+            flush=True,
+        )
+        print(
+            f"  curl {router.url}/v1/chat/completions -H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hi"}}]}}\'',
+            flush=True,
+        )
+        print(f"  stages: {router.url}/l4/stages   metrics: {router.url}/metrics   Ctrl-C stops", flush=True)
+        if smoke:
+            text = await smoke_request(router.url, model)
+            print(f"l4_sglang: smoke test passed, a chat completion came back: {text!r}", flush=True)
+            return 0
+        reported: set[str] = set()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            dead = children.exited()
+            for plan, rc in dead:
+                if plan.name not in reported:
+                    reported.add(plan.name)
+                    print(f"l4_sglang: worker {plan.name} exited with code {rc}", file=sys.stderr, flush=True)
+            if len(dead) == len(plans):
+                print("l4_sglang: every worker has exited; stopping", file=sys.stderr, flush=True)
+                return 1
+        print("l4_sglang: stopping", file=sys.stderr, flush=True)
+        return 0
+    except LaunchError as e:
+        print(f"l4_sglang: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if router is not None:
+            await router.stop()
+        children.stop_all()
+
+
+def parse_args(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(
+        prog="python -m l4_sglang.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        epilog="Any other flag is an SGLang server flag, passed to every worker.",
+    )
+    p.add_argument(
+        "--model-path", default=None, help="model for the workers (emulated: the name they report)"
+    )
+    p.add_argument("--num-instances", type=int, default=4, help="workers to start (default 4)")
+    p.add_argument("--backend", choices=("auto", "sglang", "emulated"), default="auto")
+    p.add_argument("--host", default="127.0.0.1", help="the router's address")
+    p.add_argument("--port", type=int, default=30000, help="the router's port")
+    p.add_argument("--worker-host", default="127.0.0.1", help="address the workers bind")
+    p.add_argument(
+        "--time-scale", type=float, default=1.0, help="emulated step time multiplier (0.1: 10x faster)"
+    )
+    p.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for healthy workers")
+    p.add_argument("--smoke-test", action="store_true", help="serve one chat completion, then stop (for CI)")
+    add_router_args(p, with_workers=False)
+    args, passthrough = p.parse_known_args(argv)
+    if args.num_instances < 1:
+        p.error("--num-instances must be >= 1")
+    if not args.time_scale > 0:
+        p.error("--time-scale must be > 0")
+    return p, args, passthrough
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m l4_sglang.launch", description=__doc__)
-    parser.add_argument("--num-instances", type=int, default=4)
-    parser.add_argument("--cost-model", default=DEFAULT_COST_MODEL)
-    parser.add_argument("--rate", type=float, default=2.0, help="requests per second of the synthetic mix")
-    args, passthrough = parser.parse_known_args(argv)
-    if args.num_instances < 1:
-        parser.error("--num-instances must be >= 1")
-    if args.rate <= 0:
-        parser.error("--rate must be > 0")
-    print(
-        "l4_sglang: NOT SERVING YET. The router and the emulated workers are not built "
-        "(issues 3 and 4); nothing listens on any port.",
-        file=sys.stderr,
+    import logging
+
+    p, args, passthrough = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
     )
-    if passthrough:
-        print(f"l4_sglang: ignoring flags meant for workers/router: {' '.join(passthrough)}", file=sys.stderr)
-    model = CostModel.load(args.cost_model)
-    workload = synthetic_mix(args.rate)
-    layout = partition(model, workload, args.num_instances, QoeConfig())
-    blind = evaluate_layout(model, workload, [0, workload.bins], [args.num_instances])
-    print(f"Stage layout the L4 DP picks for {args.num_instances} instances ({model.name}), ")
-    print(f"synthetic chat + document mix at {args.rate:g} req/s (simulated prediction, not a measurement):")
-    for s in layout.stages:
-        print(
-            f"  [{s.lo_tokens:>9.0f}, {s.hi_tokens:>9.0f}) tokens  {s.instances} instance(s)  "
-            f"utilization {s.utilization:5.2f}  TPOT {s.tpot_s * 1e3:6.1f} ms  TTFT {s.mean_ttft_s:6.2f} s"
-        )
-    print(
-        f"  predicted mean E2E {layout.mean_e2e_s:.2f} s vs {blind.mean_e2e_s:.2f} s for one length-blind "
-        f"stage; feasible: {layout.feasible}"
-    )
-    return 0
+    try:
+        backend, why = choose_backend(args.backend)
+        n = args.num_instances
+        ports = [free_port(args.worker_host) for _ in range(n)]
+        if backend == "emulated":
+            print(
+                "=" * 78 + f"\nl4_sglang: EMULATED BACKEND ({why}).\n"
+                "  The workers are emulated SGLang servers: no model runs, tokens are synthetic and\n"
+                "  step times come from the cost model. Use --backend sglang on a GPU host.\n" + "=" * 78,
+                file=sys.stderr,
+                flush=True,
+            )
+            model = args.model_path or DEFAULT_EMULATED_MODEL
+            flags, ignored = emulated_worker_flags(passthrough)
+            if ignored:
+                print(f"l4_sglang: emulated workers ignore: {' '.join(ignored)}", file=sys.stderr)
+            plans = emulated_plans(n, ports, model, args.cost_model, args.time_scale, flags, args.worker_host)
+            if args.default_max_tokens is None:
+                args.default_max_tokens = EMULATED_CHAT_MAX_TOKENS
+            wait = args.wait_timeout or 120.0
+        else:
+            if not args.model_path:
+                raise LaunchError("--model-path is required with the sglang backend")
+            model = args.model_path
+            validate_sglang_flags(model, passthrough)
+            plans = sglang_plans(model, n, passthrough, visible_gpus(), ports, args.worker_host)
+            if args.tokenizer_path is None:
+                args.tokenizer_path = resolve_tokenizer(model)
+                if args.tokenizer_path is None:
+                    raise LaunchError(
+                        f"no tokenizer.json found for {model!r}: pass --tokenizer-path DIR "
+                        "(the router tokenizes prompts itself)"
+                    )
+            wait = args.wait_timeout or 1800.0
+            print(f"l4_sglang: sglang backend ({why}); {n} instance(s)", file=sys.stderr, flush=True)
+        if args.model_name is None:
+            args.model_name = model
+        settings = settings_from(p, args, [plan.url for plan in plans], args.port, args.host)
+    except LaunchError as e:
+        print(f"l4_sglang: error: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(plans, settings, wait, args.smoke_test, model))
 
 
 if __name__ == "__main__":

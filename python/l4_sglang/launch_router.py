@@ -1,0 +1,202 @@
+"""`python -m l4_sglang.launch_router`: the L4 router in front of running SGLang workers.
+
+    python -m l4_sglang.launch_router --worker-urls http://127.0.0.1:30001 http://127.0.0.1:30002 \\
+        [--policy l4] [--cost-model NAME|PATH] [--tokenizer-path DIR] [--port 30000] [--l4-<knob> V]
+
+Every policy knob is a flag `--<policy>-<knob>` (underscores as dashes), from
+the policy's own config (`l4_sglang.policy.registry.policy_config_fields`);
+tuples are comma-separated, booleans true/false. A knob of a policy other
+than `--policy` is an error. The api key may come from `$L4_ROUTER_API_KEY`
+instead of the command line (which other users can see).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
+from l4_sglang.policy.registry import POLICIES, make_config, policy_config_fields
+
+API_KEY_ENV = "L4_ROUTER_API_KEY"
+
+
+def _flag(policy: str, knob: str) -> str:
+    return f"--{policy.replace('_', '-')}-{knob.replace('_', '-')}"
+
+
+def _dest(policy: str, knob: str) -> str:
+    return f"knob__{policy}__{knob}"
+
+
+def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) -> None:
+    """The router's flags (the launcher shares them, without --worker-urls)."""
+    if with_workers:
+        p.add_argument(
+            "--worker-urls",
+            nargs="*",
+            default=[],
+            metavar="URL",
+            help="workers to route to (more can be added at run time: POST /workers)",
+        )
+    p.add_argument("--policy", default="l4", choices=list(POLICIES), help="routing policy (default: l4)")
+    p.add_argument(
+        "--cost-model",
+        default=DEFAULT_COST_MODEL,
+        help="shipped calibration name or JSON path (policies use it)",
+    )
+    p.add_argument(
+        "--tokenizer-path",
+        default=None,
+        help="directory with the model's tokenizer.json (and tokenizer_config.json); "
+        "default: the built-in tokenizer of the emulated workers",
+    )
+    p.add_argument(
+        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV})"
+    )
+    p.add_argument(
+        "--worker-api-key", default=None, help="sent to the workers as 'Authorization: Bearer KEY'"
+    )
+    p.add_argument("--load-poll-interval", type=float, default=0.5, help="seconds between health/load polls")
+    p.add_argument("--tick-interval", type=float, default=0.25, help="seconds between policy ticks")
+    p.add_argument("--seed", type=int, default=0, help="the policy's random seed")
+    p.add_argument("--model-name", default=None, help="model name for /v1/models (default: the workers')")
+    p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=None,
+        help="chat max_tokens when the client gives none (default: up to the context length, as SGLang)",
+    )
+    p.add_argument("--log-level", default="info")
+    knobs = p.add_argument_group("policy knobs (--<policy>-<knob>)")
+    for name in POLICIES:
+        for f in policy_config_fields(name):
+            knobs.add_argument(
+                _flag(name, f.name),
+                dest=_dest(name, f.name),
+                default=None,
+                metavar="V",
+                help=f"{f.help} (default: {_show(f.default)})",
+            )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def policy_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs given for `args.policy`; parser errors for bad values or another policy's knobs."""
+    overrides: dict[str, Any] = {}
+    for name in POLICIES:
+        for f in policy_config_fields(name):
+            raw = getattr(args, _dest(name, f.name))
+            if raw is None:
+                continue
+            if name != args.policy:
+                p.error(
+                    f"{_flag(name, f.name)} is a knob of policy {name!r}, but --policy is {args.policy!r}"
+                )
+            try:
+                overrides[f.name] = f.parse(raw)
+            except ValueError as e:
+                p.error(f"{_flag(name, f.name)}: {e}")
+    try:
+        make_config(args.policy, overrides)
+    except ValueError as e:
+        p.error(f"policy {args.policy}: {e}")
+    return overrides
+
+
+def check_common(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("load_poll_interval", "tick_interval"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.default_max_tokens is not None and args.default_max_tokens < 1:
+        p.error("--default-max-tokens must be >= 1")
+    try:
+        CostModel.load(args.cost_model)
+    except ValueError as e:
+        p.error(f"--cost-model: {e}")
+
+
+def settings_from(
+    p: argparse.ArgumentParser, args: argparse.Namespace, worker_urls: Sequence[str], port: int, host: str
+):
+    from l4_sglang.router.app import RouterSettings
+
+    check_common(p, args)
+    try:
+        return RouterSettings(
+            worker_urls=tuple(worker_urls),
+            policy=args.policy,
+            policy_overrides=policy_overrides(p, args),
+            cost_model=args.cost_model,
+            tokenizer_path=args.tokenizer_path,
+            host=host,
+            port=port,
+            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            worker_api_key=args.worker_api_key,
+            load_poll_interval=args.load_poll_interval,
+            tick_interval=args.tick_interval,
+            seed=args.seed,
+            model_name=args.model_name,
+            default_max_tokens=args.default_max_tokens,
+        )
+    except ValueError as e:
+        p.error(str(e))
+
+
+def parse_args(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(
+        prog="python -m l4_sglang.launch_router",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000, help="0 picks a free port")
+    add_router_args(p)
+    args = p.parse_args(argv)
+    return settings_from(p, args, args.worker_urls, args.port, args.host), args
+
+
+async def _serve(settings) -> None:
+    from l4_sglang.router.app import Router
+
+    router = Router(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await router.start()
+    print(f"l4 router ready on {router.url} (policy {settings.policy})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await router.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_serve(settings))
+    except (ValueError, OSError) as e:  # a tokenizer that does not load, a port in use
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

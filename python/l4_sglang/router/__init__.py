@@ -1,0 +1,13 @@
+"""The L4 router: an aiohttp server speaking SGLang's and OpenAI's APIs in front of SGLang workers.
+
+Modules, one job each: `app` (routes, lifecycle), `forwarding` (one request's
+life: send, stream, migrate, stitch), `workers` (worker registry, health and
+load polling, circuit breaker), `tokens` (tokenizer and chat template),
+`native` and `openai` (request and response shapes), `metrics` (Prometheus
+text). Every routing decision comes from the policy object
+(`l4_sglang.policy`); the router only carries them out.
+"""
+
+from l4_sglang.router.app import BackgroundRouter, Router, RouterSettings
+
+__all__ = ["BackgroundRouter", "Router", "RouterSettings"]

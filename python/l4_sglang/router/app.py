@@ -1,0 +1,665 @@
+"""The router's HTTP server (aiohttp): routes, lifecycle, the policy's clock.
+
+Routes: POST /generate (SGLang; stream or not; a batch without stream),
+POST /v1/completions and /v1/chat/completions (OpenAI; stream or not),
+GET /v1/models, GET /health (200 while a worker is healthy), GET /metrics,
+GET|POST|DELETE /workers, GET /l4/stages, POST /abort_request (by the
+client's rid, or abort_all).
+
+With an api key, every route but /health and /metrics needs
+`Authorization: Bearer <key>`. The policy runs on this loop only: `now` is
+`loop.time()`; `tick` runs every `tick_interval` seconds and the pool polls
+every `load_poll_interval` seconds. Logs at info level name workers and
+request counts, never prompts, outputs or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
+from l4_sglang.policy.base import NoWorkerAvailable, Policy
+from l4_sglang.policy.registry import make_policy
+from l4_sglang.router import native, openai
+from l4_sglang.router.forwarding import Forwarder, Generation, WorkerRejected
+from l4_sglang.router.metrics import RouterMetrics
+from l4_sglang.router.tokens import OutputText, Tokenizer, load_tokenizer
+from l4_sglang.router.workers import BadWorkerUrl, WorkerPool, normalize_url
+
+log = logging.getLogger("l4_sglang.router")
+
+OPEN_PATHS = frozenset({"/health", "/metrics"})
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+FALLBACK_CHAT_MAX_TOKENS = 128
+"""Chat max_tokens when neither the client, --default-max-tokens nor any worker's context length says."""
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    worker_urls: tuple[str, ...] = ()
+    policy: str = "l4"
+    policy_overrides: Mapping[str, Any] = field(default_factory=dict)
+    cost_model: str = DEFAULT_COST_MODEL
+    tokenizer_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 30000  # 0: any free port (Router.port once started)
+    api_key: str | None = None
+    worker_api_key: str | None = None
+    load_poll_interval: float = 0.5
+    tick_interval: float = 0.25
+    seed: int = 0
+    model_name: str | None = None
+    default_max_tokens: int | None = None
+    failure_threshold: int = 2
+    health_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("load_poll_interval", "tick_interval", "health_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"invalid {name}: must be > 0, got {value!r}")
+        if self.default_max_tokens is not None and self.default_max_tokens < 1:
+            raise ValueError(f"invalid default_max_tokens: must be >= 1, got {self.default_max_tokens}")
+        for url in self.worker_urls:
+            normalize_url(url)
+
+
+def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return web.Response(
+        body=body, status=status, content_type="application/json", charset="utf-8", headers=headers
+    )
+
+
+def _sse(obj: Any) -> bytes:
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return b"data: " + text.encode("utf-8", "backslashreplace") + b"\n\n"
+
+
+class _MalformedJson(ValueError):
+    pass
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _MalformedJson(f"JSON decode error: {e}") from None
+
+
+class Router:
+    """The router: a policy, a worker pool, a forwarder and the aiohttp app around them."""
+
+    def __init__(
+        self, settings: RouterSettings, policy: Policy | None = None, tokenizer: Tokenizer | None = None
+    ) -> None:
+        self.settings = settings
+        if policy is None:
+            model = CostModel.load(settings.cost_model)
+            policy = make_policy(settings.policy, model, settings.policy_overrides, seed=settings.seed)
+        self.policy = policy
+        self.tokenizer = tokenizer or load_tokenizer(settings.tokenizer_path)
+        self.metrics = RouterMetrics()
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        headers = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
+        self.pool = WorkerPool(
+            self.policy,
+            self.session,
+            self.now,
+            interval=settings.load_poll_interval,
+            failure_threshold=settings.failure_threshold,
+            timeout=settings.health_timeout,
+            headers=headers,
+        )
+        self.forwarder = Forwarder(
+            self.policy, self.pool, self.tokenizer, self.metrics, self.session, self.now, headers=headers
+        )
+        self._by_client_rid: dict[str, Generation] = {}
+        self._tick_task: asyncio.Task | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int = settings.port
+        self.app = self._build_app()
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def now(self) -> float:
+        assert self._loop is not None, "the router is not started"
+        return self._loop.time()
+
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "the router is not started"
+        return self._session
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Check every worker once, start polling and ticking, then listen."""
+        self._loop = asyncio.get_running_loop()
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        for url in dict.fromkeys(normalize_url(u) for u in self.settings.worker_urls):
+            await self.pool.add(url)
+        self.pool.start()
+        self._tick_task = self._loop.create_task(self._tick_loop(), name="l4-router-tick")
+        runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        log.info(
+            "l4 router on %s: policy %s, %d worker(s), %d healthy",
+            self.url,
+            self.policy.NAME,
+            len(self.pool.workers),
+            len(self.pool.healthy()),
+        )
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        await self.pool.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.forwarder.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.tick_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                moves = self.policy.tick(self.now())
+                if moves:
+                    self.forwarder.dispatch(moves)
+            except Exception:
+                log.exception("policy tick failed")
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024**2)
+        r = app.router
+        r.add_post("/generate", self.generate)
+        r.add_post("/v1/completions", self.completions)
+        r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_get("/v1/models", self.models)
+        r.add_get("/health", self.health)
+        r.add_get("/metrics", self.prometheus)
+        r.add_get("/workers", self.list_workers)
+        r.add_post("/workers", self.add_worker)
+        r.add_delete("/workers", self.remove_worker)
+        r.add_get("/l4/stages", self.stages)
+        r.add_post("/abort_request", self.abort_request)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        v1 = request.path.startswith("/v1/")
+        key = self.settings.api_key
+        if key is not None and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                response = self._error(
+                    v1, 401, "Unauthorized: a valid API key is required.", "AuthenticationError"
+                )
+                self.metrics.on_response(request.path, 401)
+                return response
+        try:
+            response = await handler(request)
+        except web.HTTPNotFound:
+            response = self._error(v1, 404, f"Not Found: {request.path}", "NotFoundError")
+        except web.HTTPMethodNotAllowed:
+            response = self._error(v1, 405, f"Method Not Allowed: {request.method}", "MethodNotAllowed")
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            response = self._error(
+                v1, 500, "Internal router error (see the router's log).", "InternalServerError"
+            )
+        resource = request.match_info.route.resource
+        self.metrics.on_response(resource.canonical if resource is not None else "other", response.status)
+        return response
+
+    @staticmethod
+    def _error(v1: bool, status: int, message: str, kind: str = "BadRequestError", param: str | None = None):
+        body = openai.error_body(message, param, status, kind) if v1 else native.error_body(message)
+        return _json(body, status)
+
+    # ---- generation ----------------------------------------------------------
+
+    def _done(self, route: str, gen: Generation, finished_at: float) -> None:
+        m = self.metrics
+        if gen.first_token is not None:
+            m.on_ttft(route, gen.first_token - gen.arrival)
+        if gen.finished:
+            m.on_e2e(route, finished_at - gen.arrival)
+        if gen.first_sent is not None and gen.last_chunk is not None:
+            m.on_added_latency(route, (gen.first_sent - gen.arrival) + (finished_at - gen.last_chunk))
+
+    async def _complete(self, gen: Generation, client_rid: str | None) -> Generation:
+        """Run a generation to its end (raises WorkerRejected / NoWorkerAvailable before any output)."""
+        if client_rid:
+            self._by_client_rid[client_rid] = gen
+        updates = self.forwarder.run(gen)
+        try:
+            async for _ in updates:
+                pass
+        finally:
+            await updates.aclose()
+            self.forwarder.end(gen)
+            if client_rid:
+                self._by_client_rid.pop(client_rid, None)
+        return gen
+
+    async def _complete_all(self, gens: list[Generation], rids: list[str | None]) -> None:
+        if len(gens) == 1:
+            await self._complete(gens[0], rids[0])
+            return
+        tasks = [asyncio.ensure_future(self._complete(g, r)) for g, r in zip(gens, rids, strict=True)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stream(
+        self, request: web.Request, gen: Generation, client_rid: str | None, writer
+    ) -> web.StreamResponse:
+        """Stream a generation; `writer(gen, final)` gives the bytes for each update.
+
+        Errors before the first token come back as a JSON error (the caller's
+        shape, via WorkerRejected / NoWorkerAvailable); later ones end the
+        stream with finish reason abort.
+        """
+        if client_rid:
+            self._by_client_rid[client_rid] = gen
+        updates = self.forwarder.run(gen)
+        resp: web.StreamResponse | None = None
+        try:
+            first = True
+            async for _ in updates:
+                if resp is None:
+                    resp = web.StreamResponse(headers={**SSE_HEADERS, "x-l4-rid": gen.rid})
+                    await resp.prepare(request)
+                data = writer(gen, first=first, final=gen.finished)
+                first = False
+                if data:
+                    await resp.write(data)
+                if gen.finished:
+                    break
+            if resp is None:  # ended before any update (e.g. given up while resuming)
+                resp = web.StreamResponse(headers={**SSE_HEADERS, "x-l4-rid": gen.rid})
+                await resp.prepare(request)
+                await resp.write(writer(gen, first=True, final=True))
+            await resp.write(b"data: [DONE]\n\n")
+        except ConnectionError:
+            pass  # the client went away: `end` aborts the request on its worker
+        finally:
+            await updates.aclose()
+            self.forwarder.end(gen)
+            if client_rid:
+                self._by_client_rid.pop(client_rid, None)
+        return resp
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        arrival = self.now()
+        try:
+            body = await _read_json(request)
+            req = native.parse_generate(body, self.tokenizer)
+        except (_MalformedJson, native.BadRequest) as e:
+            return _json(native.error_body(str(e)), 400)
+        route = "/generate"
+        trim = [s.sampling.get("no_stop_trim") is not True for s in req.specs]
+        gens = [self.forwarder.new(s, arrival) for s in req.specs]
+        self.metrics.in_flight += len(gens)
+        try:
+            if req.stream:
+                gen, rid = gens[0], req.rids[0]
+                text = OutputText(self.tokenizer, trim[0])
+
+                def write(gen: Generation, first: bool, final: bool) -> bytes:
+                    now = self.now()
+                    out = {"text": text.update(gen.output_ids, gen.finish_reason)}
+                    out["output_ids"] = list(gen.output_ids)
+                    out["meta_info"] = native.meta_info(gen, rid, now, final=final)
+                    return _sse(out)
+
+                try:
+                    resp = await self._stream(request, gen, rid, write)
+                except WorkerRejected as e:
+                    return _json(native.error_body(e.message), e.status)
+                except NoWorkerAvailable as e:
+                    return _json(native.error_body(f"No worker available: {e}"), 503)
+                self._done(route, gen, self.now())
+                return resp
+            try:
+                await self._complete_all(gens, req.rids)
+            except WorkerRejected as e:
+                return _json(native.error_body(e.message), e.status)
+            except NoWorkerAvailable as e:
+                return _json(native.error_body(f"No worker available: {e}"), 503)
+            now = self.now()
+            outs = []
+            for g, r, t in zip(gens, req.rids, trim, strict=True):
+                text = OutputText(self.tokenizer, t).update(g.output_ids, g.finish_reason)
+                outs.append(native.response(g, text, r, now))
+            resp = _json(outs if req.is_batch else outs[0], headers={"x-l4-rid": gens[0].rid})
+            for g in gens:
+                self._done(route, g, self.now())
+            return resp
+        finally:
+            self.metrics.in_flight -= len(gens)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai(request, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai(request, chat=True)
+
+    def _chat_default_max(self, prompt_tokens: int) -> tuple[int, bool]:
+        if self.settings.default_max_tokens is not None:
+            return self.settings.default_max_tokens, True
+        ctx = self.pool.context_length()
+        if ctx is None:
+            return FALLBACK_CHAT_MAX_TOKENS, True
+        return max(ctx - prompt_tokens - 1, 1), False
+
+    async def _openai(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        arrival = self.now()
+        route = request.path
+        try:
+            body = await _read_json(request)
+            if chat:
+                req = openai.parse_chat(body, self.tokenizer, self._chat_default_max)
+            else:
+                req = openai.parse_completion(body, self.tokenizer)
+        except _MalformedJson as e:
+            return _json(openai.error_body(str(e)), 400)
+        except native.BadRequest as e:
+            return _json(openai.error_body(e.message, e.param), 400)
+        gen = self.forwarder.new(req.spec, arrival)
+        created = int(time.time())
+        text = OutputText(self.tokenizer, req.spec.sampling.get("no_stop_trim") is not True)
+        self.metrics.in_flight += 1
+        try:
+            if req.stream:
+                emitted = [0]
+
+                def write(gen: Generation, first: bool, final: bool) -> bytes:
+                    so_far = text.update(gen.output_ids, gen.finish_reason)
+                    delta = so_far[emitted[0] :]
+                    emitted[0] += len(delta)
+                    out = b""
+                    if first and req.chat:
+                        out += _sse(openai.chunk(req, gen, created, "", role=True))
+                    if final:
+                        out += _sse(openai.chunk(req, gen, created, delta, final=True))
+                        if req.include_usage:
+                            out += _sse(openai.usage_chunk(req, gen, created))
+                    elif delta:
+                        out += _sse(openai.chunk(req, gen, created, delta))
+                    return out
+
+                try:
+                    resp = await self._stream(request, gen, req.rid, write)
+                except WorkerRejected as e:
+                    return _json(openai.error_body(e.message, code=e.status), e.status)
+                except NoWorkerAvailable as e:
+                    return _json(
+                        openai.error_body(f"No worker available: {e}", None, 503, "ServiceUnavailable"), 503
+                    )
+                self._done(route, gen, self.now())
+                return resp
+            try:
+                await self._complete(gen, req.rid)
+            except WorkerRejected as e:
+                return _json(openai.error_body(e.message, code=e.status), e.status)
+            except NoWorkerAvailable as e:
+                return _json(
+                    openai.error_body(f"No worker available: {e}", None, 503, "ServiceUnavailable"), 503
+                )
+            out = openai.response(req, gen, text.update(gen.output_ids, gen.finish_reason), created)
+            resp = _json(out, headers={"x-l4-rid": gen.rid, "x-l4-workers": ",".join(gen.workers)})
+            self._done(route, gen, self.now())
+            return resp
+        finally:
+            self.metrics.in_flight -= 1
+
+    async def abort_request(self, request: web.Request) -> web.Response:
+        try:
+            body = await _read_json(request)
+        except _MalformedJson as e:
+            return _json(native.error_body(str(e)), 400)
+        if not isinstance(body, dict):
+            return _json(native.error_body("The request body must be a JSON object."), 400)
+        if body.get("abort_all") is True:
+            targets = list(self.forwarder.jobs.values())
+        else:
+            rid = body.get("rid")
+            rids = rid if isinstance(rid, list) else [rid]
+            targets = []
+            for r in rids:
+                if isinstance(r, str):
+                    gen = self._by_client_rid.get(r) or self.forwarder.jobs.get(r)
+                    if gen is not None:
+                        targets.append(gen)
+        for gen in targets:
+            self.forwarder.abort(gen, "Abort by /abort_request")
+        return web.Response(status=200)
+
+    # ---- info and admin -------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        healthy = self.pool.healthy()
+        if healthy:
+            return _json({"status": "ok", "healthy_workers": len(healthy)})
+        return _json({"status": "no healthy worker", "healthy_workers": 0}, 503)
+
+    async def models(self, request: web.Request) -> web.Response:
+        name = self.settings.model_name or self.pool.model_name() or "default"
+        return _json(openai.models_list(name, self.pool.context_length(), int(time.time())))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        healthy = {u: w.healthy for u, w in self.pool.workers.items()}
+        text = self.metrics.render(self.policy.layout(), self.pool.snapshots(), healthy)
+        resp = web.Response(text=text)
+        resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return resp
+
+    def _stage_of(self) -> dict[str, int]:
+        layout = self.policy.layout()
+        if layout is None:
+            return {}
+        return {w: i for i, s in enumerate(layout.stages) for w in s.workers}
+
+    async def list_workers(self, request: web.Request) -> web.Response:
+        stage = self._stage_of()
+        out = []
+        for url, w in self.pool.workers.items():
+            s = w.snapshot()
+            out.append(
+                {
+                    "url": url,
+                    "healthy": w.healthy,
+                    "stage": stage.get(url),
+                    "load_source": w.load_path,
+                    "load": {
+                        "running": s.running,
+                        "waiting": s.waiting,
+                        "kv_tokens": s.kv_tokens,
+                        "queued_tokens": s.queued_tokens,
+                        "max_total_tokens": s.max_total_tokens,
+                    },
+                    "info": w.info,
+                }
+            )
+        return _json({"policy": self.policy.NAME, "workers": out})
+
+    async def add_worker(self, request: web.Request) -> web.Response:
+        try:
+            body = await _read_json(request)
+        except _MalformedJson as e:
+            return _json(native.error_body(str(e)), 400)
+        url = body.get("url") if isinstance(body, dict) else None
+        if url is None:
+            url = request.query.get("url")
+        try:
+            url = normalize_url(url)
+        except BadWorkerUrl as e:
+            return _json(native.error_body(str(e)), 400)
+        existed = url in self.pool
+        state = await self.pool.add(url)
+        return _json({"url": url, "added": not existed, "healthy": state.healthy})
+
+    async def remove_worker(self, request: web.Request) -> web.Response:
+        raw = request.query.get("url")
+        if raw is None and request.can_read_body:
+            with contextlib.suppress(_MalformedJson):
+                body = await _read_json(request)
+                raw = body.get("url") if isinstance(body, dict) else None
+        try:
+            url = normalize_url(raw)
+        except BadWorkerUrl as e:
+            return _json(native.error_body(str(e)), 400)
+        if not self.pool.remove(url):
+            return _json(native.error_body(f"no worker {url} is registered"), 404)
+        return _json({"url": url, "removed": True})
+
+    async def stages(self, request: web.Request) -> web.Response:
+        layout = self.policy.layout()
+        if layout is None:
+            return _json({"policy": self.policy.NAME, "stages": []})
+        stages = [
+            {
+                "index": i,
+                "lo_tokens": s.lo_tokens,
+                "hi_tokens": None if math.isinf(s.hi_tokens) else s.hi_tokens,
+                "workers": list(s.workers),
+            }
+            for i, s in enumerate(layout.stages)
+        ]
+        return _json(
+            {
+                "policy": self.policy.NAME,
+                "stages": stages,
+                "predicted_mean_e2e_s": layout.predicted_mean_e2e_s,
+                "updated_at": layout.updated_at,
+            }
+        )
+
+
+async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
+    """Run a router until `stop` is set."""
+    router = Router(settings)
+    await router.start()
+    try:
+        await stop.wait()
+    finally:
+        await router.stop()
+
+
+class BackgroundRouter:
+    """A router on its own event loop in a daemon thread (tests, benchmarks, notebooks).
+
+    with BackgroundRouter(RouterSettings(worker_urls=(w.url,), port=0)) as r:
+        requests.post(r.url + "/generate", ...)
+    """
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        policy: Policy | None = None,
+        tokenizer: Tokenizer | None = None,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self._policy = policy
+        self._tokenizer = tokenizer
+        self.router: Router | None = None
+        self._timeout = start_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.router is not None
+        return self.router.url
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self.router = Router(self.settings, self._policy, self._tokenizer)
+            loop.run_until_complete(self.router.start())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.router.stop())
+            loop.close()
+
+    def call(self, fn, timeout: float = 30.0):
+        """Run `fn()` (a plain function or one returning a coroutine) on the router's loop."""
+        assert self._loop is not None
+
+        async def run():
+            out = fn()
+            if asyncio.iscoroutine(out):
+                out = await out
+            return out
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def start(self) -> BackgroundRouter:
+        self._thread = threading.Thread(target=self._main, name="l4-router", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._timeout):
+            raise TimeoutError("the router did not start in time")
+        if self._error is not None:
+            raise RuntimeError("the router failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> BackgroundRouter:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

@@ -1,0 +1,541 @@
+"""One request's life on the workers: route, stream, migrate, fail over, stitch.
+
+The router always talks to a worker with `POST /generate`, `input_ids` and
+`"stream": true`, so it sees every generated id. A request runs as one or
+more *legs*, each one worker request with its own rid (`<rid>`, then
+`<rid>-2`, `<rid>-3`, ...). A leg's reader task parses the worker's SSE lines
+into a queue; `Forwarder.run` consumes it, appends the new ids to the
+request's output and reports progress to the policy.
+
+Migration (a proposal from `policy.on_progress` or `policy.tick` for this
+request): a new leg is opened on the target with `input_ids` = prompt + ids
+generated so far, `max_new_tokens` = what remains (and `min_new_tokens`
+likewise), the other sampling parameters unchanged. Only once the target has
+accepted is the source leg dropped and `POST /abort_request` sent to the
+source; so a target that refuses costs nothing, the source just goes on.
+Tokens the source generated after the cut are dropped: the target generates
+them again from the same context. `policy.on_migrated` confirms the move.
+
+Failover: if the worker's connection breaks (or it aborts the request
+itself, e.g. on shutdown), the request is routed again with its current
+length and resumed the same way (reason "failover"); the worker is ejected
+by the pool until a health check passes. After `MAX_FAILOVERS` resumes with
+no new token in between the request ends with finish reason "abort".
+
+Stop strings: a worker checks them over its own leg's output only, so for the
+first tokens of each later leg the router checks the window the unmigrated
+request would have seen, and finishes the request itself on a match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from l4_sglang.policy.base import Migration, NoWorkerAvailable, Policy, RequestInfo
+from l4_sglang.router.metrics import RouterMetrics
+from l4_sglang.router.tokens import Tokenizer
+from l4_sglang.router.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+MAX_FAILOVERS = 3
+"""Resumes in a row without a new token before a request is given up."""
+PREFIX_BLOCK = 512
+"""Tokens per prefix block hashed for `RequestInfo.prefix_hashes`."""
+PREFIX_BLOCKS = 8
+"""Leading blocks hashed (affinity only needs the first ones)."""
+
+
+class WorkerRejected(Exception):
+    """The worker refused the request (4xx, or an error event) before generating anything."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class LegFailed(Exception):
+    """A worker could not be reached or answered 5xx."""
+
+
+@dataclass
+class GenerationSpec:
+    """What an API adapter asks for, in worker terms."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """sampling_params for the worker, less max_new_tokens and min_new_tokens."""
+    min_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    policy_max_new: int | None = None
+    """max_new_tokens as the policy hears it: None when the client gave none."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other top-level /generate fields sent on every leg (e.g. hash_ids)."""
+    prefix_hashes: tuple[int, ...] = ()
+
+
+def prefix_hashes(ids: list[int], hash_ids: list[int] | None = None) -> tuple[int, ...]:
+    """Chained hashes of the first PREFIX_BLOCKS full blocks (the client's hash_ids if it gave them)."""
+    if hash_ids:
+        return tuple(int(h) for h in hash_ids[:PREFIX_BLOCKS])
+    out, h = [], 0
+    for i in range(min(len(ids) // PREFIX_BLOCK, PREFIX_BLOCKS)):
+        h = hash((h, tuple(ids[i * PREFIX_BLOCK : (i + 1) * PREFIX_BLOCK])))
+        out.append(h)
+    return tuple(out)
+
+
+class _Signal:
+    def __init__(self, name: str, error: BaseException | None = None) -> None:
+        self.name = name
+        self.error = error
+
+
+_WAKE = _Signal("wake")
+
+
+@dataclass(eq=False)
+class Leg:
+    worker: str
+    rid: str
+    resp: aiohttp.ClientResponse
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    task: asyncio.Task | None = None
+    received: int = 0
+    """Ids this leg has delivered."""
+    incremental: bool | None = None
+    """The worker streams only new ids per chunk (SGLang --incremental-streaming-output)."""
+    finished: bool = False
+    """The worker sent this leg's finishing chunk."""
+
+
+@dataclass(eq=False)
+class Generation:
+    rid: str
+    spec: GenerationSpec
+    arrival: float
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: dict | None = None
+    meta: dict = field(default_factory=dict)
+    """The last meta_info a worker sent."""
+    leg: Leg | None = None
+    legs: int = 0
+    workers: list[str] = field(default_factory=list)
+    """Worker of each leg, in order."""
+    migrations: list[Migration] = field(default_factory=list)
+    first_sent: float | None = None
+    first_token: float | None = None
+    last_chunk: float | None = None
+    pending: Migration | None = None
+    failovers: int = 0
+    policy_base: int = 0
+    """Generated ids the policy's booking does not count (it was routed again after a failover)."""
+    booked: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def worker(self) -> str | None:
+        return self.leg.worker if self.leg is not None else None
+
+    @property
+    def remaining(self) -> int:
+        return max(self.spec.max_new_tokens - len(self.output_ids), 0)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        policy: Policy,
+        pool: WorkerPool,
+        tokenizer: Tokenizer,
+        metrics: RouterMetrics,
+        session: Callable[[], aiohttp.ClientSession],
+        clock: Callable[[], float],
+        *,
+        connect_timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.pool = pool
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self._session = session
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, connect=connect_timeout
+        )
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self.jobs: dict[str, Generation] = {}
+        self._background: set[asyncio.Task] = set()
+
+    # ---- the public face -------------------------------------------------------
+
+    def new(self, spec: GenerationSpec, arrival: float) -> Generation:
+        return Generation(rid=uuid.uuid4().hex, spec=spec, arrival=arrival)
+
+    async def run(self, gen: Generation) -> AsyncIterator[list[int]]:
+        """Yields the ids each worker chunk adds (maybe none, e.g. on the finishing chunk).
+
+        The first step routes and opens the first leg; it raises WorkerRejected
+        or NoWorkerAvailable (nothing was generated, the caller answers 4xx/5xx).
+        The caller must call `end(gen)` afterwards, whatever happened.
+        """
+        await self._start(gen)
+        while not gen.finished:
+            leg = gen.leg
+            assert leg is not None
+            item = await leg.queue.get()
+            if gen.leg is not leg:
+                continue  # a migration swapped legs while we waited
+            if isinstance(item, _Signal):
+                if item is _WAKE:
+                    if gen.pending is not None:
+                        await self._migrate(gen)
+                    continue
+                await self._resume(gen, f"worker stream {item.name}", broken=item.error is not None)
+                continue
+            new = self._absorb(gen, leg, item)
+            if new is None:
+                continue
+            yield new
+            if not gen.finished and gen.pending is not None:
+                await self._migrate(gen)
+
+    def end(self, gen: Generation) -> None:
+        """Release the request: finished ones are reported finished, others aborted on their worker."""
+        self.jobs.pop(gen.rid, None)
+        leg, gen.leg = gen.leg, None
+        if leg is not None:
+            if leg.finished and leg.task is not None:
+                self._background.add(leg.task)  # let it read to the end: the connection is reused
+                leg.task.add_done_callback(self._background.discard)
+            else:
+                self._drop_leg(leg, abort=True)
+        if not gen.booked:
+            return
+        gen.booked = False
+        now = self._clock()
+        if gen.finished:
+            self.policy.on_finish(gen.rid, now)
+        else:
+            self.policy.on_abort(gen.rid, now)
+
+    def dispatch(self, moves: list[Migration]) -> None:
+        """Hand migration proposals to their requests (stale ones are dropped)."""
+        for m in moves:
+            gen = self.jobs.get(m.rid)
+            if gen is None or gen.finished or gen.pending is not None or gen.worker != m.source:
+                continue
+            gen.pending = m
+            if gen.leg is not None:
+                gen.leg.queue.put_nowait(_WAKE)
+
+    def abort(self, gen: Generation, message: str) -> None:
+        """End a request from outside (e.g. /abort_request): it finishes with reason abort."""
+        if gen.finished:
+            return
+        gen.finish_reason = {"type": "abort", "message": message}
+        if gen.leg is not None:
+            gen.leg.queue.put_nowait(_WAKE)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
+
+    # ---- legs -------------------------------------------------------------------
+
+    def _info(self, gen: Generation) -> RequestInfo:
+        spec = gen.spec
+        done = len(gen.output_ids)
+        max_new = None if spec.policy_max_new is None else max(spec.policy_max_new - done, 0)
+        return RequestInfo(gen.rid, len(spec.prompt_ids) + done, max_new, spec.prefix_hashes)
+
+    async def _start(self, gen: Generation) -> None:
+        self.jobs[gen.rid] = gen
+        self.metrics.prompt_tokens += len(gen.spec.prompt_ids)
+        tried: set[str] = set()
+        while True:
+            worker = self.policy.route(self._info(gen), self._clock())  # NoWorkerAvailable propagates
+            gen.booked = True
+            if gen.first_sent is None:
+                gen.first_sent = self._clock()
+            try:
+                gen.leg = await self._open_leg(gen, worker)
+                return
+            except LegFailed as e:
+                self.pool.report_failure(worker, str(e))
+                tried.add(worker)
+                if len(tried) >= MAX_FAILOVERS:
+                    raise NoWorkerAvailable(f"no worker took the request ({e})") from None
+
+    async def _open_leg(self, gen: Generation, worker: str) -> Leg:
+        spec = gen.spec
+        done = len(gen.output_ids)
+        params = dict(spec.sampling)
+        params["max_new_tokens"] = spec.max_new_tokens - done
+        if spec.min_new_tokens:
+            params["min_new_tokens"] = max(spec.min_new_tokens - done, 0)
+        rid = gen.rid if gen.legs == 0 else f"{gen.rid}-{gen.legs + 1}"
+        body = {
+            **spec.extra,
+            "input_ids": spec.prompt_ids + gen.output_ids if done else spec.prompt_ids,
+            "sampling_params": params,
+            "stream": True,
+            "rid": rid,
+        }
+        data = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            resp = await self._session().post(
+                worker + "/generate", data=data, headers=self._headers, timeout=self._timeout
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise LegFailed(f"{type(e).__name__}: {e}") from None
+        if resp.status != 200:
+            try:
+                text = (await resp.read()).decode("utf-8", "replace")
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                text = ""
+            finally:
+                resp.release()
+            if 400 <= resp.status < 500:
+                raise WorkerRejected(resp.status, _error_message(text))
+            raise LegFailed(f"HTTP {resp.status}")
+        leg = Leg(worker=worker, rid=rid, resp=resp)
+        leg.task = asyncio.get_running_loop().create_task(self._pump(leg), name=f"l4-leg-{rid}")
+        gen.legs += 1
+        gen.workers.append(worker)
+        self.metrics.on_leg(worker)
+        return leg
+
+    @staticmethod
+    async def _pump(leg: Leg) -> None:
+        """Worker SSE -> the leg's queue: `data:` payloads as bytes, then a _Signal at the end."""
+        queue = leg.queue
+        pieces: list[bytes] = []
+        ended = False
+        try:
+            async for data in leg.resp.content.iter_any():
+                start = 0
+                while True:
+                    i = data.find(b"\n", start)
+                    if i < 0:
+                        if start < len(data):
+                            pieces.append(data[start:])
+                        break
+                    line = data[start:i]
+                    start = i + 1
+                    if pieces:
+                        pieces.append(line)
+                        line = b"".join(pieces)
+                        pieces = []
+                    if line.startswith(b"data:"):
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            ended = True
+                            queue.put_nowait(_Signal("ended"))
+                        elif not ended:
+                            queue.put_nowait(payload)
+            if not ended:
+                queue.put_nowait(_Signal("ended"))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            queue.put_nowait(_Signal("broke", e))
+        finally:
+            leg.resp.release()
+
+    def _drop_leg(self, leg: Leg, abort: bool) -> None:
+        if leg.task is not None and not leg.task.done():
+            leg.task.cancel()
+        leg.resp.close()
+        if abort:
+            self._spawn(self._abort_on(leg.worker, leg.rid))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _abort_on(self, worker: str, rid: str) -> None:
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with self._session().post(
+                worker + "/abort_request",
+                data=json.dumps({"rid": rid}).encode(),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as resp:
+                await resp.read()
+
+    # ---- chunks -------------------------------------------------------------------
+
+    def _absorb(self, gen: Generation, leg: Leg, payload: bytes) -> list[int] | None:
+        """Take one worker chunk: new ids, finish, progress. None if it carried nothing new."""
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            log.warning("unparsable chunk from %s", leg.worker)
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        now = self._clock()
+        if "error" in chunk and "output_ids" not in chunk:
+            message = _error_message(json.dumps(chunk))
+            if not gen.output_ids and gen.legs == 1:
+                raise WorkerRejected(400, message)
+            gen.finish_reason = {"type": "abort", "message": message}
+            gen.last_chunk = now
+            return []
+        out = chunk.get("output_ids") or []
+        meta = chunk.get("meta_info") or {}
+        if leg.incremental is None and out:
+            done = meta.get("completion_tokens")
+            leg.incremental = leg.received > 0 and done == leg.received + len(out)
+        new = out if leg.incremental else out[leg.received :]
+        gen.last_chunk = now
+        gen.meta = meta
+        if new:
+            if gen.first_token is None:
+                gen.first_token = now
+            gen.failovers = 0
+            new = self._append(gen, leg, new)
+        reason = meta.get("finish_reason")
+        if reason is not None:
+            leg.finished = True
+        if reason is not None and not gen.finished:
+            if reason.get("type") == "abort":
+                # The worker gave up on it (shutdown, KV exhausted): resume elsewhere.
+                leg.queue.put_nowait(_Signal("aborted by the worker"))
+                return new or None
+            if reason.get("type") == "length":
+                reason = {"type": "length", "length": gen.spec.max_new_tokens}
+            gen.finish_reason = reason
+        if new:
+            self.metrics.generated_tokens += len(new)
+            moves = self.policy.on_progress(gen.rid, len(gen.output_ids) - gen.policy_base, now)
+            if moves:
+                self.dispatch(moves)
+        elif not gen.finished:
+            return None
+        return new
+
+    def _append(self, gen: Generation, leg: Leg, new: list[int]) -> list[int]:
+        """Add a leg's new ids; on a later leg, finish on a stop string its worker could not see."""
+        stop = gen.spec.stop
+        start = leg.received
+        leg.received += len(new)
+        if not stop or gen.legs == 1:
+            gen.output_ids.extend(new)
+            return new
+        longest = max(len(s) for s in stop)
+        kept: list[int] = []
+        for j, token in enumerate(new):
+            gen.output_ids.append(token)
+            kept.append(token)
+            pos = start + j  # position in this leg
+            total = len(gen.output_ids)
+            if pos >= longest or total < gen.spec.min_new_tokens:
+                continue
+            tail = self.tokenizer.decode(gen.output_ids[-(longest + 1) :])
+            for s in stop:
+                if s in tail:
+                    gen.finish_reason = {"type": "stop", "matched": s}
+                    return kept
+        return kept
+
+    # ---- moving -------------------------------------------------------------------
+
+    async def _migrate(self, gen: Generation) -> None:
+        m, gen.pending = gen.pending, None
+        old = gen.leg
+        if m is None or old is None or gen.finished:
+            return
+        if m.source != old.worker or m.target == old.worker or m.target not in self.pool:
+            self.metrics.on_failed_migration(m.reason)
+            return
+        try:
+            new = await self._open_leg(gen, m.target)
+        except (LegFailed, WorkerRejected) as e:
+            if isinstance(e, LegFailed):
+                self.pool.report_failure(m.target, str(e))
+            self.metrics.on_failed_migration(m.reason)
+            log.info("migration of %s to %s failed (%s); it stays on %s", gen.rid, m.target, e, old.worker)
+            return
+        if gen.finished:  # aborted from outside while the target was opening
+            self._drop_leg(new, abort=True)
+            return
+        gen.leg = new
+        self._drop_leg(old, abort=True)
+        gen.migrations.append(m)
+        self.policy.on_migrated(m, self._clock())
+        self.metrics.on_migration(m.reason)
+
+    async def _resume(self, gen: Generation, why: str, broken: bool) -> None:
+        """The current leg ended without finishing: route again and continue (reason failover)."""
+        old = gen.leg
+        assert old is not None
+        if broken:
+            self.pool.report_failure(old.worker, why)
+        self._drop_leg(old, abort=not broken)
+        while True:
+            gen.failovers += 1
+            if gen.failovers > MAX_FAILOVERS:
+                gen.finish_reason = {"type": "abort", "message": f"gave up after {MAX_FAILOVERS} failovers"}
+                gen.leg = None
+                return
+            now = self._clock()
+            # Route it afresh at its current length; progress is then counted from here.
+            gen.policy_base = len(gen.output_ids)
+            gen.pending = None
+            try:
+                target = self.policy.route(self._info(gen), now)
+            except NoWorkerAvailable as e:
+                gen.finish_reason = {"type": "abort", "message": f"no healthy worker to resume on: {e}"}
+                gen.leg = None
+                return
+            try:
+                gen.leg = await self._open_leg(gen, target)
+            except LegFailed as e:
+                self.pool.report_failure(target, str(e))
+                continue
+            except WorkerRejected as e:
+                gen.finish_reason = {"type": "abort", "message": e.message}
+                gen.leg = None
+                return
+            m = Migration(gen.rid, old.worker, target, "failover")
+            gen.migrations.append(m)
+            self.policy.on_migrated(m, self._clock())
+            self.metrics.on_migration("failover")
+            log.info("request %s resumed on %s after %s", gen.rid, target, why)
+            return
+
+
+def _error_message(text: str) -> str:
+    """The message of a worker's error body, whatever its shape."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "the worker refused the request"
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(body.get("message"), str):
+            return body["message"]
+        if isinstance(body.get("detail"), str):
+            return body["detail"]
+    return text.strip()[:500]

@@ -1,0 +1,258 @@
+"""OpenAI-compatible /v1/completions and /v1/chat/completions: parsing and shapes.
+
+Requests become a `GenerationSpec` (the router tokenizes the prompt or
+renders the chat itself); responses follow SGLang's OpenAI server: `usage`
+(prompt tokens of the original prompt, completion tokens across every
+worker the request ran on), `matched_stop` on choices, a usage-only last
+chunk when `stream_options.include_usage` is set. Errors use OpenAI's shape
+{"error": {"message", "type", "param", "code"}}.
+
+Defaults: `max_tokens` 16 for completions (OpenAI's and SGLang's); for chats
+the router's `default_max_tokens` if set, else up to the workers' context
+length (SGLang's behaviour), and the policy is told the length is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from l4_sglang.router.forwarding import Generation, GenerationSpec, prefix_hashes
+from l4_sglang.router.native import BadRequest, check_ids, is_int, sampling_spec
+from l4_sglang.router.tokens import Tokenizer
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# OpenAI name -> SGLang sampling_params name, for the knobs passed through.
+SAMPLING_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "stop": "stop",
+    "stop_token_ids": "stop_token_ids",
+    "ignore_eos": "ignore_eos",
+    "skip_special_tokens": "skip_special_tokens",
+    "no_stop_trim": "no_stop_trim",
+    "min_tokens": "min_new_tokens",
+    "seed": "sampling_seed",
+    "regex": "regex",
+    "ebnf": "ebnf",
+    "json_schema": "json_schema",
+}
+UNSUPPORTED = ("tools", "functions", "suffix", "top_logprobs", "audio", "prediction")
+
+
+@dataclass
+class OpenAIRequest:
+    chat: bool
+    model: str
+    stream: bool
+    include_usage: bool
+    spec: GenerationSpec
+    rid: str | None
+
+
+def error_body(
+    message: str, param: str | None = None, code: int = 400, kind: str = "BadRequestError"
+) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _common(body: Any) -> tuple[str, bool, bool, str | None]:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise BadRequest("model must be a string.", "model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be a boolean.", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("stream_options must be an object.", "stream_options")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest("n > 1 is not supported by the l4 router.", "n")
+    for name in UNSUPPORTED:
+        if body.get(name) not in (None, [], ""):
+            raise BadRequest(f"{name} is not supported by the l4 router.", name)
+    if body.get("logprobs") not in (None, False, 0):
+        raise BadRequest("logprobs are not supported by the l4 router.", "logprobs")
+    if body.get("echo"):
+        raise BadRequest("echo is not supported by the l4 router.", "echo")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise BadRequest(
+            "only response_format {'type': 'text'} is supported by the l4 router.", "response_format"
+        )
+    rid = body.get("rid")
+    if rid is not None and not isinstance(rid, str):
+        raise BadRequest("rid must be a string.", "rid")
+    return model, stream, bool(options.get("include_usage", False)), rid
+
+
+def _spec(
+    body: dict, ids: list[int], max_tokens: Any, default_max: int, exact_default: bool
+) -> GenerationSpec:
+    if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 0):
+        raise BadRequest(f"max_tokens must be a non-negative integer, got {max_tokens!r}.", "max_tokens")
+    raw = {ours: body[theirs] for theirs, ours in SAMPLING_FIELDS.items() if body.get(theirs) is not None}
+    if max_tokens is not None:
+        raw["max_new_tokens"] = max_tokens
+    spec = sampling_spec(raw, ids, default_max, default_is_bound=exact_default)
+    hash_ids = body.get("hash_ids")
+    if hash_ids is not None:
+        if not isinstance(hash_ids, list) or not all(is_int(h) for h in hash_ids):
+            raise BadRequest("hash_ids must be a list of integers.", "hash_ids")
+        spec.extra = {"hash_ids": hash_ids}
+        spec.prefix_hashes = prefix_hashes(ids, hash_ids)
+    return spec
+
+
+def parse_completion(body: Any, tokenizer: Tokenizer) -> OpenAIRequest:
+    model, stream, include_usage, rid = _common(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        ids = tokenizer.encode_prompt(prompt)
+    elif isinstance(prompt, list) and prompt and all(is_int(x) for x in prompt):
+        ids = check_ids(prompt, "prompt")
+    elif isinstance(prompt, list) and prompt:
+        raise BadRequest("Batched prompts are not supported by the l4 router.", "prompt")
+    else:
+        raise BadRequest("prompt must be a string, a list of token ids, or a list of one of these.", "prompt")
+    spec = _spec(body, ids, body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, True)
+    return OpenAIRequest(False, model, stream, include_usage, spec, rid)
+
+
+def _content(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise BadRequest("Only text content parts are supported by the l4 router.", "messages")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise BadRequest("message content must be a string or a list of content parts.", "messages")
+
+
+def parse_chat(
+    body: Any, tokenizer: Tokenizer, default_max: Callable[[int], tuple[int, bool]]
+) -> OpenAIRequest:
+    """`default_max(prompt_tokens)` -> (max_tokens when the client gives none, whether it is a real bound)."""
+    model, stream, include_usage, rid = _common(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list.", "messages")
+    turns = []
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
+            raise BadRequest(f"each message needs a role in {sorted(CHAT_ROLES)}.", "messages")
+        turns.append((m["role"], _content(m.get("content"))))
+    ids = tokenizer.chat_ids(turns)
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    default, exact = default_max(len(ids))
+    spec = _spec(body, ids, max_tokens, default, exact)
+    return OpenAIRequest(True, model, stream, include_usage, spec, rid)
+
+
+def finish_fields(gen: Generation) -> tuple[str | None, int | str | None]:
+    reason = gen.finish_reason
+    if reason is None:
+        return None, None
+    return reason.get("type"), reason.get("matched")
+
+
+def usage(gen: Generation) -> dict:
+    prompt, completion = len(gen.spec.prompt_ids), len(gen.output_ids)
+    return {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": None,
+    }
+
+
+def response(req: OpenAIRequest, gen: Generation, text: str, created: int) -> dict:
+    finish, matched = finish_fields(gen)
+    if req.chat:
+        message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
+        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None}
+        obj = "text_completion"
+    choice.update({"finish_reason": finish, "matched_stop": matched})
+    return {
+        "id": req.rid or gen.rid,
+        "object": obj,
+        "created": created,
+        "model": req.model,
+        "choices": [choice],
+        "usage": usage(gen),
+        "metadata": {"weight_version": "default"},
+    }
+
+
+def chunk(
+    req: OpenAIRequest,
+    gen: Generation,
+    created: int,
+    delta_text: str | None,
+    *,
+    role: bool = False,
+    final: bool = False,
+) -> dict:
+    finish, matched = finish_fields(gen) if final else (None, None)
+    if req.chat:
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        delta["content"] = delta_text
+        delta.update({"reasoning_content": None, "tool_calls": None})
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": delta_text or "", "logprobs": None}
+        obj = "text_completion"
+    choice.update({"finish_reason": finish, "matched_stop": matched})
+    return {
+        "id": req.rid or gen.rid,
+        "object": obj,
+        "created": created,
+        "model": req.model,
+        "choices": [choice],
+        "usage": None,
+    }
+
+
+def usage_chunk(req: OpenAIRequest, gen: Generation, created: int) -> dict:
+    return {
+        "id": req.rid or gen.rid,
+        "object": "chat.completion.chunk" if req.chat else "text_completion",
+        "created": created,
+        "model": req.model,
+        "choices": [],
+        "usage": usage(gen),
+    }
+
+
+def models_list(model: str, context_length: int | None, created: int) -> dict:
+    card: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": "l4_sglang"}
+    card["root"] = model
+    card["max_model_len"] = context_length
+    return {"object": "list", "data": [card]}

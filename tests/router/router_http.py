@@ -1,0 +1,200 @@
+"""Blocking HTTP helpers (stdlib only), emulated worker fleets and scripted policies for router tests."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+
+from l4_sglang.core import CostModel
+from l4_sglang.policy.base import Migration, Policy, RequestInfo
+from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
+
+MODEL = "meta-llama/Meta-Llama-3-8B"
+FAST = 0.05
+"""Time scale of the test workers: 20x faster than the cost model says."""
+
+
+def call(method: str, url: str, body=None, raw: bytes | None = None, headers=None, timeout: float = 60.0):
+    """(status, headers, text) of one request; 4xx/5xx are returned, not raised."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def get_json(url: str, headers=None):
+    status, _, text = call("GET", url, headers=headers)
+    assert status == 200, text
+    return json.loads(text)
+
+
+def post_json(url: str, body, headers=None):
+    status, _, text = call("POST", url, body, headers=headers)
+    assert status == 200, text
+    return json.loads(text)
+
+
+def sse(url: str, body, timeout: float = 60.0) -> list[str]:
+    """Payloads of each `data:` event of a streaming POST, [DONE] included."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        assert resp.getheader("Content-Type").startswith("text/event-stream")
+        events = []
+        while True:
+            line = resp.readline()
+            if not line:
+                return events
+            if line.startswith(b"data: "):
+                events.append(line[6:].rstrip(b"\n").decode())
+    finally:
+        conn.close()
+
+
+def poll(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """The first truthy value of predicate(), polled until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 if none)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{([^}]*)\})?\s+(\S+)$", line)
+        if m is None or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(4))
+    return total
+
+
+def worker_prompt_counts(url: str, split: float) -> tuple[int, int]:
+    """(requests with prompts <= split, with longer prompts) a worker has prefilled, from its /metrics."""
+    _, _, text = call("GET", url + "/metrics")
+    total = metric(text, "sglang:prompt_tokens_histogram_count")
+    short = metric(text, "sglang:prompt_tokens_histogram_bucket", le=repr(float(split)))
+    return int(short), int(total - short)
+
+
+@contextlib.contextmanager
+def workers(n: int, time_scale: float = FAST, **kw) -> Iterator[list[BackgroundWorker]]:
+    started: list[BackgroundWorker] = []
+    try:
+        for _ in range(n):
+            started.append(BackgroundWorker(WorkerSettings(port=0, time_scale=time_scale, **kw)).start())
+        yield started
+    finally:
+        for w in started:
+            with contextlib.suppress(Exception):
+                w.stop()
+
+
+class Scripted(Policy):
+    """Routes every request to the first healthy worker (or `home`); proposes moving it to the
+    next healthy worker every `every` generated tokens, at most `moves` times per request."""
+
+    NAME = "scripted"
+
+    def __init__(self, every: int = 0, moves: int = 0, home: str | None = None) -> None:
+        super().__init__(None, CostModel.load("llama3-8b-h100-default"))
+        self.every, self.moves, self.home = every, moves, home
+        self.done: dict[str, int] = {}
+        self.confirmed: list[Migration] = []
+        self.finished: list[str] = []
+        self.aborted: list[str] = []
+
+    def route(self, req: RequestInfo, now: float) -> str:
+        workers = self.healthy_workers()
+        worker = self.home if self.home in workers else workers[0]
+        self.book.route(req, worker, now)
+        return worker
+
+    def on_progress(self, rid: str, generated_tokens: int, now: float) -> list[Migration]:
+        super().on_progress(rid, generated_tokens, now)
+        b = self.book.requests.get(rid)
+        n = self.done.get(rid, 0)
+        if b is None or b.target is not None or not self.every or n >= self.moves:
+            return []
+        if generated_tokens < self.every * (n + 1):
+            return []
+        workers = self.book.healthy_workers()
+        others = [w for w in workers if w != b.worker]
+        if not others:
+            return []
+        target = workers[(workers.index(b.worker) + 1) % len(workers)] if b.worker in workers else others[0]
+        self.done[rid] = n + 1
+        return [self.propose(rid, target, "scripted", now)]
+
+    def on_migrated(self, m: Migration, now: float) -> None:
+        super().on_migrated(m, now)
+        self.confirmed.append(m)
+
+    def on_finish(self, rid: str, now: float) -> None:
+        super().on_finish(rid, now)
+        self.finished.append(rid)
+
+    def on_abort(self, rid: str, now: float) -> None:
+        super().on_abort(rid, now)
+        self.aborted.append(rid)
+
+
+class Process:
+    """A `python -m ...` child in its own process group; output captured to a file."""
+
+    def __init__(self, *args: str, log_path=None) -> None:
+        self.log = open(log_path, "w+b") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, *args], env=dict(os.environ), stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def output(self) -> str:
+        if self.log is subprocess.DEVNULL:
+            return ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self, sig=None) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        return self.proc.returncode

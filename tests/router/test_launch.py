@@ -1,0 +1,159 @@
+"""`python -m l4_sglang.launch`: the emulated fleet serves and leaves nothing behind; the sglang
+commands are built right without a GPU."""
+
+import os
+import signal
+import sys
+import time
+import types
+
+import openai
+import pytest
+from router_http import MODEL, Process, call, free_port, poll
+
+from l4_sglang import launch
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of `pid` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_emulated_launch_serves_and_sigterm_leaves_no_child(tmp_path):
+    port = free_port()
+    proc = Process(
+        "-m", "l4_sglang.launch", "--backend", "emulated", "--num-instances", "2", "--port", str(port),
+        "--time-scale", "0.05", "--l4-min-samples", "5", log_path=tmp_path / "launch.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up():
+            if proc.proc.poll() is not None:
+                raise AssertionError(proc.output())
+            try:
+                return call("GET", url + "/health", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        poll(up, timeout=60, interval=0.1)
+        kids = _children(proc.proc.pid)
+        assert len(kids) >= 2, kids
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+        out = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+        )
+        assert out.usage.completion_tokens == 5
+        default = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+        assert default.usage.completion_tokens == launch.EMULATED_CHAT_MAX_TOKENS
+        assert len(call("GET", url + "/workers")[2]) > 0
+        assert proc.stop(signal.SIGTERM) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [k for k in kids if _alive(k)]
+        log = proc.output()
+        assert "EMULATED BACKEND" in log and f"serving on {url}" in log
+        assert "Traceback" not in log, log
+    finally:
+        proc.stop(signal.SIGKILL)
+
+
+def test_sglang_commands_one_gpu_group_per_instance():
+    flags = ["--tp-size", "2", "--mem-fraction-static", "0.8", "--enable-metrics"]
+    plans = launch.sglang_plans(
+        "/models/llama", 3, flags, ["0", "1", "2", "3", "4", "5", "6"], [31001, 31002, 31003]
+    )
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0,1", "2,3", "4,5"]
+    assert [p.url for p in plans] == [f"http://127.0.0.1:{port}" for port in (31001, 31002, 31003)]
+    assert plans[1].cmd == [
+        sys.executable, "-m", "sglang.launch_server", "--model-path", "/models/llama",
+        "--host", "127.0.0.1", "--port", "31002", *flags,
+    ]  # fmt: skip
+    assert launch.gpus_per_instance(["--tp=2", "--dp-size", "2"]) == 4
+    with pytest.raises(launch.LaunchError, match="need 8 GPUs; 7 visible"):
+        launch.sglang_plans("/m", 4, flags, [str(i) for i in range(7)], [1, 2, 3, 4])
+    with pytest.raises(launch.LaunchError, match="--port is set by the launcher"):
+        launch.sglang_plans("/m", 1, ["--port", "5"], ["0"], [1])
+    with pytest.raises(launch.LaunchError, match="--tp-size must be an integer"):
+        launch.gpus_per_instance(["--tp-size", "two"])
+
+
+def test_sglang_flags_are_checked_by_sglangs_own_parser(monkeypatch):
+    # A stand-in for sglang.srt.server_args: the launcher must hand the flags to ServerArgs.add_cli_args.
+    class ServerArgs:
+        @staticmethod
+        def add_cli_args(parser):
+            parser.add_argument("--model-path", required=True)
+            parser.add_argument("--tp-size", type=int, default=1)
+
+    module = types.ModuleType("sglang.srt.server_args")
+    module.ServerArgs = ServerArgs
+    for name in ("sglang", "sglang.srt"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "sglang.srt.server_args", module)
+    launch.validate_sglang_flags("/m", ["--tp-size", "2"])
+    with pytest.raises(launch.LaunchError, match="SGLang rejects"):
+        launch.validate_sglang_flags("/m", ["--no-such-flag"])
+    with pytest.raises(launch.LaunchError, match="SGLang rejects"):
+        launch.validate_sglang_flags("/m", ["--tp-size", "x"])
+
+
+def test_emulated_workers_get_the_flags_they_understand():
+    kept, ignored = launch.emulated_worker_flags(
+        [
+            "--max-total-tokens",
+            "5000",
+            "--random-seed=3",
+            "--disable-radix-cache",
+            "--mem-fraction-static",
+            "0.8",
+        ]
+    )
+    assert kept == ["--max-total-tokens", "5000", "--seed", "3", "--disable-radix-cache"]
+    assert ignored == ["--mem-fraction-static", "0.8"]
+    plans = launch.emulated_plans(2, [1, 2], MODEL, "llama3-8b-h100-default", 0.5, kept)
+    assert plans[0].cmd[1:3] == ["-m", "l4_sglang.emulated_worker"] and plans[0].cmd[-5:] == kept
+    assert "--time-scale" in plans[1].cmd and "0.5" in plans[1].cmd
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.setattr(launch, "visible_gpus", lambda: [])
+    monkeypatch.setattr(launch, "sglang_available", lambda: True)
+    assert launch.choose_backend("auto")[0] == "emulated"
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["0"])
+    assert launch.choose_backend("auto")[0] == "sglang"
+    monkeypatch.setattr(launch, "sglang_available", lambda: False)
+    backend, why = launch.choose_backend("auto")
+    assert backend == "emulated" and "sglang package is not installed" in why
+    with pytest.raises(launch.LaunchError, match="needs the sglang package"):
+        launch.choose_backend("sglang")
+    assert launch.choose_backend("emulated")[0] == "emulated"
+
+
+def test_sglang_backend_without_sglang_errors_clearly(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "sglang_available", lambda: False)
+    assert launch.main(["--backend", "sglang", "--model-path", "/m"]) == 2
+    assert "needs the sglang package" in capsys.readouterr().err

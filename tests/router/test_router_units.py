@@ -1,0 +1,174 @@
+"""Router pieces without HTTP: load parsers (on real SGLang samples), URLs, tokenizers, text stitching."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from l4_sglang.router.forwarding import prefix_hashes
+from l4_sglang.router.tokens import (
+    PLAIN_CHAT_PROMPT,
+    BuiltinTokenizer,
+    HFTokenizer,
+    OutputText,
+    TokenizerError,
+)
+from l4_sglang.router.workers import (
+    BadWorkerUrl,
+    Load,
+    normalize_url,
+    parse_get_load,
+    parse_metrics,
+    parse_v1_loads,
+)
+from l4_sglang.worker import protocol, tokenizer
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "gpu" / "samples"
+
+
+def test_v1_loads_sums_ranks():
+    body = {
+        "loads": [
+            {"num_running_reqs": 3, "num_waiting_reqs": 1, "num_used_tokens": 900,
+             "num_waiting_uncached_tokens": 40, "max_total_num_tokens": 1000},
+            {"num_running_reqs": 2, "num_waiting_reqs": 0, "num_used_tokens": 100,
+             "max_total_num_tokens": 1000},
+        ]
+    }  # fmt: skip
+    assert parse_v1_loads(body) == Load(5, 1, 1000, 40, 2000)
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        parse_v1_loads({"loads": [{"num_running_reqs": "x"}]})
+
+
+def test_get_load_of_older_sglang():
+    body = [{"dp_rank": 0, "num_reqs": 5, "num_waiting_reqs": 2, "num_tokens": 700, "ts_tic": 1.0}]
+    assert parse_get_load(body) == Load(3, 2, 700, 0, 0)
+
+
+def test_metrics_of_a_real_sglang_server():
+    path = SAMPLES / "metrics.txt"
+    if not path.is_file():
+        pytest.skip("shared/gpu/samples is not beside the repo")
+    assert parse_metrics(path.read_text()) == Load(0, 0, 5, 0, 423494)
+    text = (
+        'sglang:num_running_reqs{tp_rank="0"} 4.0\nsglang:num_running_reqs{tp_rank="1"} 4.0\n'
+        'sglang:num_queue_reqs{tp_rank="0"} 2.0\nsglang:num_used_tokens{tp_rank="0"} 77.0\n'
+    )
+    assert parse_metrics(text) == Load(4, 2, 77, 0, 0)  # tensor-parallel ranks repeat rank 0
+    with pytest.raises(ValueError):
+        parse_metrics("# nothing here\nother_metric 1\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://127.0.0.1:30001", "http://127.0.0.1:30001"),
+        ("http://127.0.0.1:30001/", "http://127.0.0.1:30001"),
+        ("127.0.0.1:30001", "http://127.0.0.1:30001"),
+        ("https://gpu-3.example:8443", "https://gpu-3.example:8443"),
+        ("http://[::1]:30001", "http://[::1]:30001"),
+        ("ftp://host:1", BadWorkerUrl),
+        ("http://host:99999", BadWorkerUrl),
+        ("http://host:1/?x=1", BadWorkerUrl),
+        ("", BadWorkerUrl),
+        (None, BadWorkerUrl),
+    ],
+)
+def test_worker_urls(raw, expected):
+    if expected is BadWorkerUrl:
+        with pytest.raises(BadWorkerUrl):
+            normalize_url(raw)
+    else:
+        assert normalize_url(raw) == expected
+
+
+def test_builtin_tokenizer_counts_as_the_emulated_worker():
+    tok = BuiltinTokenizer()
+    assert tok.encode_prompt("Hello, world") == protocol.text_ids("Hello, world")
+    turns = [("system", "Be kind."), ("user", "Hi!")]
+    assert tok.chat_ids(turns) == tokenizer.chat_prompt_ids(turns)
+
+
+def test_incremental_decoding_holds_back_split_characters():
+    tok = BuiltinTokenizer()
+    ids = tokenizer.encode("naïve 日本 ok")
+    ids = [*ids, tokenizer.EOS_ID]
+    dec = tok.decoder()
+    pieces = [dec.feed(ids[: i + 1]) for i in range(len(ids))]
+    pieces.append(dec.flush())
+    assert "".join(pieces) == "naïve 日本 ok"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_output_text_cuts_a_matched_stop_string():
+    tok = BuiltinTokenizer()
+    ids = tokenizer.encode(" one two three four")
+    out = OutputText(tok)
+    assert out.update(ids, None) == " one two three four"
+    assert out.update(ids, {"type": "stop", "matched": " three"}) == " one two"
+    assert (
+        OutputText(tok, trim_stop=False).update(ids, {"type": "stop", "matched": " three"}).endswith("four")
+    )
+
+
+def test_prefix_hashes_are_per_block_and_chained():
+    a = list(range(2000))
+    b = [*range(512), *range(5000, 6500)]
+    ha, hb = prefix_hashes(a), prefix_hashes(b)
+    assert len(ha) == 3 and ha[0] == hb[0] and ha[1] != hb[1]
+    assert prefix_hashes(a[:100]) == ()
+    assert prefix_hashes(a, [7, 8, 9]) == (7, 8, 9)
+
+
+def _hf_dir(tmp_path, template=None):
+    tokenizers = pytest.importorskip("tokenizers")
+    words = "hello world user assistant system : you are kind hi there".split()  # noqa: SIM905
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    tok.save(str(tmp_path / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}}
+    if template is not None:
+        config["chat_template"] = template
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_hf_tokenizer_with_a_chat_template(tmp_path):
+    pytest.importorskip("jinja2")
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant :{% endif %}"
+    )
+    tok = HFTokenizer(_hf_dir(tmp_path, template))
+    assert tok.templated
+    assert tok.encode_prompt("hello world") == [1, 3, 4]
+    ids = tok.chat_ids([("system", "you are kind"), ("user", "hi there")])
+    assert ids == [1, 7, 8, 9, 10, 11, 5, 8, 12, 13, 6, 8]
+    assert tok.decode([3, 4, 2]) == "hello world"
+    dec = tok.decoder()
+    seq = [3, 4, 12, 13]
+    text = "".join(dec.feed(seq[: i + 1]) for i in range(len(seq))) + dec.flush()
+    assert text == tok.decode(seq) == "hello world hi there"
+
+
+def test_hf_tokenizer_without_a_template_uses_the_plain_one(tmp_path):
+    tok = HFTokenizer(_hf_dir(tmp_path))
+    assert not tok.templated
+    ids = tok.chat_ids([("user", "hi"), ("assistant", "hello")])
+    assert ids == tok.encode_prompt("user: hi\nassistant: hello\n" + PLAIN_CHAT_PROMPT)
+    assert ids[0] == 1  # the tokenizer's own BOS
+
+
+def test_hf_tokenizer_path_errors(tmp_path):
+    pytest.importorskip("tokenizers")
+    with pytest.raises(TokenizerError, match=r"no tokenizer\.json"):
+        HFTokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(TokenizerError, match="does not load"):
+        HFTokenizer(tmp_path)
