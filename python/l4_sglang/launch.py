@@ -408,7 +408,7 @@ async def run(plans: list[WorkerPlan], settings, wait_timeout: float, smoke: boo
                 return 1
         print("l4_sglang: stopping", file=sys.stderr, flush=True)
         return 0
-    except LaunchError as e:
+    except (LaunchError, ValueError, OSError) as e:  # OSError: the router's port is taken
         print(f"l4_sglang: error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -198,3 +198,44 @@ class Process:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         return self.proc.returncode
+
+
+class FakeWorker:
+    """An aiohttp app on its own loop and thread: `routes` maps (method, path) to (status, body text)."""
+
+    def __init__(self, routes: dict[tuple[str, str], tuple[int, str]]) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        self.routes = routes
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def handle(request: web.Request) -> web.Response:
+            status, text = self.routes.get((request.method, request.path), (404, '{"detail":"Not Found"}'))
+            return web.Response(status=status, text=text, content_type="application/json")
+
+        async def start():
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handle)
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            ready.set()
+
+        def main():
+            self._loop.run_until_complete(start())
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

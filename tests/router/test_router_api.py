@@ -167,3 +167,21 @@ def test_client_rid_is_echoed_and_abort_request_ends_it(fleet):
     assert meta["id"] == "mine-2" and 10 < meta["completion_tokens"] < 100000
     # ... and on its worker too.
     poll(lambda: all(get_json(w.url + "/v1/loads")["aggregate"]["total_reqs"] == 0 for w in ws))
+
+
+def test_a_stream_aborted_by_rid_ends_with_a_final_chunk(fleet):
+    router, _ = fleet
+    body = {"text": "z", "rid": "mine-3", "stream": True, "sampling_params": {"max_new_tokens": 100000}}
+    events: list[str] = []
+    t = threading.Thread(target=lambda: events.extend(sse(router.url + "/generate", body)))
+    t.start()
+
+    def aborted():  # the abort may come before the request is there: repeat it until the stream ends
+        assert call("POST", router.url + "/abort_request", {"rid": "mine-3"})[0] == 200
+        t.join(0.3)
+        return not t.is_alive()
+
+    poll(aborted, timeout=20)
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["meta_info"]["finish_reason"]["type"] == "abort" and last["meta_info"]["id"] == "mine-3"

@@ -172,3 +172,25 @@ def test_hf_tokenizer_path_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(TokenizerError, match="does not load"):
         HFTokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_worker_chunks_cumulative_or_incremental(incremental):
+    from router_http import Scripted
+
+    from l4_sglang.router.forwarding import Forwarder, GenerationSpec, Leg
+    from l4_sglang.router.metrics import RouterMetrics
+
+    fwd = Forwarder(Scripted(), None, BuiltinTokenizer(), RouterMetrics(), lambda: None, lambda: 0.0)
+    gen = fwd.new(GenerationSpec(prompt_ids=[1, 2], max_new_tokens=4), 0.0)
+    gen.legs = 1
+    leg = Leg(worker="w", rid=gen.rid, resp=None)
+    ids = [11, 12, 13, 14]
+    seen = []
+    for n in range(1, 5):
+        out = ids[n - 1 : n] if incremental else ids[:n]
+        finish = {"type": "length", "length": 4} if n == 4 else None
+        chunk = {"output_ids": out, "meta_info": {"completion_tokens": n, "finish_reason": finish}}
+        seen += fwd._absorb(gen, leg, json.dumps(chunk).encode())
+    assert seen == ids and gen.output_ids == ids and leg.incremental is incremental
+    assert gen.finish_reason == {"type": "length", "length": 4}

@@ -1,8 +1,10 @@
 """Workers at run time: adding and removing re-partitions without dropping in-flight requests;
 health checks eject a dead worker and take it back."""
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from router_http import Process, call, free_port, get_json, poll, post_json, workers
 
@@ -119,3 +121,33 @@ def _up(url):
         return call("GET", url + "/health", timeout=1)[0] == 200
     except OSError:
         return False
+
+
+def test_load_falls_back_to_get_load_then_metrics():
+    from router_http import FakeWorker
+
+    samples = Path(__file__).resolve().parents[3] / "shared" / "gpu" / "samples" / "metrics.txt"
+    metrics = samples.read_text() if samples.is_file() else 'sglang:num_used_tokens{tp_rank="0"} 5.0\n'
+    base = {("GET", "/health"): (200, ""), ("GET", "/server_info"): (200, '{"context_length": 8192}')}
+    # Real SGLang 0.5.14 with --enable-metrics answers /v1/loads with a 500.
+    broken_loads = {("GET", "/v1/loads"): (500, "Internal Server Error")}
+    get_load = [{"dp_rank": 0, "num_reqs": 3, "num_waiting_reqs": 1, "num_tokens": 900, "ts_tic": 1.0}]
+    old = FakeWorker({**base, **broken_loads, ("GET", "/get_load"): (200, json.dumps(get_load))})
+    scraped = FakeWorker({**base, **broken_loads, ("GET", "/metrics"): (200, metrics)})
+    try:
+        settings = RouterSettings(worker_urls=(old.url, scraped.url), port=0, load_poll_interval=0.1)
+        with BackgroundRouter(settings) as router:
+            found = {w["url"]: w for w in get_json(router.url + "/workers")["workers"]}
+            assert found[old.url]["load_source"] == "/get_load"
+            assert found[old.url]["load"]["running"] == 2 and found[old.url]["load"]["waiting"] == 1
+            assert found[scraped.url]["load_source"] == "/metrics"
+            assert found[scraped.url]["load"]["kv_tokens"] == 5
+            assert all(w["healthy"] and w["info"]["context_length"] == 8192 for w in found.values())
+            # A load source that starts answering again is picked up: the chain starts over.
+            old.routes[("GET", "/v1/loads")] = (200, json.dumps({"loads": [
+                {"num_running_reqs": 7, "num_waiting_reqs": 0, "num_used_tokens": 70}]}))  # fmt: skip
+            old.routes[("GET", "/get_load")] = (500, "gone")
+            poll(lambda: get_json(router.url + "/workers")["workers"][0]["load"]["running"] == 7)
+    finally:
+        old.stop()
+        scraped.stop()

@@ -212,8 +212,11 @@ class Forwarder:
             if new is None:
                 continue
             yield new
-            if not gen.finished and gen.pending is not None:
+            if gen.finished:
+                return
+            if gen.pending is not None:
                 await self._migrate(gen)
+        yield []  # finished by the router (abort, gave up): one last update to report it
 
     def end(self, gen: Generation) -> None:
         """Release the request: finished ones are reported finished, others aborted on their worker."""
@@ -229,9 +232,9 @@ class Forwarder:
             return
         gen.booked = False
         now = self._clock()
-        if gen.finished:
+        if gen.finished and gen.finish_reason.get("type") != "abort":
             self.policy.on_finish(gen.rid, now)
-        else:
+        else:  # the client left, or the router ended it (/abort_request, no worker to resume on)
             self.policy.on_abort(gen.rid, now)
 
     def dispatch(self, moves: list[Migration]) -> None:
@@ -402,9 +405,11 @@ class Forwarder:
             return []
         out = chunk.get("output_ids") or []
         meta = chunk.get("meta_info") or {}
-        if leg.incremental is None and out:
+        if leg.incremental is None and out and leg.received:
+            # Cumulative (SGLang's default) or only the new ids (--incremental-streaming-output)?
+            # The first chunk reads the same either way; the second tells them apart.
             done = meta.get("completion_tokens")
-            leg.incremental = leg.received > 0 and done == leg.received + len(out)
+            leg.incremental = done == leg.received + len(out) and done != len(out)
         new = out if leg.incremental else out[leg.received :]
         gen.last_chunk = now
         gen.meta = meta
