@@ -144,3 +144,27 @@ def test_bad_command_lines_fail_at_start(args, needle):
     assert needle in run.stderr
     if args[:2] == ["--policy", "nope"]:
         assert "l4" in run.stderr and "round_robin" in run.stderr  # the choices are listed
+
+
+def test_an_error_event_in_a_worker_stream_is_a_client_error():
+    # Real SGLang answers a bad streaming request with 200 and an error event, not a 400.
+    from router_http import FakeWorker
+
+    stream = 'data: {"error": {"message": "max_new_tokens must be at least 0, got -1."}}\n\ndata: [DONE]\n\n'
+    fake = FakeWorker({("GET", "/health"): (200, ""), ("POST", "/generate"): (200, stream)})
+    try:
+        with BackgroundRouter(RouterSettings(worker_urls=(fake.url,), port=0)) as r:
+            status, _, text = call("POST", r.url + "/generate", {"text": "a"})
+            assert status == 400 and "at least 0" in json.loads(text)["error"]["message"]
+            status, _, text = call("POST", r.url + "/v1/chat/completions", {**CHAT, "stream": True})
+            assert status == 400 and json.loads(text)["error"]["code"] == 400
+    finally:
+        fake.stop()
+
+
+def test_a_policy_that_cannot_route_the_fleet_answers_503():
+    with workers(1) as ws:  # static_buckets needs a worker per bucket
+        settings = RouterSettings(worker_urls=(ws[0].url,), port=0, policy="static_buckets")
+        with BackgroundRouter(settings) as r:
+            status, _, text = call("POST", r.url + "/generate", {"text": "a"})
+            assert status == 503 and "static_buckets policy cannot route" in text

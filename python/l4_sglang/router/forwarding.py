@@ -275,7 +275,10 @@ class Forwarder:
         self.metrics.prompt_tokens += len(gen.spec.prompt_ids)
         tried: set[str] = set()
         while True:
-            worker = self.policy.route(self._info(gen), self._clock())  # NoWorkerAvailable propagates
+            try:
+                worker = self.policy.route(self._info(gen), self._clock())
+            except ValueError as e:  # a configuration the fleet does not fit (e.g. too few workers)
+                raise NoWorkerAvailable(f"the {self.policy.NAME} policy cannot route: {e}") from None
             gen.booked = True
             if gen.first_sent is None:
                 gen.first_sent = self._clock()
@@ -508,7 +511,7 @@ class Forwarder:
             gen.pending = None
             try:
                 target = self.policy.route(self._info(gen), now)
-            except NoWorkerAvailable as e:
+            except (NoWorkerAvailable, ValueError) as e:
                 gen.finish_reason = {"type": "abort", "message": f"no healthy worker to resume on: {e}"}
                 gen.leg = None
                 return
