@@ -47,8 +47,7 @@ def test_get_load_of_older_sglang():
 
 def test_metrics_of_a_real_sglang_server():
     path = SAMPLES / "metrics.txt"
-    if not path.is_file():
-        pytest.skip("shared/gpu/samples is not beside the repo")
+    assert path.is_file(), f"{path} missing: ../shared must sit beside the repo, as in CI"
     assert parse_metrics(path.read_text()) == Load(0, 0, 5, 0, 423494)
     text = (
         'sglang:num_running_reqs{tp_rank="0"} 4.0\nsglang:num_running_reqs{tp_rank="1"} 4.0\n'
@@ -121,7 +120,8 @@ def test_prefix_hashes_are_per_block_and_chained():
 
 
 def _hf_dir(tmp_path, template=None):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
+
     words = "hello world user assistant system : you are kind hi there".split()  # noqa: SIM905
     vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
@@ -140,7 +140,6 @@ def _hf_dir(tmp_path, template=None):
 
 
 def test_hf_tokenizer_with_a_chat_template(tmp_path):
-    pytest.importorskip("jinja2")
     template = (
         "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
         "{% if add_generation_prompt %}assistant :{% endif %}"
@@ -166,7 +165,6 @@ def test_hf_tokenizer_without_a_template_uses_the_plain_one(tmp_path):
 
 
 def test_hf_tokenizer_path_errors(tmp_path):
-    pytest.importorskip("tokenizers")
     with pytest.raises(TokenizerError, match=r"no tokenizer\.json"):
         HFTokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")
