@@ -83,6 +83,7 @@ def test_decode_throughput_rises_with_batch(model):
         ({"kv_capacity_tokens": 0}, "kv_capacity_tokens"),
         ({"chunked_prefill_size": -5}, "chunked_prefill_size"),
         ({"unknown_knob": 1}, "unknown_knob"),
+        ({"request_overhead_s": -0.001}, "request_overhead_s"),
         ({"overhead_s": "fast"}, "cost_model"),
     ],
 )

@@ -55,6 +55,12 @@ pub struct CostModelParams {
     pub max_running_requests: f64,
     /// Prefill chunk size in tokens (SGLang's --chunked-prefill-size).
     pub chunked_prefill_size: f64,
+    /// Latency every request pays before its first step (HTTP, tokenization,
+    /// scheduling): host time, not GPU time, so no step holds it. The emulated
+    /// worker waits it out before queueing a request. The DP leaves it out:
+    /// every layout pays it alike.
+    #[serde(default)]
+    pub request_overhead_s: f64,
     /// Where the numbers come from (GPU, engine, kernel, date, method).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub provenance: serde_json::Value,
@@ -129,6 +135,7 @@ impl CostModel {
         check_positive("kv_capacity_tokens", p.kv_capacity_tokens)?;
         check_positive("max_running_requests", p.max_running_requests)?;
         check_positive("chunked_prefill_size", p.chunked_prefill_size)?;
+        check_non_negative("request_overhead_s", p.request_overhead_s)?;
         if p.overhead_s + p.linear_floor_s <= 0.0 {
             return Err(CoreError::invalid(
                 "overhead_s",

@@ -35,6 +35,25 @@ def test_fit_recovers_a_known_model():
     assert np.median(errs) < 0.02 and max(errs) < 0.10
 
 
+def test_fit_recovers_a_request_overhead_when_asked():
+    truth_params = CostModel.load("llama3-8b-h200-flashinfer").params | {"request_overhead_s": 0.007}
+    truth = CostModel.from_json(json.dumps(truth_params))
+    points = synthetic_points(truth, np.random.default_rng(1))
+    points += [
+        fit.Point("prefill", "syn", 0.007 + truth.prefill_time(p), prompt=p) for p in (16, 64, 256)
+    ]
+    points = [
+        fit.Point(p.kind, p.source, 0.007 + truth.prefill_time(p.prompt), prompt=p.prompt)
+        if p.kind == "prefill"
+        else p
+        for p in points
+    ]
+    theta, _, _ = fit.solve(points, 8192, request_overhead=True)
+    assert theta[6] == pytest.approx(0.007, rel=0.05)
+    theta_off, _, _ = fit.solve(points, 8192)
+    assert theta_off[6] == 0.0
+
+
 def test_log_points_keep_only_pure_decode_intervals():
     lines = "\n".join(
         f"[t] Decode batch, #running-req: {n}, #token: {s}, token usage: 0.0, cuda graph: True, "

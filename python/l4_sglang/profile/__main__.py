@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", required=True)
     fit.add_argument("--holdout", type=float, default=0.3)
     fit.add_argument("--het-from", help="take het_width/het_alpha from this calibration JSON")
+    fit.add_argument(
+        "--request-overhead",
+        action="store_true",
+        help="also fit request_overhead_s (needs the short-prompt TTFTs of the current job plan)",
+    )
     replay = sub.add_parser("replay", help="replay a job's scenarios on an emulated worker and compare")
     replay.add_argument("real", help="a job output folder")
     replay.add_argument("--cost-model", required=True)

@@ -10,10 +10,12 @@ Points:
 Given the heterogeneity width W and the roofline knee n_c (where linear
 layers stop being weight-bound), every point is linear in
 theta = (overhead, per-token linear, per-request, decode_kv, decode_kv * alpha,
-prefill_pair):
+prefill_pair, request_overhead):
 
     decode  = o + tau * max(n_c, n) + r * n + k * S + k alpha * max(0, W L - S)
-    prefill = sum over chunks of [o + tau * max(n_c, chunk) + r + pi * pairs]
+    TTFT    = q + sum over chunks of [o + tau * max(n_c, chunk) + r + pi * pairs]
+
+(q: host-side latency of a request, HTTP and scheduling, paid once).
 
 so a grid over (W, n_c) with a non-negative least-squares solve in relative
 error finds the fit. A seeded share of the points is held out of the fit and
@@ -106,10 +108,10 @@ def design(points: list[Point], width: float, knee: float, chunk: float) -> np.n
     for p in points:
         if p.kind == "decode":
             excess = max(0.0, width * p.max_kv - p.kv_tokens)
-            rows.append([1.0, max(knee, p.requests), p.requests, p.kv_tokens, excess, 0.0])
+            rows.append([1.0, max(knee, p.requests), p.requests, p.kv_tokens, excess, 0.0, 0.0])
         else:
             k, linear, pairs = _pairs_and_chunks(p.prompt, chunk, knee)
-            rows.append([k, linear, k, 0.0, 0.0, pairs])
+            rows.append([k, linear, k, 0.0, 0.0, pairs, 1.0])
     return np.array(rows)
 
 
@@ -127,30 +129,44 @@ def nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def solve(
-    points: list[Point], chunk: float, fixed_het: tuple[float, float] | None = None
+    points: list[Point],
+    chunk: float,
+    fixed_het: tuple[float, float] | None = None,
+    request_overhead: bool = False,
 ) -> tuple[np.ndarray, float, float]:
     """Best (theta, W, knee) in relative squared error over a grid; `fixed_het`
-    = (W, alpha) pins the length-mix term when the points cannot identify it."""
+    = (W, alpha) pins the length-mix term when the points cannot identify it.
+    The request-overhead term is fitted only when asked: it needs several
+    short-prompt TTFTs (16 to 512 tokens) to be told apart from the linear floor."""
     y = np.array([p.seconds for p in points])
+    if not request_overhead:
+        theta, width, knee = _solve(points, y, chunk, fixed_het, drop_overhead=True)
+        return theta, width, knee
+    return _solve(points, y, chunk, fixed_het, drop_overhead=False)
+
+
+def _solve(points, y, chunk, fixed_het, drop_overhead: bool) -> tuple[np.ndarray, float, float]:
     best = (math.inf, None, 0.0, 0.0)
     widths = [fixed_het[0]] if fixed_het else np.geomspace(1.0, 256.0, 49)
     for width in widths:
         for knee in (32, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768):
             a = design(points, width, knee, chunk) / y[:, None]
+            if drop_overhead:
+                a[:, 6] = 0.0  # a zero column: nonnegative_lstsq leaves its weight at 0
             if fixed_het:
                 alpha = fixed_het[1]
-                merged = np.column_stack([a[:, :3], a[:, 3] + alpha * a[:, 4], a[:, 5]])
+                merged = np.column_stack([a[:, :3], a[:, 3] + alpha * a[:, 4], a[:, 5:]])
                 t = nonnegative_lstsq(merged, np.ones(len(points)))
-                theta = np.array([t[0], t[1], t[2], t[3], alpha * t[3], t[4]])
+                theta = np.array([t[0], t[1], t[2], t[3], alpha * t[3], t[4], t[5]])
                 err = float(np.sum((a @ theta - 1.0) ** 2))
                 if err < best[0]:
                     best = (err, theta, float(width), float(knee))
                 continue
             theta = nonnegative_lstsq(a, np.ones(len(points)))
             if theta[4] > theta[3]:  # alpha above 1: fit with alpha = 1 instead
-                merged = np.column_stack([a[:, :3], a[:, 3] + a[:, 4], a[:, 5]])
+                merged = np.column_stack([a[:, :3], a[:, 3] + a[:, 4], a[:, 5:]])
                 t = nonnegative_lstsq(merged, np.ones(len(points)))
-                theta = np.array([t[0], t[1], t[2], t[3], t[3], t[4]])
+                theta = np.array([t[0], t[1], t[2], t[3], t[3], t[4], t[5]])
             err = float(np.sum((a @ theta - 1.0) ** 2))
             if err < best[0]:
                 best = (err, theta, float(width), float(knee))
@@ -158,7 +174,7 @@ def solve(
 
 
 def to_params(theta, width: float, knee: float, name: str, info: dict, max_running: float) -> dict:
-    o, tau, r, k, k_alpha, pi = (float(x) for x in theta)
+    o, tau, r, k, k_alpha, pi, q = (float(x) for x in theta)
     return {
         "name": name,
         "overhead_s": o,
@@ -172,13 +188,14 @@ def to_params(theta, width: float, knee: float, name: str, info: dict, max_runni
         "kv_capacity_tokens": float(info.get("max_total_num_tokens") or 0),
         "max_running_requests": max_running,
         "chunked_prefill_size": float(info.get("chunked_prefill_size") or 8192),
+        "request_overhead_s": q,
     }
 
 
 def predict(model: CostModel, p: Point) -> float:
     if p.kind == "decode":
         return model.decode_step_time(p.requests, p.kv_tokens, p.max_kv)
-    return model.prefill_time(p.prompt)
+    return model.params.get("request_overhead_s", 0.0) + model.prefill_time(p.prompt)
 
 
 def errors(model: CostModel, points: list[Point]) -> list[dict]:
@@ -213,7 +230,12 @@ def kernel_summary(folder: Path) -> dict | None:
 
 
 def fit_folder(
-    folder: Path, name: str, holdout: float, seed: int = 0, het_from: Path | None = None
+    folder: Path,
+    name: str,
+    holdout: float,
+    seed: int = 0,
+    het_from: Path | None = None,
+    request_overhead: bool = False,
 ) -> tuple[dict, dict]:
     meta = json.loads((folder / "meta.json").read_text())
     info = json.loads((folder / "server_info.json").read_text())
@@ -231,7 +253,7 @@ def fit_folder(
     if het_from is not None:
         donor = json.loads(het_from.read_text())
         fixed = (float(donor["het_width"]), float(donor["het_alpha"]))
-    theta, width, knee = solve(train, chunk, fixed)
+    theta, width, knee = solve(train, chunk, fixed, request_overhead)
     params = to_params(theta, width, knee, name, info, max_running)
     model = CostModel.from_json(json.dumps(params))
     fit_err, held_err = errors(model, train), errors(model, test)
@@ -272,7 +294,9 @@ def main(args) -> int:
     if len(folders) != 1:
         raise SystemExit("fit takes one job folder (one GPU and backend) at a time")
     het_from = Path(args.het_from) if args.het_from else None
-    params, summary = fit_folder(folders[0], args.name, args.holdout, het_from=het_from)
+    params, summary = fit_folder(
+        folders[0], args.name, args.holdout, het_from=het_from, request_overhead=args.request_overhead
+    )
     Path(args.out).write_text(json.dumps(params, indent=1) + "\n")
     print(
         f"{args.name}: {summary['points']} points, median |error| fit {summary['median_abs_error_fit']:.1%}, "

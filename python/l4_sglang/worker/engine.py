@@ -215,7 +215,8 @@ class Engine:
             )
         return None
 
-    def add(self, req: Request, now: float) -> None:
+    def check(self, req: Request) -> None:
+        """Raise ValueError when `req` can never be added."""
         if req.rid in self.active:
             raise ValueError(f"Duplicate request ID: {req.rid}")
         if not req.input_ids:
@@ -223,6 +224,9 @@ class Engine:
         why = self.admissible(req.context_tokens)
         if why is not None:
             raise ValueError(why)
+
+    def add(self, req: Request, now: float) -> None:
+        self.check(req)
         if req.arrival_time is None:
             req.arrival_time = now
         req.phase = Phase.WAITING

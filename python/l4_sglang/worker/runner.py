@@ -51,11 +51,16 @@ class StepRecord:
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine, time_scale: float = 1.0) -> None:
+    def __init__(self, engine: Engine, time_scale: float = 1.0, request_overhead_s: float = 0.0) -> None:
         if not time_scale > 0:
             raise ValueError(f"invalid time_scale: must be > 0, got {time_scale}")
+        if not request_overhead_s >= 0:
+            raise ValueError(f"invalid request_overhead_s: must be >= 0, got {request_overhead_s}")
         self.engine = engine
         self.time_scale = time_scale
+        # Host-side latency before a request reaches the scheduler (the cost model's request_overhead_s).
+        self.request_delay_s = request_overhead_s * time_scale
+        self._pending: dict[str, tuple[asyncio.TimerHandle, Request]] = {}
         self.step_log: deque[StepRecord] = deque(maxlen=STEP_LOG_SIZE)
         # Real time the engine spent stepping: modelled (cost x scale) and lost to falling behind.
         self.modelled_s = 0.0
@@ -82,18 +87,46 @@ class EngineRunner:
             self._task = None
 
     def submit(self, req: Request) -> asyncio.Event:
-        """Queue `req`; the returned event is set on each update of it (clear it after reading)."""
-        self.engine.add(req, self.now())
+        """Queue `req` (after the request delay); the returned event is set on each update of it
+        (clear it after reading). Invalid requests raise here, before any delay."""
+        arrival = self.now()
+        if req.rid in self._pending:
+            raise ValueError(f"Duplicate request ID: {req.rid}")
+        self.engine.check(req)
+        req.arrival_time = arrival
         event = asyncio.Event()
         self._waiters[req.rid] = event
-        self._wake.set()
+        if self.request_delay_s > 0:
+            self._pending[req.rid] = (self._loop.call_later(self.request_delay_s, self._enqueue, req), req)
+        else:
+            self._enqueue(req)
         return event
 
+    def _enqueue(self, req: Request) -> None:
+        self._pending.pop(req.rid, None)
+        self.engine.add(req, self.now())
+        self._wake.set()
+
+    def _drop_pending(self, rid: str, message: str) -> bool:
+        """Abort a request still in its delay: queue it now and abort it at once, so it
+        ends through the engine's one abort path."""
+        entry = self._pending.pop(rid, None)
+        if entry is None:
+            return False
+        handle, req = entry
+        handle.cancel()
+        self.engine.add(req, self.now())
+        self.engine.abort(rid, self.now(), message)
+        return True
+
     def abort(self, rid: str, message: str = "Abort by /abort_request") -> bool:
+        if self._drop_pending(rid, message):
+            return True
         return self.engine.abort(rid, self.now(), message) is not None
 
     def abort_all(self, message: str = "Abort by /abort_request") -> int:
-        return len(self.engine.abort_all(self.now(), message))
+        dropped = sum(self._drop_pending(rid, message) for rid in list(self._pending))
+        return dropped + len(self.engine.abort_all(self.now(), message))
 
     def _notify(self, req: Request, now: float) -> None:
         if self.on_update is not None:

@@ -161,7 +161,8 @@ class EmulatedWorker:
     async def _on_startup(self, app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         self.clock = Clock(offset=time.time() - loop.time())
-        self.runner = EngineRunner(self.engine, self.settings.time_scale)
+        overhead = float(self.cost_model.params.get("request_overhead_s", 0.0))
+        self.runner = EngineRunner(self.engine, self.settings.time_scale, overhead)
         self.runner.on_update = self.metrics.on_update
         self.runner.on_step = self.metrics.on_step
         self.runner.start()
