@@ -1,0 +1,17 @@
+"""Discrete-event simulator: the router's policies over simulated emulated-worker engines."""
+
+from l4_sglang.sim.cluster import Cluster, engine_config
+from l4_sglang.sim.engine import EventLoop, Kind
+from l4_sglang.sim.metrics import RequestRecord, SimResult
+from l4_sglang.sim.run import Simulator, simulate
+
+__all__ = [
+    "Cluster",
+    "EventLoop",
+    "Kind",
+    "RequestRecord",
+    "SimResult",
+    "Simulator",
+    "engine_config",
+    "simulate",
+]

@@ -1,0 +1,289 @@
+"""`simulate`: a trace through a simulated fleet, driving the same policy objects as the router.
+
+What the driver does, and how it mirrors the router (router/forwarding.py,
+router/workers.py):
+- arrival: `policy.route(RequestInfo(rid, prompt, max_new, prefix_hashes), now)`,
+  then the request is queued on that instance. `max_new` is the requested
+  output length (bench_serving sends max_new_tokens with ignore_eos);
+  `prefix_hashes` are the first 8 hash ids, as the router takes a client's.
+  A request that can never fit the instance's KV fails (`policy.on_abort`).
+- progress: the router calls `on_progress` once per stream chunk; the
+  simulator batches it to every `progress_every_tokens`-th generated token,
+  the first token and the last. The count is the request's tokens across
+  migrations, as the router's is.
+- finish: `on_finish` at the step end that produced the last token.
+- load polls: every `load_poll_interval_s`, one `on_load` with every
+  instance's snapshot (what the router can see: max_kv and mean_remaining
+  are 0 unless `detailed_snapshots`).
+- ticks: every `tick_interval_s`, `policy.tick`.
+- migrations (from on_progress or tick): dropped when stale (the request is
+  done, or not on `source`) or when the target cannot hold it; otherwise
+  the request is aborted on the source and resubmitted to the target with
+  prompt + generated tokens as its prompt (the engine charges that prefill,
+  minus what the target's prefix cache holds) and the remaining tokens as
+  max_new_tokens, then `on_migrated`. The router does the same with a
+  network round trip in between; here it is instantaneous.
+Periodic events stop once every request is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from l4_sglang.core import CostModel
+from l4_sglang.policy.base import Migration, Policy, RequestInfo
+from l4_sglang.policy.registry import make_policy
+from l4_sglang.sim.cluster import Cluster, engine_config, unique_hash_ids
+from l4_sglang.sim.engine import Event, EventLoop, Kind
+from l4_sglang.sim.metrics import RequestRecord, SimResult
+from l4_sglang.worker.engine import EngineConfig, Request
+
+PREFIX_BLOCKS = 8
+"""Leading hash ids the policy hears of (router/forwarding.py's PREFIX_BLOCKS)."""
+
+ProgressFn = Callable[[int, int, float], None]
+"""(requests done, requests in all, simulated seconds)."""
+
+
+class TraceLike(Protocol):
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+class Simulator:
+    def __init__(
+        self,
+        requests: Iterable[Any],
+        policy: Policy,
+        cost_model: CostModel,
+        instances: int,
+        *,
+        engine: EngineConfig | None = None,
+        load_poll_interval_s: float = 0.5,
+        tick_interval_s: float = 0.25,
+        progress_every_tokens: int = 16,
+        detailed_snapshots: bool = False,
+        tell_max_new_tokens: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        if not load_poll_interval_s > 0 or not tick_interval_s > 0:
+            raise ValueError("invalid intervals: load_poll_interval_s and tick_interval_s must be > 0")
+        if progress_every_tokens < 1:
+            raise ValueError(f"invalid progress_every_tokens: must be >= 1, got {progress_every_tokens}")
+        self.policy = policy
+        self.cost_model = cost_model
+        self.cluster = Cluster(instances, cost_model, engine or engine_config(cost_model), self._on_token)
+        self.poll_s = float(load_poll_interval_s)
+        self.tick_s = float(tick_interval_s)
+        self.every = int(progress_every_tokens)
+        self.detailed = detailed_snapshots
+        self.tell_max_new = tell_max_new_tokens
+        self.progress = progress
+        self.records: list[RequestRecord] = []
+        for i, r in enumerate(sorted(requests, key=lambda r: float(r.arrival_s))):
+            prompt, out = int(r.prompt_tokens), int(r.output_tokens)
+            if prompt < 1 or out < 1:
+                raise ValueError(f"invalid request {i}: prompt_tokens and output_tokens must be >= 1")
+            hashes = getattr(r, "hash_ids", None)
+            hashes = list(hashes) if hashes else unique_hash_ids(i, prompt)
+            self.records.append(RequestRecord(f"r{i}", i, float(r.arrival_s), prompt, out, hashes))
+        self.by_rid = {r.rid: r for r in self.records}
+        self.done = 0
+        self.migrations = 0
+        self.failed_migrations = 0
+        self._moves: list[Migration] = []
+        self.loop = EventLoop()
+        self.loop.on(Kind.STEP_END, self._step_end)
+        self.loop.on(Kind.ARRIVAL, self._arrival)
+        self.loop.on(Kind.STEP_START, self._step_start)
+        self.loop.on(Kind.LOAD, self._load)
+        self.loop.on(Kind.TICK, self._tick)
+
+    # ---- running ----------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        t0 = time.perf_counter()
+        start = self.records[0].arrival_s if self.records else 0.0
+        self.loop.now = start
+        for wid in self.cluster.worker_ids:
+            self.policy.add_worker(wid, start)
+        self.policy.on_load(self.cluster.snapshots(self.detailed), start)
+        for rec in self.records:
+            self.loop.push(rec.arrival_s, Kind.ARRIVAL, rec)
+        if self.records:
+            self.loop.push(start + self.poll_s, Kind.LOAD)
+            self.loop.push(start + self.tick_s, Kind.TICK)
+        self.loop.run()
+        return SimResult(
+            policy=self.policy.NAME,
+            instances=len(self.cluster.instances),
+            cost_model=self.cost_model.name,
+            seed=self.policy.seed,
+            records=self.records,
+            migrations=self.migrations,
+            failed_migrations=self.failed_migrations,
+            events=self.loop.processed,
+            steps=sum(i.steps for i in self.cluster.instances.values()),
+            wall_s=time.perf_counter() - t0,
+        )
+
+    @property
+    def all_done(self) -> bool:
+        return self.done == len(self.records)
+
+    # ---- handlers -----------------------------------------------------------------
+
+    def _arrival(self, now: float, rec: RequestRecord) -> list[Event]:
+        info = RequestInfo(
+            rec.rid,
+            rec.prompt_tokens,
+            rec.output_tokens if self.tell_max_new else None,
+            tuple(rec.hash_ids[:PREFIX_BLOCKS]),
+        )
+        wid = self.policy.route(info, now)
+        why = self.cluster.admissible(wid, rec.prompt_tokens)
+        if why is not None:
+            rec.failed = why
+            self._ended(rec, now, finished=False)
+            return []
+        return self._submit(rec, wid, rec.prompt_tokens, rec.output_tokens, now)
+
+    def _submit(self, rec: RequestRecord, wid: str, prompt: int, max_new: int, now: float) -> list[Event]:
+        rec.worker = wid
+        rec.leg = self.cluster.submit(wid, rec.rid, prompt, max_new, rec.hash_ids, now)
+        if self.cluster.needs_kick(wid):
+            return [(now, Kind.STEP_START, wid)]
+        return []
+
+    def _step_start(self, now: float, wid: str) -> list[Event]:
+        end = self.cluster.start(wid, now)
+        return [] if end is None else [(end, Kind.STEP_END, wid)]
+
+    def _step_end(self, now: float, wid: str) -> list[Event]:
+        self.cluster.finish(wid, now)
+        out: list[Event] = []
+        if self._moves:  # before this instance plans again, so a request moved away is not in it
+            moves, self._moves = self._moves, []
+            out.extend(self._execute(moves, now))
+        end = self.cluster.start(wid, now)
+        if end is not None:
+            out.append((end, Kind.STEP_END, wid))
+        return out
+
+    def _load(self, now: float, _: Any) -> list[Event]:
+        if self.all_done:
+            return []
+        self.policy.on_load(self.cluster.snapshots(self.detailed), now)
+        return [(now + self.poll_s, Kind.LOAD, None)]
+
+    def _tick(self, now: float, _: Any) -> list[Event]:
+        if self.all_done:
+            return []
+        out = self._execute(self.policy.tick(now), now)
+        out.append((now + self.tick_s, Kind.TICK, None))
+        return out
+
+    # ---- tokens, finishes and migrations --------------------------------------------------
+
+    def _on_token(self, wid: str, req: Request, now: float) -> None:
+        """The engine's update hook: a request gained a token or finished (or was aborted)."""
+        rec = self.by_rid[req.rid]
+        if rec.leg is not req:  # an aborted leg of a migrated request
+            return
+        generated = rec.base + len(req.output_ids)
+        while rec.generated < generated:
+            rec.token_times.append(now)
+            rec.generated += 1
+        if req.finished:
+            if req.finish_reason and req.finish_reason.get("type") == "abort":
+                rec.failed = str(req.finish_reason.get("message"))
+                self._ended(rec, now, finished=False)
+                return
+            if rec.last_progress < generated:
+                self._progress(rec, now)
+            rec.finished_s = now
+            self._ended(rec, now, finished=True)
+        elif rec.generated == 1 or rec.generated - rec.last_progress >= self.every:
+            self._progress(rec, now)
+
+    def _progress(self, rec: RequestRecord, now: float) -> None:
+        rec.last_progress = rec.generated
+        moves = self.policy.on_progress(rec.rid, rec.generated, now)
+        if moves:
+            self._moves.extend(moves)  # executed after the step is applied
+
+    def _ended(self, rec: RequestRecord, now: float, finished: bool) -> None:
+        rec.leg = None
+        if finished:
+            self.policy.on_finish(rec.rid, now)
+        else:
+            self.policy.on_abort(rec.rid, now)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.records), now)
+
+    def _execute(self, moves: list[Migration], now: float) -> list[Event]:
+        out: list[Event] = []
+        for m in moves:
+            rec = self.by_rid.get(m.rid)
+            if rec is None or rec.done or rec.leg is None or rec.worker != m.source:
+                continue  # stale: the router drops these too
+            remaining = rec.output_tokens - rec.generated
+            context = rec.prompt_tokens + rec.generated
+            if (
+                m.target == m.source
+                or m.target not in self.cluster.instances
+                or remaining < 1
+                or self.cluster.admissible(m.target, context) is not None
+            ):
+                self.failed_migrations += 1
+                continue
+            rec.leg = None  # the abort's update is not this request's
+            self.cluster.abort(m.source, rec.rid, now)
+            rec.base = rec.generated
+            out.extend(self._submit(rec, m.target, context, remaining, now))
+            rec.migrations += 1
+            self.migrations += 1
+            self.policy.on_migrated(m, now)
+        return out
+
+
+def simulate(
+    trace_requests: Iterable[Any],
+    policy_name: str,
+    cost_model: CostModel,
+    instances: int,
+    seed: int = 0,
+    policy_overrides: Mapping[str, Any] | None = None,
+    load_poll_interval_s: float = 0.5,
+    tick_interval_s: float = 0.25,
+    progress_every_tokens: int = 16,
+    *,
+    engine: EngineConfig | None = None,
+    detailed_snapshots: bool = False,
+    tell_max_new_tokens: bool = True,
+    progress: ProgressFn | None = None,
+) -> SimResult:
+    """Replay `trace_requests` (anything with arrival_s, prompt_tokens, output_tokens and
+    optionally hash_ids) through `instances` simulated workers routed by `policy_name`."""
+    policy = make_policy(policy_name, cost_model, policy_overrides, seed)
+    sim = Simulator(
+        trace_requests,
+        policy,
+        cost_model,
+        instances,
+        engine=engine,
+        load_poll_interval_s=load_poll_interval_s,
+        tick_interval_s=tick_interval_s,
+        progress_every_tokens=progress_every_tokens,
+        detailed_snapshots=detailed_snapshots,
+        tell_max_new_tokens=tell_max_new_tokens,
+        progress=progress,
+    )
+    return sim.run()
+
+
+__all__ = ["PREFIX_BLOCKS", "Simulator", "TraceLike", "simulate"]

@@ -1,0 +1,191 @@
+"""The discrete-event simulator: loop order, exact timing, conservation, determinism, policies."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from l4_sglang.core import CostModel
+from l4_sglang.sim import EventLoop, Kind, simulate
+
+
+@dataclass(frozen=True)
+class Req:
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+@pytest.fixture(scope="module")
+def cm() -> CostModel:
+    return CostModel.load()
+
+
+def bimodal(seed: int, chats: int = 200, docs: int = 20, rate: float = 8.0) -> list[Req]:
+    """Chats of ~500 prompt tokens and documents of ~60K, Poisson arrivals at `rate` per second."""
+    rng = np.random.default_rng(seed)
+    n = chats + docs
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
+    is_doc = rng.permutation(np.r_[np.ones(docs, bool), np.zeros(chats, bool)])
+    out = []
+    for t, doc in zip(arrivals, is_doc, strict=True):
+        if doc:
+            prompt = int(rng.integers(50_000, 70_000))
+            output = int(rng.integers(100, 400))
+        else:
+            prompt = int(rng.integers(300, 700))
+            output = int(rng.integers(50, 400))
+        out.append(Req(float(t), prompt, output))
+    return out
+
+
+def test_same_time_events_run_in_kind_order():
+    loop = EventLoop()
+    seen: list[tuple[float, str]] = []
+    for kind in Kind:
+        loop.on(kind, lambda now, p, k=kind: seen.append((now, k.name, p)))
+    # Pushed in the reverse of kind order, all at t=1, plus one earlier and one later.
+    for i, kind in enumerate(reversed(Kind)):
+        loop.push(1.0, kind, i)
+    loop.push(1.0, Kind.TICK, "second tick")
+    loop.push(0.5, Kind.TICK, "early")
+    loop.push(2.0, Kind.STEP_END, "late")
+    loop.run()
+    assert seen[0] == (0.5, "TICK", "early")
+    assert [k for _, k, _ in seen[1:-1]] == [k.name for k in Kind] + ["TICK"]
+    assert seen[-2][2] == "second tick"  # same time and kind: push order
+    assert seen[-1] == (2.0, "STEP_END", "late")
+    assert loop.now == 2.0
+
+
+def test_loop_handlers_push_events_and_run_stops_at_until():
+    loop = EventLoop()
+    times = []
+
+    def tick(now, _):
+        times.append(now)
+        return [(now + 1.0, Kind.TICK, None)]
+
+    loop.on(Kind.TICK, tick)
+    loop.push(0.0, Kind.TICK)
+    loop.run(until=3.5)
+    assert times == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError):
+        loop.push(1.0, Kind.TICK)  # in the past
+
+
+@pytest.mark.parametrize("prompt,output", [(500, 1), (500, 10), (20_000, 37)])
+def test_one_request_alone_is_timed_exactly(cm, prompt, output):
+    res = simulate([Req(3.0, prompt, output)], "round_robin", cm, 2)
+    (rec,) = res.records
+    chunk = int(cm.params["chunked_prefill_size"])
+    # Chunked prefill: one step per chunk, each chunk at the context before it.
+    prefill = sum(cm.step_time([(min(chunk, prompt - start), start)]) for start in range(0, prompt, chunk))
+    if prompt <= chunk:
+        assert prefill == pytest.approx(cm.prefill_time(prompt), abs=1e-12)
+    decode = sum(cm.step_time([(1, prompt + k)]) for k in range(output - 1))
+    assert rec.ttft_s == pytest.approx(prefill, abs=1e-9)
+    assert rec.e2e_s == pytest.approx(prefill + decode, abs=1e-9)
+    assert len(rec.token_times) == output
+    assert res.summary()["completed"] == 1
+
+
+def test_conservation_and_summary_keys(cm):
+    reqs = bimodal(1, chats=80, docs=5)
+    res = simulate(reqs, "round_robin", cm, 4)
+    s = res.summary()
+    assert s["simulated"] is True
+    assert s["completed"] == len(reqs) and s["failed"] == 0
+    assert s["total_output_tokens"] == sum(r.output_tokens for r in reqs)
+    assert s["total_input_tokens"] == sum(r.prompt_tokens for r in reqs)
+    for rec in res.records:
+        assert len(rec.token_times) == rec.output_tokens
+        assert rec.token_times == sorted(rec.token_times)
+        assert rec.arrival_s < rec.token_times[0]
+    for metric in ("e2e_latency", "ttft", "tpot", "itl"):
+        for stat in ("mean", "median", "p90", "p99"):
+            assert s[f"{stat}_{metric}_ms"] >= 0.0
+    for key in ("duration", "request_throughput", "output_throughput", "migrations"):
+        assert key in s
+
+
+@pytest.mark.parametrize("policy", ["random", "power_of_two", "l4"])
+def test_same_seed_same_result(cm, policy):
+    reqs = bimodal(2, chats=60, docs=4)
+    a = simulate(reqs, policy, cm, 4, seed=7).summary()
+    b = simulate(reqs, policy, cm, 4, seed=7).summary()
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+L4_EARLY = {"min_samples": 5, "refine_interval_s": 0.5, "balance_interval_s": 0.5, "min_gain": 0.0}
+
+
+def test_l4_vs_round_robin_on_bimodal(cm):
+    reqs = bimodal(0)
+    results = {}
+    for policy, overrides in (("round_robin", None), ("l4", L4_EARLY)):
+        res = simulate(reqs, policy, cm, 4, seed=0, policy_overrides=overrides)
+        s = res.summary()
+        assert s["completed"] == len(reqs), policy
+        results[policy] = s
+        print(
+            f"\n{policy}: mean E2E {s['mean_e2e_latency_ms']:.1f} ms, mean TTFT {s['mean_ttft_ms']:.1f} ms, "
+            f"mean TPOT {s['mean_tpot_ms']:.2f} ms, migrations {s['migrations']}, wall {s['wall_s']:.2f} s"
+        )
+    assert results["round_robin"]["migrations"] == 0
+
+
+def test_l4_migrates_requests_that_cross_stage_bounds(cm):
+    # Prompts just under a few thousand tokens growing by a few thousand: they cross bounds.
+    rng = np.random.default_rng(3)
+    reqs = [
+        Req(float(t), int(p), int(o))
+        for t, p, o in zip(
+            np.cumsum(rng.exponential(0.05, 300)),
+            rng.integers(100, 3000, 300),
+            rng.integers(500, 4000, 300),
+            strict=True,
+        )
+    ]
+    res = simulate(reqs, "l4", cm, 4, seed=0, policy_overrides=L4_EARLY)
+    s = res.summary()
+    print(f"\nl4 migrations: {s['migrations']} (failed {s['failed_migrations']}), completed {s['completed']}")
+    assert s["completed"] == len(reqs)
+    assert s["migrations"] > 0
+    moved = [r for r in res.records if r.migrations]
+    assert moved
+    for rec in moved:  # every token once, across legs
+        assert len(rec.token_times) == rec.output_tokens
+        assert rec.token_times == sorted(rec.token_times)
+
+
+def test_progress_callback(cm):
+    calls = []
+    reqs = [Req(0.1 * i, 200, 5) for i in range(10)]
+    simulate(reqs, "round_robin", cm, 2, progress=lambda done, total, now: calls.append((done, total, now)))
+    assert [c[0] for c in calls] == list(range(1, 11))
+    assert all(c[1] == 10 for c in calls)
+
+
+def test_64_instances_2000_requests(cm):
+    rng = np.random.default_rng(5)
+    n = 2000
+    reqs = [
+        Req(float(t), int(p), int(o))
+        for t, p, o in zip(
+            np.cumsum(rng.exponential(1 / 100.0, n)),
+            rng.lognormal(7.0, 1.0, n).clip(16, 60_000),
+            rng.integers(16, 512, n),
+            strict=True,
+        )
+    ]
+    t0 = time.perf_counter()
+    res = simulate(reqs, "round_robin", cm, 64)
+    wall = time.perf_counter() - t0
+    s = res.summary()
+    print(f"\n64 instances x {n} requests: wall {wall:.2f} s, {s['steps']} steps, {s['events']} events")
+    assert s["completed"] == n
