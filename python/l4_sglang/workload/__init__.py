@@ -1,0 +1,21 @@
+"""Request workloads: real traces (Mooncake, Azure), transformations, synthetic generators."""
+
+from l4_sglang.workload.azure import load_azure
+from l4_sglang.workload.mooncake import load_mooncake
+from l4_sglang.workload.synthetic import LengthMixture, gamma, poisson
+from l4_sglang.workload.trace import Trace, TraceRequest
+from l4_sglang.workload.transform import cap_lengths, load_trace, scale_rate, truncate
+
+__all__ = [
+    "LengthMixture",
+    "Trace",
+    "TraceRequest",
+    "cap_lengths",
+    "gamma",
+    "load_azure",
+    "load_mooncake",
+    "load_trace",
+    "poisson",
+    "scale_rate",
+    "truncate",
+]
