@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from l4_sglang.core import CostModel
-from l4_sglang.sim import EventLoop, Kind, simulate
+from l4_sglang.policy.base import Migration, Policy, RequestInfo
+from l4_sglang.sim import EventLoop, Kind, Simulator, simulate
 
 
 @dataclass(frozen=True)
@@ -189,3 +190,62 @@ def test_64_instances_2000_requests(cm):
     s = res.summary()
     print(f"\n64 instances x {n} requests: wall {wall:.2f} s, {s['steps']} steps, {s['events']} events")
     assert s["completed"] == n
+
+
+class _MoveOnce(Policy):
+    """Routes everything to sim-0 and moves each request to sim-1 at its 16th token."""
+
+    NAME = "move_once"
+
+    def __init__(self, cm: CostModel) -> None:
+        super().__init__(None, cm)
+        self.events: list[tuple[str, str]] = []
+
+    def route(self, req: RequestInfo, now: float) -> str:
+        self.book.route(req, "sim-0", now)
+        return "sim-0"
+
+    def on_progress(self, rid: str, generated_tokens: int, now: float) -> list[Migration]:
+        super().on_progress(rid, generated_tokens, now)
+        self.events.append(("progress", str(generated_tokens)))
+        if generated_tokens == 16 and self.book.requests[rid].worker == "sim-0":
+            return [self.propose(rid, "sim-1", "test", now)]
+        return []
+
+    def on_migrated(self, m: Migration, now: float) -> None:
+        super().on_migrated(m, now)
+        self.events.append(("migrated", m.target))
+
+    def on_finish(self, rid: str, now: float) -> None:
+        super().on_finish(rid, now)
+        self.events.append(("finish", rid))
+
+
+def test_migration_recomputes_prompt_plus_generated_on_the_target(cm):
+    prompt, output = 3000, 40
+    policy = _MoveOnce(cm)
+    res = Simulator([Req(1.0, prompt, output)], policy, cm, 2).run()
+    (rec,) = res.records
+    first_leg = cm.step_time([(prompt, 0)]) + sum(cm.step_time([(1, prompt + k)]) for k in range(15))
+    fill, remaining = prompt + 16, output - 16
+    second_leg = cm.step_time([(fill, 0)]) + sum(cm.step_time([(1, fill + j)]) for j in range(remaining - 1))
+    assert rec.e2e_s == pytest.approx(first_leg + second_leg, abs=1e-9)
+    assert rec.token_times[15] - rec.arrival_s == pytest.approx(first_leg, abs=1e-9)
+    assert len(rec.token_times) == output and rec.migrations == 1 and res.migrations == 1
+    assert ("migrated", "sim-1") in policy.events and policy.events[-1] == ("finish", rec.rid)
+    progress = [int(v) for k, v in policy.events if k == "progress"]
+    assert progress == [1, 16, 32, 40]  # the first token, every 16th, the last; counted across legs
+    assert res.summary()["migrations"] == 1
+
+
+def test_trace_hash_ids_hit_the_prefix_cache(cm):
+    @dataclass(frozen=True)
+    class Hashed(Req):
+        hash_ids: tuple[int, ...] = ()
+
+    reqs = [Hashed(0.0, 1024, 1, (11, 12)), Hashed(5.0, 1024, 1, (11, 12)), Hashed(9.0, 1024, 1, (11, 99))]
+    res = simulate(reqs, "round_robin", cm, 1)
+    a, b, c = res.records
+    assert a.ttft_s == pytest.approx(cm.step_time([(1024, 0)]), abs=1e-12)
+    assert b.ttft_s == pytest.approx(cm.step_time([(1, 1023)]), abs=1e-12)  # all cached but one token
+    assert c.ttft_s == pytest.approx(cm.step_time([(512, 512)]), abs=1e-12)  # first block only

@@ -8,8 +8,8 @@ router/workers.py):
   `prefix_hashes` are the first 8 hash ids, as the router takes a client's.
   A request that can never fit the instance's KV fails (`policy.on_abort`).
 - progress: the router calls `on_progress` once per stream chunk; the
-  simulator batches it to every `progress_every_tokens`-th generated token,
-  the first token and the last. The count is the request's tokens across
+  simulator batches it: at the first token, at every multiple of
+  `progress_every_tokens` and at the last token. The count is the request's tokens across
   migrations, as the router's is.
 - finish: `on_finish` at the step end that produced the last token.
 - load polls: every `load_poll_interval_s`, one `on_load` with every
@@ -206,7 +206,7 @@ class Simulator:
                 self._progress(rec, now)
             rec.finished_s = now
             self._ended(rec, now, finished=True)
-        elif rec.generated == 1 or rec.generated - rec.last_progress >= self.every:
+        elif rec.generated == 1 or rec.generated // self.every > rec.last_progress // self.every:
             self._progress(rec, now)
 
     def _progress(self, rec: RequestRecord, now: float) -> None:
