@@ -10,7 +10,8 @@ import pytest
 
 from l4_sglang.core import CostModel
 from l4_sglang.policy.base import Migration, Policy, RequestInfo
-from l4_sglang.sim import EventLoop, Kind, Simulator, simulate
+from l4_sglang.policy.registry import POLICIES
+from l4_sglang.sim import EventLoop, Kind, Simulator, engine_config, simulate
 
 
 @dataclass(frozen=True)
@@ -249,3 +250,30 @@ def test_trace_hash_ids_hit_the_prefix_cache(cm):
     assert a.ttft_s == pytest.approx(cm.step_time([(1024, 0)]), abs=1e-12)
     assert b.ttft_s == pytest.approx(cm.step_time([(1, 1023)]), abs=1e-12)  # all cached but one token
     assert c.ttft_s == pytest.approx(cm.step_time([(512, 512)]), abs=1e-12)  # first block only
+
+
+def test_retractions_under_a_small_kv_keep_every_token_once(cm):
+    reqs = [Req(0.01 * i, 1000, 600) for i in range(24)]
+    res = simulate(reqs, "round_robin", cm, 2, engine=engine_config(cm, max_total_tokens=6000))
+    s = res.summary()
+    assert s["retractions"] > 0
+    assert s["completed"] == len(reqs)
+    for rec in res.records:
+        assert len(rec.token_times) == rec.output_tokens
+        assert rec.token_times == sorted(rec.token_times)
+
+
+def test_a_prompt_larger_than_the_kv_fails_and_the_rest_complete(cm):
+    reqs = [Req(0.0, 500, 8), Req(0.1, 9000, 8), Req(0.2, 500, 8)]
+    res = simulate(reqs, "round_robin", cm, 1, engine=engine_config(cm, max_total_tokens=4000))
+    s = res.summary()
+    assert (s["completed"], s["failed"]) == (2, 1)
+    assert "does not fit" in (res.records[1].failed or "")
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_policy_completes_a_small_workload(cm, policy):
+    reqs = bimodal(4, chats=60, docs=4)
+    s = simulate(reqs, policy, cm, 4, seed=1).summary()
+    assert s["completed"] == len(reqs)
+    assert s["total_output_tokens"] == sum(r.output_tokens for r in reqs)

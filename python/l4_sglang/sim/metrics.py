@@ -79,6 +79,8 @@ class SimResult:
     events: int
     steps: int
     wall_s: float
+    retractions: int = 0
+    """Requests the instances' engines retracted (KV full), summed over instances."""
 
     @property
     def completed(self) -> list[RequestRecord]:
@@ -109,6 +111,7 @@ class SimResult:
         _stats("itl", np.concatenate(itl) if itl else [], out)
         out["migrations"] = self.migrations
         out["failed_migrations"] = self.failed_migrations
+        out["retractions"] = self.retractions
         out["events"] = self.events
         out["steps"] = self.steps
         out["wall_s"] = self.wall_s

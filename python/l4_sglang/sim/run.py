@@ -128,6 +128,7 @@ class Simulator:
             events=self.loop.processed,
             steps=sum(i.steps for i in self.cluster.instances.values()),
             wall_s=time.perf_counter() - t0,
+            retractions=sum(i.engine.stats.retractions for i in self.cluster.instances.values()),
         )
 
     @property
