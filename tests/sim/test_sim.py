@@ -26,6 +26,17 @@ def cm() -> CostModel:
     return CostModel.load()
 
 
+@pytest.fixture
+def report(capsys):
+    """Print past pytest's capture: the measurements show in a plain run."""
+
+    def show(text: str) -> None:
+        with capsys.disabled():
+            print(text)
+
+    return show
+
+
 def bimodal(seed: int, chats: int = 200, docs: int = 20, rate: float = 8.0) -> list[Req]:
     """Chats of ~500 prompt tokens and documents of ~60K, Poisson arrivals at `rate` per second."""
     rng = np.random.default_rng(seed)
@@ -126,7 +137,7 @@ def test_same_seed_same_result(cm, policy):
 L4_EARLY = {"min_samples": 5, "refine_interval_s": 0.5, "balance_interval_s": 0.5, "min_gain": 0.0}
 
 
-def test_l4_vs_round_robin_on_bimodal(cm):
+def test_l4_vs_round_robin_on_bimodal(cm, report):
     reqs = bimodal(0)
     results = {}
     for policy, overrides in (("round_robin", None), ("l4", L4_EARLY)):
@@ -134,14 +145,14 @@ def test_l4_vs_round_robin_on_bimodal(cm):
         s = res.summary()
         assert s["completed"] == len(reqs), policy
         results[policy] = s
-        print(
+        report(
             f"\n{policy}: mean E2E {s['mean_e2e_latency_ms']:.1f} ms, mean TTFT {s['mean_ttft_ms']:.1f} ms, "
             f"mean TPOT {s['mean_tpot_ms']:.2f} ms, migrations {s['migrations']}, wall {s['wall_s']:.2f} s"
         )
     assert results["round_robin"]["migrations"] == 0
 
 
-def test_l4_migrates_requests_that_cross_stage_bounds(cm):
+def test_l4_migrates_requests_that_cross_stage_bounds(cm, report):
     # Prompts just under a few thousand tokens growing by a few thousand: they cross bounds.
     rng = np.random.default_rng(3)
     reqs = [
@@ -155,7 +166,9 @@ def test_l4_migrates_requests_that_cross_stage_bounds(cm):
     ]
     res = simulate(reqs, "l4", cm, 4, seed=0, policy_overrides=L4_EARLY)
     s = res.summary()
-    print(f"\nl4 migrations: {s['migrations']} (failed {s['failed_migrations']}), completed {s['completed']}")
+    report(
+        f"\nl4 migrations: {s['migrations']} (failed {s['failed_migrations']}), completed {s['completed']}"
+    )
     assert s["completed"] == len(reqs)
     assert s["migrations"] > 0
     moved = [r for r in res.records if r.migrations]
@@ -173,7 +186,7 @@ def test_progress_callback(cm):
     assert all(c[1] == 10 for c in calls)
 
 
-def test_64_instances_2000_requests(cm):
+def test_64_instances_2000_requests(cm, report):
     rng = np.random.default_rng(5)
     n = 2000
     reqs = [
@@ -189,7 +202,7 @@ def test_64_instances_2000_requests(cm):
     res = simulate(reqs, "round_robin", cm, 64)
     wall = time.perf_counter() - t0
     s = res.summary()
-    print(f"\n64 instances x {n} requests: wall {wall:.2f} s, {s['steps']} steps, {s['events']} events")
+    report(f"\n64 instances x {n} requests: wall {wall:.2f} s, {s['steps']} steps, {s['events']} events")
     assert s["completed"] == n
 
 

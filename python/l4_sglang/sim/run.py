@@ -23,7 +23,8 @@ router/workers.py):
   minus what the target's prefix cache holds) and the remaining tokens as
   max_new_tokens, then `on_migrated`. The router does the same with a
   network round trip in between; here it is instantaneous.
-Periodic events stop once every request is done.
+Periodic events stop once every request is done. A request asking for 0
+output tokens (some trace rows do) generates 1: its first token is what TTFT times.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class Simulator:
         self.progress = progress
         self.records: list[RequestRecord] = []
         for i, r in enumerate(sorted(requests, key=lambda r: float(r.arrival_s))):
-            prompt, out = int(r.prompt_tokens), int(r.output_tokens)
-            if prompt < 1 or out < 1:
-                raise ValueError(f"invalid request {i}: prompt_tokens and output_tokens must be >= 1")
+            prompt, out = int(r.prompt_tokens), max(int(r.output_tokens), 1)
+            if prompt < 1:
+                raise ValueError(f"invalid request {i}: prompt_tokens must be >= 1, got {prompt}")
             hashes = getattr(r, "hash_ids", None)
             hashes = list(hashes) if hashes else unique_hash_ids(i, prompt)
             self.records.append(RequestRecord(f"r{i}", i, float(r.arrival_s), prompt, out, hashes))
