@@ -190,7 +190,7 @@ class Simulator:
 
     # ---- tokens, finishes and migrations --------------------------------------------------
 
-    def _on_token(self, wid: str, req: Request, now: float) -> None:
+    def _on_token(self, req: Request, now: float) -> None:
         """The engine's update hook: a request gained a token or finished (or was aborted)."""
         rec = self.by_rid[req.rid]
         if rec.leg is not req:  # an aborted leg of a migrated request
