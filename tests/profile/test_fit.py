@@ -39,9 +39,7 @@ def test_fit_recovers_a_request_overhead_when_asked():
     truth_params = CostModel.load("llama3-8b-h200-flashinfer").params | {"request_overhead_s": 0.007}
     truth = CostModel.from_json(json.dumps(truth_params))
     points = synthetic_points(truth, np.random.default_rng(1))
-    points += [
-        fit.Point("prefill", "syn", 0.007 + truth.prefill_time(p), prompt=p) for p in (16, 64, 256)
-    ]
+    points += [fit.Point("prefill", "syn", 0.007 + truth.prefill_time(p), prompt=p) for p in (16, 64, 256)]
     points = [
         fit.Point(p.kind, p.source, 0.007 + truth.prefill_time(p.prompt), prompt=p.prompt)
         if p.kind == "prefill"
