@@ -21,7 +21,6 @@ import hmac
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from l4_sglang.background import BackgroundLoop
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.policy.base import NoWorkerAvailable, Policy
 from l4_sglang.policy.registry import make_policy
@@ -584,12 +584,15 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await router.stop()
 
 
-class BackgroundRouter:
+class BackgroundRouter(BackgroundLoop):
     """A router on its own event loop in a daemon thread (tests, benchmarks, notebooks).
 
     with BackgroundRouter(RouterSettings(worker_urls=(w.url,), port=0)) as r:
         requests.post(r.url + "/generate", ...)
     """
+
+    THREAD_NAME = "l4-router"
+    WHAT = "the router"
 
     def __init__(
         self,
@@ -598,68 +601,14 @@ class BackgroundRouter:
         tokenizer: Tokenizer | None = None,
         start_timeout_s: float = 30.0,
     ) -> None:
+        super().__init__(start_timeout_s)
         self.settings = settings
         self._policy = policy
         self._tokenizer = tokenizer
-        self.router: Router | None = None
-        self._timeout = start_timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     @property
-    def url(self) -> str:
-        assert self.router is not None
-        return self.router.url
+    def router(self) -> Router | None:
+        return self._service
 
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self.router = Router(self.settings, self._policy, self._tokenizer)
-            loop.run_until_complete(self.router.start())
-        except BaseException as e:
-            self._error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self.router.stop())
-            loop.close()
-
-    def call(self, fn, timeout: float = 30.0):
-        """Run `fn()` (a plain function or one returning a coroutine) on the router's loop."""
-        assert self._loop is not None
-
-        async def run():
-            out = fn()
-            if asyncio.iscoroutine(out):
-                out = await out
-            return out
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def start(self) -> BackgroundRouter:
-        self._thread = threading.Thread(target=self._main, name="l4-router", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._timeout):
-            raise TimeoutError("the router did not start in time")
-        if self._error is not None:
-            raise RuntimeError("the router failed to start") from self._error
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> BackgroundRouter:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+    def _create(self) -> Router:
+        return Router(self.settings, self._policy, self._tokenizer)

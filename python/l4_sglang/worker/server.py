@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from l4_sglang.background import BackgroundLoop
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.worker import openai_api, protocol, server_info, tokenizer
 from l4_sglang.worker.engine import Engine, EngineConfig, Request, SamplingParams
@@ -483,62 +483,23 @@ class EmulatedWorker:
         )
 
 
-class BackgroundWorker:
+class BackgroundWorker(BackgroundLoop):
     """An emulated worker on its own event loop in a daemon thread (tests, notebooks).
 
     with BackgroundWorker(WorkerSettings(port=0, time_scale=0.1)) as w:
         requests.post(w.url + "/generate", ...)
     """
 
+    THREAD_NAME = "l4-emulated-worker"
+    WHAT = "the emulated worker"
+
     def __init__(self, settings: WorkerSettings, start_timeout_s: float = 30.0) -> None:
+        super().__init__(start_timeout_s)
         self.settings = settings
-        self.worker: EmulatedWorker | None = None
-        self._timeout = start_timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     @property
-    def url(self) -> str:
-        assert self.worker is not None
-        return self.worker.url
+    def worker(self) -> EmulatedWorker | None:
+        return self._service
 
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self.worker = EmulatedWorker(self.settings)
-            loop.run_until_complete(self.worker.start())
-        except BaseException as e:
-            self._error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self.worker.stop())
-            loop.close()
-
-    def start(self) -> BackgroundWorker:
-        self._thread = threading.Thread(target=self._main, name="l4-emulated-worker", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._timeout):
-            raise TimeoutError("the emulated worker did not start in time")
-        if self._error is not None:
-            raise RuntimeError("the emulated worker failed to start") from self._error
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> BackgroundWorker:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+    def _create(self) -> EmulatedWorker:
+        return EmulatedWorker(self.settings)
