@@ -8,12 +8,10 @@ last poll saw it are written at render time from what the caller passes in.
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-
 from l4_sglang.policy.base import LayoutView, WorkerSnapshot
+from l4_sglang.prometheus import Histogram, header
+from l4_sglang.prometheus import format_labels as _labels
+from l4_sglang.prometheus import format_number as _num
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0,
@@ -21,51 +19,6 @@ LATENCY_BUCKETS = (
 OVERHEAD_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
-
-
-def _num(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs)
-    return "{" + body + "}" if body else ""
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        i = bisect.bisect_left(self.buckets, value)
-        if i < len(self.counts):
-            self.counts[i] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str, labels: tuple[tuple[str, str], ...]) -> list[str]:
-        out, running = [], 0
-        for le, n in zip(self.buckets, self.counts, strict=True):
-            running += n
-            out.append(f"{name}_bucket{_labels((*labels, ('le', _num(le))))} {running}")
-        out.append(f"{name}_bucket{_labels((*labels, ('le', '+Inf')))} {self.count}")
-        out.append(f"{name}_sum{_labels(labels)} {_num(self.total)}")
-        out.append(f"{name}_count{_labels(labels)} {self.count}")
-        return out
 
 
 class RouterMetrics:
@@ -114,8 +67,7 @@ class RouterMetrics:
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
+            out.extend(header(name, kind, help_text))
 
         family("l4_router_requests_total", "counter", "Client requests answered, by route and HTTP status.")
         for (route, status), n in sorted(self.requests.items()):

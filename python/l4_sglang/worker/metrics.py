@@ -8,11 +8,10 @@ _sum, buckets, _count, the order SGLang's multiprocess collector uses.
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections import deque
-from dataclasses import dataclass, field
 
+from l4_sglang.prometheus import Histogram, TextStyle, format_number, header
 from l4_sglang.worker.engine import EngineStats, LoadSnapshot, Request
 from l4_sglang.worker.runner import StepRecord
 
@@ -58,46 +57,19 @@ THROUGHPUT_WINDOW_STEPS = 40
 THROUGHPUT_IDLE_S = 2.0
 
 
-def _num(v: float) -> str:
-    if v != v:
-        return "NaN"
-    if v in (float("inf"), float("-inf")):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
+def _sglang_le(le: float) -> str:
+    # prometheus_client writes the two largest token buckets in exponent form.
+    return "1e+06" if le == 1e6 else "1.1e+06" if le == 1.1e6 else format_number(le)
+
+
+# SGLang's text as its prometheus_client writes it (see l4_sglang.prometheus).
+SGLANG_STYLE = TextStyle(
+    escape=False, sort_labels=True, sum_first=True, float_counts=True, le_text=_sglang_le
+)
 
 
 def _labels(labels: dict[str, str]) -> str:
-    body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return "{" + body + "}" if body else ""
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        i = bisect.bisect_left(self.buckets, value)
-        if i < len(self.counts):
-            self.counts[i] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str, labels: dict[str, str]) -> list[str]:
-        out = [f"{name}_sum{_labels(labels)} {_num(self.total)}"]
-        cumulative = 0
-        for le, n in zip(self.buckets, self.counts, strict=True):
-            cumulative += n
-            le_text = "1e+06" if le == 1e6 else "1.1e+06" if le == 1.1e6 else _num(le)
-            out.append(f"{name}_bucket{_labels({**labels, 'le': le_text})} {_num(cumulative)}")
-        out.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {_num(self.count)}")
-        out.append(f"{name}_count{_labels(labels)} {_num(self.count)}")
-        return out
+    return SGLANG_STYLE.labels(labels.items())
 
 
 class WorkerMetrics:
@@ -172,14 +144,12 @@ class WorkerMetrics:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-            out.append(f"# HELP sglang:{name} {help_text}")
-            out.append(f"# TYPE sglang:{name} {kind}")
-            out.extend(f"sglang:{name}{_labels(lb)} {_num(v)}" for lb, v in samples)
+            out.extend(header(f"sglang:{name}", kind, help_text))
+            out.extend(f"sglang:{name}{_labels(lb)} {format_number(v)}" for lb, v in samples)
 
         def histogram(name: str, help_text: str, hist: Histogram, labels: dict[str, str]) -> None:
-            out.append(f"# HELP sglang:{name} {help_text}")
-            out.append(f"# TYPE sglang:{name} histogram")
-            out.extend(hist.lines(f"sglang:{name}", labels))
+            out.extend(header(f"sglang:{name}", "histogram", help_text))
+            out.extend(hist.lines(f"sglang:{name}", labels.items(), SGLANG_STYLE))
 
         metric(
             "http_requests_total",
