@@ -11,10 +11,12 @@ original prompt, `completion_tokens` every id generated across workers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from l4_sglang.api_shapes import BadRequest as BadRequest
+from l4_sglang.api_shapes import finite_number, is_int
+from l4_sglang.api_shapes import parse_stop as check_stop
 from l4_sglang.router.forwarding import Generation, GenerationSpec, prefix_hashes
 from l4_sglang.router.tokens import Tokenizer
 
@@ -26,19 +28,6 @@ PASSED_THROUGH = ("hash_ids", "lora_path", "priority")
 """Top-level /generate fields sent to the worker as they are."""
 
 
-class BadRequest(ValueError):
-    """A client error, answered 400 in the route's error shape."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def check_ids(raw: Any, name: str) -> list[int]:
     if not isinstance(raw, list) or not raw:
         raise BadRequest(f"{name} must be a non-empty list of token ids.", name)
@@ -48,20 +37,10 @@ def check_ids(raw: Any, name: str) -> list[int]:
     return raw
 
 
-def check_stop(raw: Any) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        return (raw,) if raw else ()
-    if isinstance(raw, list) and all(isinstance(s, str) for s in raw):
-        return tuple(s for s in raw if s)
-    raise BadRequest("stop must be a string or a list of strings.", "stop")
-
-
 def check_number(raw: dict, name: str) -> None:
     x = raw.get(name)
-    if x is not None and (isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)):
-        raise BadRequest(f"{name} must be a finite number, got {x!r}.", name)
+    if x is not None:
+        finite_number(x, name)
 
 
 def sampling_spec(

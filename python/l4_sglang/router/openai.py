@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from l4_sglang import api_shapes
+from l4_sglang.api_shapes import error_body as error_body  # app.py answers with it
 from l4_sglang.router.forwarding import Generation, GenerationSpec, prefix_hashes
 from l4_sglang.router.native import BadRequest, check_ids, is_int, sampling_spec
 from l4_sglang.router.tokens import Tokenizer
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # OpenAI name -> SGLang sampling_params name, for the knobs passed through.
 SAMPLING_FIELDS = {
     "temperature": "temperature",
@@ -44,6 +45,7 @@ SAMPLING_FIELDS = {
     "ebnf": "ebnf",
     "json_schema": "json_schema",
 }
+SERVER = "the l4 router"  # in error messages
 UNSUPPORTED = ("tools", "functions", "suffix", "top_logprobs", "audio", "prediction")
 
 
@@ -57,24 +59,8 @@ class OpenAIRequest:
     rid: str | None
 
 
-def error_body(
-    message: str, param: str | None = None, code: int = 400, kind: str = "BadRequestError"
-) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 def _common(body: Any) -> tuple[str, bool, bool, str | None]:
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise BadRequest("model must be a string.", "model")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean.", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadRequest("stream_options must be an object.", "stream_options")
+    model, stream, include_usage = api_shapes.common_fields(body)
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequest("n > 1 is not supported by the l4 router.", "n")
@@ -90,10 +76,7 @@ def _common(body: Any) -> tuple[str, bool, bool, str | None]:
         raise BadRequest(
             "only response_format {'type': 'text'} is supported by the l4 router.", "response_format"
         )
-    rid = body.get("rid")
-    if rid is not None and not isinstance(rid, str):
-        raise BadRequest("rid must be a string.", "rid")
-    return model, stream, bool(options.get("include_usage", False)), rid
+    return model, stream, include_usage, api_shapes.rid_field(body)
 
 
 def _spec(
@@ -131,42 +114,13 @@ def parse_completion(body: Any, tokenizer: Tokenizer) -> OpenAIRequest:
     return OpenAIRequest(False, model, stream, include_usage, spec, rid)
 
 
-def _content(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise BadRequest("Only text content parts are supported by the l4 router.", "messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise BadRequest("message content must be a string or a list of content parts.", "messages")
-
-
 def parse_chat(
     body: Any, tokenizer: Tokenizer, default_max: Callable[[int], tuple[int, bool]]
 ) -> OpenAIRequest:
     """`default_max(prompt_tokens)` -> (max_tokens when the client gives none, whether it is a real bound)."""
     model, stream, include_usage, rid = _common(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list.", "messages")
-    turns = []
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
-            raise BadRequest(f"each message needs a role in {sorted(CHAT_ROLES)}.", "messages")
-        turns.append((m["role"], _content(m.get("content"))))
-    ids = tokenizer.chat_ids(turns)
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
+    ids = tokenizer.chat_ids(api_shapes.chat_turns(body, SERVER))
+    max_tokens = api_shapes.chat_max_tokens(body)
     default, exact = default_max(len(ids))
     spec = _spec(body, ids, max_tokens, default, exact)
     return OpenAIRequest(True, model, stream, include_usage, spec, rid)
@@ -180,34 +134,14 @@ def finish_fields(gen: Generation) -> tuple[str | None, int | str | None]:
 
 
 def usage(gen: Generation) -> dict:
-    prompt, completion = len(gen.spec.prompt_ids), len(gen.output_ids)
-    return {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-        "prompt_tokens_details": None,
-    }
+    return api_shapes.usage(len(gen.spec.prompt_ids), len(gen.output_ids))
 
 
 def response(req: OpenAIRequest, gen: Generation, text: str, created: int) -> dict:
     finish, matched = finish_fields(gen)
-    if req.chat:
-        message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
-        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None}
-        obj = "text_completion"
-    choice.update({"finish_reason": finish, "matched_stop": matched})
-    return {
-        "id": req.rid or gen.rid,
-        "object": obj,
-        "created": created,
-        "model": req.model,
-        "choices": [choice],
-        "usage": usage(gen),
-        "metadata": {"weight_version": "default"},
-    }
+    return api_shapes.response(
+        req.chat, req.rid or gen.rid, req.model, text, created, finish, matched, usage(gen)
+    )
 
 
 def chunk(
@@ -220,39 +154,21 @@ def chunk(
     final: bool = False,
 ) -> dict:
     finish, matched = finish_fields(gen) if final else (None, None)
-    if req.chat:
-        delta: dict[str, Any] = {"role": "assistant"} if role else {}
-        delta["content"] = delta_text
-        delta.update({"reasoning_content": None, "tool_calls": None})
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None}
-        obj = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": delta_text or "", "logprobs": None}
-        obj = "text_completion"
-    choice.update({"finish_reason": finish, "matched_stop": matched})
-    return {
-        "id": req.rid or gen.rid,
-        "object": obj,
-        "created": created,
-        "model": req.model,
-        "choices": [choice],
-        "usage": None,
-    }
+    return api_shapes.chunk(
+        req.chat,
+        req.rid or gen.rid,
+        req.model,
+        created,
+        delta_text,
+        role=role,
+        finish=finish,
+        matched=matched,
+    )
 
 
 def usage_chunk(req: OpenAIRequest, gen: Generation, created: int) -> dict:
-    return {
-        "id": req.rid or gen.rid,
-        "object": "chat.completion.chunk" if req.chat else "text_completion",
-        "created": created,
-        "model": req.model,
-        "choices": [],
-        "usage": usage(gen),
-    }
+    return api_shapes.usage_chunk(req.chat, req.rid or gen.rid, req.model, created, usage(gen))
 
 
 def models_list(model: str, context_length: int | None, created: int) -> dict:
-    card: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": "l4_sglang"}
-    card["root"] = model
-    card["max_model_len"] = context_length
-    return {"object": "list", "data": [card]}
+    return api_shapes.models_list(model, context_length, created, owned_by="l4_sglang")

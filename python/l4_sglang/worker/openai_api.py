@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from l4_sglang import api_shapes
+from l4_sglang.api_shapes import error_body as error_body  # server.py answers with it
+from l4_sglang.api_shapes import is_int
 from l4_sglang.worker import tokenizer
 from l4_sglang.worker.engine import Request, SamplingParams
 from l4_sglang.worker.protocol import (
@@ -24,7 +27,7 @@ from l4_sglang.worker.protocol import (
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's and SGLang's default for /v1/completions
 CHAT_DEFAULT_MAX_TOKENS = 128  # SGLang leaves it open (up to the context); 128 keeps runs finite
-CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
+SERVER = "the emulated worker"  # in error messages
 
 
 @dataclass
@@ -37,12 +40,6 @@ class OpenAIInput:
     include_usage: bool
     rid: str | None
     hash_ids: list[int] | None
-
-
-def error_body(
-    message: str, param: str | None = None, code: int = 400, err_type: str = "BadRequestError"
-) -> dict:
-    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
 def _sampling(body: dict, max_tokens: Any, default_max: int) -> SamplingParams:
@@ -66,26 +63,10 @@ def _sampling(body: dict, max_tokens: Any, default_max: int) -> SamplingParams:
 
 
 def _common(body: Any) -> tuple[str, bool, bool, str | None, list[int] | None]:
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise BadRequest("model must be a string.", "model")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean.", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadRequest("stream_options must be an object.", "stream_options")
-    include_usage = bool(options.get("include_usage", False))
-    rid = body.get("rid")
-    if rid is not None and not isinstance(rid, str):
-        raise BadRequest("rid must be a string.", "rid")
+    model, stream, include_usage = api_shapes.common_fields(body)
+    rid = api_shapes.rid_field(body)
     hash_ids = body.get("hash_ids")
-    if hash_ids is not None and (
-        not isinstance(hash_ids, list)
-        or not all(isinstance(h, int) and not isinstance(h, bool) for h in hash_ids)
-    ):
+    if hash_ids is not None and (not isinstance(hash_ids, list) or not all(is_int(h) for h in hash_ids)):
         raise BadRequest("hash_ids must be a list of integers.", "hash_ids")
     return model, stream, include_usage, rid, hash_ids
 
@@ -110,40 +91,10 @@ def parse_completion(body: Any, limits: Limits) -> OpenAIInput:
     return OpenAIInput(False, model, ids, params, stream, include_usage, rid, hash_ids)
 
 
-def _message_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise BadRequest("Only text content parts are supported by the emulated worker.", "messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise BadRequest("message content must be a string or a list of content parts.", "messages")
-
-
 def parse_chat(body: Any, limits: Limits) -> OpenAIInput:
     model, stream, include_usage, rid, hash_ids = _common(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list.", "messages")
-    turns = []
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
-            raise BadRequest(f"each message needs a role in {sorted(CHAT_ROLES)}.", "messages")
-        turns.append((m["role"], _message_text(m.get("content"))))
-    ids = tokenizer.chat_prompt_ids(turns)
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    params = _sampling(body, max_tokens, CHAT_DEFAULT_MAX_TOKENS)
+    ids = tokenizer.chat_prompt_ids(api_shapes.chat_turns(body, SERVER))
+    params = _sampling(body, api_shapes.chat_max_tokens(body), CHAT_DEFAULT_MAX_TOKENS)
     check_length(len(ids), params.max_new_tokens, limits)
     return OpenAIInput(True, model, ids, params, stream, include_usage, rid, hash_ids)
 
@@ -157,34 +108,12 @@ def finish_fields(req: Request) -> tuple[str | None, int | str | None]:
 
 
 def usage(req: Request) -> dict:
-    prompt, completion = len(req.input_ids), len(req.output_ids)
-    return {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-        "prompt_tokens_details": None,
-    }
+    return api_shapes.usage(len(req.input_ids), len(req.output_ids))
 
 
 def response(inp: OpenAIInput, req: Request, text: str, created: int) -> dict:
     finish, matched = finish_fields(req)
-    if inp.chat:
-        message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
-        choice = {"index": 0, "message": message, "logprobs": None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None}
-        obj = "text_completion"
-    choice.update({"finish_reason": finish, "matched_stop": matched})
-    return {
-        "id": req.rid,
-        "object": obj,
-        "created": created,
-        "model": inp.model,
-        "choices": [choice],
-        "usage": usage(req),
-        "metadata": {"weight_version": "default"},
-    }
+    return api_shapes.response(inp.chat, req.rid, inp.model, text, created, finish, matched, usage(req))
 
 
 def chunk(
@@ -197,45 +126,14 @@ def chunk(
     finish: str | None = None,
     matched: int | str | None = None,
 ) -> dict:
-    if inp.chat:
-        delta: dict[str, Any] = {"role": "assistant"} if role else {}
-        delta["content"] = delta_text
-        delta.update({"reasoning_content": None, "tool_calls": None})
-        choice = {"index": 0, "delta": delta, "logprobs": None}
-        obj = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": delta_text or "", "logprobs": None}
-        obj = "text_completion"
-    choice.update({"finish_reason": finish, "matched_stop": matched})
-    return {
-        "id": rid,
-        "object": obj,
-        "created": created,
-        "model": inp.model,
-        "choices": [choice],
-        "usage": None,
-    }
+    return api_shapes.chunk(
+        inp.chat, rid, inp.model, created, delta_text, role=role, finish=finish, matched=matched
+    )
 
 
 def usage_chunk(inp: OpenAIInput, req: Request, created: int) -> dict:
-    obj = "chat.completion.chunk" if inp.chat else "text_completion"
-    return {
-        "id": req.rid,
-        "object": obj,
-        "created": created,
-        "model": inp.model,
-        "choices": [],
-        "usage": usage(req),
-    }
+    return api_shapes.usage_chunk(inp.chat, req.rid, inp.model, created, usage(req))
 
 
 def models_list(model_name: str, context_length: int, created: int) -> dict:
-    card = {
-        "id": model_name,
-        "object": "model",
-        "created": created,
-        "owned_by": "sglang",
-        "root": model_name,
-        "max_model_len": context_length,
-    }
-    return {"object": "list", "data": [card]}
+    return api_shapes.models_list(model_name, context_length, created, owned_by="sglang")

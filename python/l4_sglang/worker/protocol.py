@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import codecs
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from l4_sglang.api_shapes import BadRequest as BadRequest
+from l4_sglang.api_shapes import finite_number as _number
+from l4_sglang.api_shapes import parse_stop as parse_stop
 from l4_sglang.worker import tokenizer
 from l4_sglang.worker.engine import Request, SamplingParams
 
 DEFAULT_MAX_NEW_TOKENS = 128
-
-
-class BadRequest(ValueError):
-    """A client error: answered 400 with this message, never raised past a handler."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def dumps(obj: Any) -> str:
@@ -53,12 +47,6 @@ def _int(value: Any, name: str) -> int:
             return int(value)
         raise BadRequest(f"{name} must be an integer, got {value!r}.", name)
     return value
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number, got {value!r}.", name)
-    return float(value)
 
 
 def parse_sampling_params(raw: Any, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> SamplingParams:
@@ -98,16 +86,6 @@ def parse_sampling_params(raw: Any, default_max_new_tokens: int = DEFAULT_MAX_NE
         stop=parse_stop(raw.get("stop")),
         stop_token_ids=frozenset(parse_ids(raw.get("stop_token_ids") or [], "stop_token_ids")),
     )
-
-
-def parse_stop(raw: Any) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        return (raw,) if raw else ()
-    if isinstance(raw, list) and all(isinstance(s, str) for s in raw):
-        return tuple(s for s in raw if s)
-    raise BadRequest("stop must be a string or a list of strings.", "stop")
 
 
 def parse_ids(raw: Any, name: str, vocab_size: int = tokenizer.VOCAB_SIZE) -> list[int]:
