@@ -1,0 +1,303 @@
+"""Benchmark CLI: each policy (and each rate scale in a sweep) through the simulator.
+
+Writes per run `DIR/<policy>[_rate<X>].json` (sglang.bench_serving's keys plus
+ours), `DIR/summary.json`, `DIR/summary.md` and PNG plots. See `--help`.
+
+- Oracle: a request alone on an idle, cold instance: `prefill_time(prompt)`
+  (its first token) plus one `decode_step_time(1, context, context)` per
+  further token. `mean_e2e_over_oracle` is the mean over completed requests
+  of E2E / oracle.
+- `slo_attainment`: share of all requests (failed ones count as misses) with
+  TTFT <= --slo-ttft-ms and TPOT <= --slo-tpot-ms (TPOT is vacuous for
+  one-token requests).
+- `max_rate_at_slo` (sweep only, else null): the largest swept rate scale at
+  which slo_attainment >= SLO_THRESHOLD (0.9); null if none reaches it.
+- The stage-boundaries-over-time plot for l4 is not drawn: the simulator's
+  SimResult does not expose layouts over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
+from l4_sglang.policy.registry import POLICIES
+from l4_sglang.sim import SimResult, simulate
+from l4_sglang.workload import load_trace, scale_rate, truncate
+
+SLO_THRESHOLD = 0.9
+"""slo_attainment a rate scale needs to count toward max_rate_at_slo."""
+
+DEFAULT_POLICIES = "l4,round_robin,power_of_two,least_load,llumnix,static_buckets"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with the message, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m l4_sglang.bench",
+        description="Compare routing policies on a trace. Only --mode sim exists now; "
+        "--mode live (real sglang workers through the router) comes later.",
+    )
+    p.add_argument("--mode", default="sim", choices=["sim"], help="sim only (live comes later)")
+    p.add_argument("--trace", required=True, help="trace file: .jsonl (Mooncake) or .csv (Azure)")
+    p.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated, from: {', '.join(POLICIES)} (default: {DEFAULT_POLICIES})",
+    )
+    p.add_argument("--instances", type=int, required=True, help="simulated instances")
+    p.add_argument(
+        "--cost-model",
+        default=DEFAULT_COST_MODEL,
+        help=f"shipped name ({', '.join(available_cost_models())}) or a JSON path",
+    )
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--rate-scale", type=float, default=None, help="arrival rate multiplier (default 1)")
+    rate.add_argument("--rate-sweep", default=None, help="A:B:STEPS, STEPS rate scales from A to B evenly")
+    p.add_argument("--no-het", action="store_true", help="cost model without the length-mix term")
+    p.add_argument("--slo-ttft-ms", type=float, default=2000.0, help="TTFT SLO (default 2000)")
+    p.add_argument("--slo-tpot-ms", type=float, default=100.0, help="TPOT SLO (default 100)")
+    cut = p.add_mutually_exclusive_group()
+    cut.add_argument("--duration-s", type=float, default=None, help="keep requests arriving before this")
+    cut.add_argument("--count", type=int, default=None, help="keep the first COUNT requests")
+    p.add_argument("--seed", type=int, default=0, help="trace jitter and policy seed (default 0)")
+    p.add_argument("--output-dir", required=True, help="where results and plots go")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def parse_sweep(text: str) -> list[float]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"invalid --rate-sweep {text!r}: expected A:B:STEPS, e.g. 0.5:2:4")
+    try:
+        a, b, steps = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"invalid --rate-sweep {text!r}: expected A:B:STEPS, e.g. 0.5:2:4") from None
+    if not (math.isfinite(a) and math.isfinite(b) and 0 < a <= b) or steps < 2:
+        raise ValueError(f"invalid --rate-sweep {text!r}: need 0 < A <= B and STEPS >= 2")
+    return [float(x) for x in np.linspace(a, b, steps)]
+
+
+def oracle_e2e_s(model: CostModel, prompt: int, output: int) -> float:
+    """Seconds the request takes alone on an idle, cold instance."""
+    t = model.prefill_time(prompt)
+    for k in range(1, max(output, 1)):
+        ctx = prompt + k
+        t += model.decode_step_time(1, ctx, ctx)
+    return t
+
+
+def _slo_attainment(res: SimResult, ttft_ms: float, tpot_ms: float) -> float:
+    if not res.records:
+        return 0.0
+    ok = 0
+    for r in res.records:
+        if r.finished_s is None:
+            continue
+        tpot = r.tpot_s
+        if r.ttft_s * 1000 <= ttft_ms and (tpot is None or tpot * 1000 <= tpot_ms):
+            ok += 1
+    return ok / len(res.records)
+
+
+def _progress(label: str, quiet: bool):
+    if quiet:
+        return None
+
+    def show(done: int, total: int, _now: float) -> None:
+        if done == total or done % max(1, total // 200) == 0:
+            sys.stderr.write(f"\r[{label}] {done}/{total} requests")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    return show
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def write_markdown(path: Path, runs: list[dict], meta: dict) -> None:
+    cols = [
+        ("policy", "policy"),
+        ("rate_scale", "rate"),
+        ("completed", "done"),
+        ("request_throughput", "req/s"),
+        ("mean_e2e_latency_ms", "mean E2E ms"),
+        ("p99_e2e_latency_ms", "p99 E2E ms"),
+        ("mean_ttft_ms", "mean TTFT ms"),
+        ("p99_ttft_ms", "p99 TTFT ms"),
+        ("mean_tpot_ms", "mean TPOT ms"),
+        ("migrations", "migr."),
+        ("slo_attainment", "SLO att."),
+        ("mean_e2e_over_oracle", "E2E/oracle"),
+        ("max_rate_at_slo", "max rate@SLO"),
+    ]
+    het = "on" if meta["het"] else "off (--no-het)"
+    lines = [
+        f"# Simulated benchmark: {meta['trace']}",
+        "",
+        f"{meta['instances']} instances, cost model `{meta['cost_model']}`, length-mix term {het}, "
+        f"seed {meta['seed']}, SLO TTFT <= {meta['slo_ttft_ms']:g} ms and TPOT <= {meta['slo_tpot_ms']:g} ms "
+        f"(max rate@SLO: largest swept rate scale with SLO attainment >= {SLO_THRESHOLD}).",
+        "",
+        "| " + " | ".join(h for _, h in cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in runs:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
+    lines += [
+        "",
+        "Stage boundaries over time (l4): not plotted, the simulator does not expose layouts over time.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plots(
+    out: Path, runs: list[dict], e2e: dict[tuple[str, float], np.ndarray], sweep: bool
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    rates = sorted({r for _, r in e2e})
+    for rate in rates:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (pol, r), ms in e2e.items():
+            if r != rate or ms.size == 0:
+                continue
+            xs = np.sort(ms) / 1000
+            ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=pol)
+        ax.set_xscale("log")
+        ax.set_xlabel("E2E latency (s)")
+        ax.set_ylabel("CDF")
+        ax.set_title(f"E2E latency CDF, rate scale {rate:g} (simulated)")
+        ax.legend()
+        fig.tight_layout()
+        f = out / (f"e2e_cdf_rate{rate:g}.png" if sweep else "e2e_cdf.png")
+        fig.savefig(f, dpi=100)
+        plt.close(fig)
+        files.append(f)
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for pol in dict.fromkeys(r["policy"] for r in runs):
+            pts = sorted((r["rate_scale"], r["mean_e2e_latency_ms"]) for r in runs if r["policy"] == pol)
+            ax.plot([p[0] for p in pts], [p[1] / 1000 for p in pts], marker="o", label=pol)
+        ax.set_xlabel("rate scale")
+        ax.set_ylabel("mean E2E latency (s)")
+        ax.set_title("Latency vs load (simulated)")
+        ax.legend()
+        fig.tight_layout()
+        f = out / "latency_vs_load.png"
+        fig.savefig(f, dpi=100)
+        plt.close(fig)
+        files.append(f)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    bad = [p for p in policies if p not in POLICIES]
+    if bad or not policies:
+        parser.error(f"unknown policy {', '.join(bad) or '(none given)'}; choices: {', '.join(POLICIES)}")
+    if args.instances < 1:
+        parser.error(f"--instances must be >= 1, got {args.instances}")
+    try:
+        rates = parse_sweep(args.rate_sweep) if args.rate_sweep else [args.rate_scale or 1.0]
+    except ValueError as e:
+        parser.error(str(e))
+    if not (math.isfinite(rates[0]) and rates[0] > 0):
+        parser.error(f"--rate-scale must be > 0, got {rates[0]}")
+    if not Path(args.trace).is_file():
+        parser.error(f"trace file not found: {args.trace}")
+    try:
+        model = CostModel.load(args.cost_model)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.no_het:
+        model = model.without_heterogeneity()
+    try:
+        trace = load_trace(args.trace, seed=args.seed)
+        trace = truncate(trace, count=args.count, duration_s=args.duration_s)
+    except ValueError as e:
+        parser.error(str(e))
+    sweep = args.rate_sweep is not None
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    oracle = np.array([oracle_e2e_s(model, max(r.prompt_tokens, 1), r.output_tokens) for r in trace])
+    meta = {
+        "trace": str(args.trace),
+        "requests": len(trace),
+        "instances": args.instances,
+        "cost_model": model.name,
+        "het": not args.no_het,
+        "seed": args.seed,
+        "rate_scales": rates,
+        "slo_ttft_ms": args.slo_ttft_ms,
+        "slo_tpot_ms": args.slo_tpot_ms,
+        "slo_threshold": SLO_THRESHOLD,
+        "simulated": True,
+    }
+    runs: list[dict] = []
+    e2e: dict[tuple[str, float], np.ndarray] = {}
+    for rate in rates:
+        scaled = scale_rate(trace, rate) if rate != 1.0 else trace
+        for pol in policies:
+            label = f"{pol} rate {rate:g}"
+            res = simulate(
+                scaled, pol, model, args.instances, seed=args.seed, progress=_progress(label, args.quiet)
+            )
+            s = res.summary()
+            s["rate_scale"] = rate
+            s["het"] = not args.no_het
+            s["no_het"] = args.no_het
+            s["slo_ttft_ms"] = args.slo_ttft_ms
+            s["slo_tpot_ms"] = args.slo_tpot_ms
+            s["slo_attainment"] = _slo_attainment(res, args.slo_ttft_ms, args.slo_tpot_ms)
+            done = res.completed
+            ratios = [r.e2e_s / oracle[r.index] for r in done]
+            s["mean_e2e_over_oracle"] = float(np.mean(ratios)) if ratios else None
+            s["min_e2e_over_oracle"] = float(np.min(ratios)) if ratios else None
+            s["max_rate_at_slo"] = None
+            e2e[(pol, rate)] = np.array([r.e2e_s * 1000 for r in done])
+            runs.append(s)
+    if sweep:
+        for pol in policies:
+            ok = [
+                r["rate_scale"] for r in runs if r["policy"] == pol and r["slo_attainment"] >= SLO_THRESHOLD
+            ]
+            best = max(ok) if ok else None
+            for r in runs:
+                if r["policy"] == pol:
+                    r["max_rate_at_slo"] = best
+    for r in runs:
+        name = f"{r['policy']}_rate{r['rate_scale']:g}.json" if sweep else f"{r['policy']}.json"
+        (out / name).write_text(json.dumps(r, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"config": meta, "runs": runs}, indent=2) + "\n")
+    write_markdown(out / "summary.md", runs, meta)
+    write_plots(out, runs, e2e, sweep)
+    if not args.quiet:
+        sys.stderr.write(f"wrote {out}/summary.md, summary.json, per-run JSON and plots\n")
+    return 0
