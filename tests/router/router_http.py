@@ -3,88 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
+import functools
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
+
+import http_helpers
+from http_helpers import free_port
 
 from l4_sglang.core import CostModel
 from l4_sglang.policy.base import Migration, Policy, RequestInfo
 from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
 
-MODEL = "meta-llama/Meta-Llama-3-8B"
-FAST = 0.05
-"""Time scale of the test workers: 20x faster than the cost model says."""
-
-
-def call(method: str, url: str, body=None, raw: bytes | None = None, headers=None, timeout: float = 60.0):
-    """(status, headers, text) of one request; 4xx/5xx are returned, not raised."""
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
-    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.headers, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read().decode()
-
-
-def get_json(url: str, headers=None):
-    status, _, text = call("GET", url, headers=headers)
-    assert status == 200, text
-    return json.loads(text)
-
-
-def post_json(url: str, body, headers=None):
-    status, _, text = call("POST", url, body, headers=headers)
-    assert status == 200, text
-    return json.loads(text)
+# Router tests wait longer per request (a request may cross several workers) and poll less often.
+call = functools.partial(http_helpers.call, timeout=60.0)
+get_json = functools.partial(http_helpers.get_json, timeout=60.0)
+post_json = functools.partial(http_helpers.post_json, timeout=60.0)
+poll = functools.partial(http_helpers.poll, interval=0.02)
 
 
 def sse(url: str, body, timeout: float = 60.0) -> list[str]:
     """Payloads of each `data:` event of a streaming POST, [DONE] included."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    try:
-        conn.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.read()
-        assert resp.getheader("Content-Type").startswith("text/event-stream")
-        events = []
-        while True:
-            line = resp.readline()
-            if not line:
-                return events
-            if line.startswith(b"data: "):
-                events.append(line[6:].rstrip(b"\n").decode())
-    finally:
-        conn.close()
+    return [payload for _, payload in http_helpers.timed_sse(url, body, timeout)]
 
 
-def poll(predicate, timeout: float = 10.0, interval: float = 0.02):
-    """The first truthy value of predicate(), polled until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+MODEL = "meta-llama/Meta-Llama-3-8B"
+FAST = 0.05
+"""Time scale of the test workers: 20x faster than the cost model says."""
 
 
 def metric(text: str, name: str, **labels: str) -> float:

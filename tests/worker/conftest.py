@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+# This folder for its helper module, tests/ for `http_helpers` that it shares.
+for _dir in (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
