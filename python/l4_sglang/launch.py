@@ -478,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.model_path:
                 raise LaunchError("--model-path is required with the sglang backend")
             model = args.model_path
+            if args.time_scale != 1.0:
+                raise LaunchError("--time-scale applies to emulated workers only: SGLang runs in real time")
             validate_sglang_flags(model, passthrough)
             plans = sglang_plans(model, n, passthrough, visible_gpus(), ports, args.worker_host)
             if args.tokenizer_path is None:

@@ -67,6 +67,13 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
     p.add_argument("--load-poll-interval", type=float, default=0.5, help="seconds between health/load polls")
     p.add_argument("--tick-interval", type=float, default=0.25, help="seconds between policy ticks")
     p.add_argument("--seed", type=int, default=0, help="the policy's random seed")
+    if with_workers:
+        p.add_argument(
+            "--worker-time-scale",
+            type=float,
+            default=1.0,
+            help="the emulated workers' --time-scale: the policy then reasons in model seconds",
+        )
     p.add_argument("--model-name", default=None, help="model name for /v1/models (default: the workers')")
     p.add_argument(
         "--default-max-tokens",
@@ -150,6 +157,8 @@ def settings_from(
             seed=args.seed,
             model_name=args.model_name,
             default_max_tokens=args.default_max_tokens,
+            # launch_router: --worker-time-scale; launch: its own --time-scale (emulated workers only).
+            worker_time_scale=getattr(args, "worker_time_scale", None) or getattr(args, "time_scale", 1.0),
         )
     except ValueError as e:
         p.error(str(e))

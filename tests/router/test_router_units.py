@@ -192,3 +192,24 @@ def test_worker_chunks_cumulative_or_incremental(incremental):
         seen += fwd._absorb(gen, leg, json.dumps(chunk).encode())
     assert seen == ids and gen.output_ids == ids and leg.incremental is incremental
     assert gen.finish_reason == {"type": "length", "length": 4}
+
+
+def test_policy_clock_runs_in_model_seconds_under_a_worker_time_scale():
+    from l4_sglang.router.app import Router, RouterSettings
+
+    settings = RouterSettings(
+        worker_urls=("http://127.0.0.1:1",), policy="round_robin", worker_time_scale=0.25
+    )
+    router = Router(settings)
+    router.now = lambda: 10.0  # a fixed real clock
+    assert router.policy_now() == 40.0
+    with pytest.raises(ValueError, match="worker_time_scale"):
+        RouterSettings(worker_time_scale=0.0)
+
+
+def test_stages_json_has_no_infinity():
+    from l4_sglang.router.app import _finite_or_none
+
+    assert _finite_or_none(float("inf")) is None
+    assert _finite_or_none(1.5) == 1.5
+    assert _finite_or_none(None) is None

@@ -65,9 +65,12 @@ class RouterSettings:
     default_max_tokens: int | None = None
     failure_threshold: int = 2
     health_timeout: float = 5.0
+    # Workers emulated at this time scale: the policy's clock runs 1/scale times as fast, so its
+    # rates and the cost model it prices them with share one time base.
+    worker_time_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("load_poll_interval", "tick_interval", "health_timeout"):
+        for name in ("load_poll_interval", "tick_interval", "health_timeout", "worker_time_scale"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"invalid {name}: must be > 0, got {value!r}")
@@ -75,6 +78,10 @@ class RouterSettings:
             raise ValueError(f"invalid default_max_tokens: must be >= 1, got {self.default_max_tokens}")
         for url in self.worker_urls:
             normalize_url(url)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -120,14 +127,21 @@ class Router:
         self.pool = WorkerPool(
             self.policy,
             self.session,
-            self.now,
+            self.policy_now,
             interval=settings.load_poll_interval,
             failure_threshold=settings.failure_threshold,
             timeout=settings.health_timeout,
             headers=headers,
         )
         self.forwarder = Forwarder(
-            self.policy, self.pool, self.tokenizer, self.metrics, self.session, self.now, headers=headers
+            self.policy,
+            self.pool,
+            self.tokenizer,
+            self.metrics,
+            self.session,
+            self.now,
+            headers=headers,
+            policy_clock=self.policy_now,
         )
         self._by_client_rid: dict[str, Generation] = {}
         self._tick_task: asyncio.Task | None = None
@@ -140,6 +154,10 @@ class Router:
     def now(self) -> float:
         assert self._loop is not None, "the router is not started"
         return self._loop.time()
+
+    def policy_now(self) -> float:
+        """The policy's clock: model seconds, real seconds over the workers' time scale."""
+        return self.now() / self.settings.worker_time_scale
 
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "the router is not started"
@@ -192,7 +210,7 @@ class Router:
         while True:
             await asyncio.sleep(interval)
             try:
-                moves = self.policy.tick(self.now())
+                moves = self.policy.tick(self.policy_now())
                 if moves:
                     self.forwarder.dispatch(moves)
             except Exception:
@@ -568,7 +586,8 @@ class Router:
             {
                 "policy": self.policy.NAME,
                 "stages": stages,
-                "predicted_mean_e2e_s": layout.predicted_mean_e2e_s,
+                # JSON has no infinity: an overloaded layout predicts no finite E2E.
+                "predicted_mean_e2e_s": _finite_or_none(layout.predicted_mean_e2e_s),
                 "updated_at": layout.updated_at,
             }
         )

@@ -168,6 +168,7 @@ class Forwarder:
         *,
         connect_timeout: float = 10.0,
         headers: dict[str, str] | None = None,
+        policy_clock: Callable[[], float] | None = None,
     ) -> None:
         self.policy = policy
         self.pool = pool
@@ -175,6 +176,8 @@ class Forwarder:
         self.metrics = metrics
         self._session = session
         self._clock = clock
+        # The policy reasons in model seconds (real seconds / worker time scale); timestamps stay real.
+        self._policy_clock = policy_clock or clock
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, connect=connect_timeout
         )
@@ -231,7 +234,7 @@ class Forwarder:
         if not gen.booked:
             return
         gen.booked = False
-        now = self._clock()
+        now = self._policy_clock()
         if gen.finished and gen.finish_reason.get("type") != "abort":
             self.policy.on_finish(gen.rid, now)
         else:  # the client left, or the router ended it (/abort_request, no worker to resume on)
@@ -276,7 +279,7 @@ class Forwarder:
         tried: set[str] = set()
         while True:
             try:
-                worker = self.policy.route(self._info(gen), self._clock())
+                worker = self.policy.route(self._info(gen), self._policy_clock())
             except ValueError as e:  # a configuration the fleet does not fit (e.g. too few workers)
                 raise NoWorkerAvailable(f"the {self.policy.NAME} policy cannot route: {e}") from None
             gen.booked = True
@@ -434,7 +437,9 @@ class Forwarder:
             gen.finish_reason = reason
         if new:
             self.metrics.generated_tokens += len(new)
-            moves = self.policy.on_progress(gen.rid, len(gen.output_ids) - gen.policy_base, now)
+            moves = self.policy.on_progress(
+                gen.rid, len(gen.output_ids) - gen.policy_base, self._policy_clock()
+            )
             if moves:
                 self.dispatch(moves)
         elif not gen.finished:
@@ -489,7 +494,7 @@ class Forwarder:
         gen.leg = new
         self._drop_leg(old, abort=True)
         gen.migrations.append(m)
-        self.policy.on_migrated(m, self._clock())
+        self.policy.on_migrated(m, self._policy_clock())
         self.metrics.on_migration(m.reason)
 
     async def _resume(self, gen: Generation, why: str, broken: bool) -> None:
@@ -505,12 +510,11 @@ class Forwarder:
                 gen.finish_reason = {"type": "abort", "message": f"gave up after {MAX_FAILOVERS} failovers"}
                 gen.leg = None
                 return
-            now = self._clock()
             # Route it afresh at its current length; progress is then counted from here.
             gen.policy_base = len(gen.output_ids)
             gen.pending = None
             try:
-                target = self.policy.route(self._info(gen), now)
+                target = self.policy.route(self._info(gen), self._policy_clock())
             except (NoWorkerAvailable, ValueError) as e:
                 gen.finish_reason = {"type": "abort", "message": f"no healthy worker to resume on: {e}"}
                 gen.leg = None
@@ -526,7 +530,7 @@ class Forwarder:
                 return
             m = Migration(gen.rid, old.worker, target, "failover")
             gen.migrations.append(m)
-            self.policy.on_migrated(m, self._clock())
+            self.policy.on_migrated(m, self._policy_clock())
             self.metrics.on_migration("failover")
             log.info("request %s resumed on %s after %s", gen.rid, target, why)
             return
