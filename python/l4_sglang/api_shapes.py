@@ -42,6 +42,35 @@ def parse_stop(raw: Any) -> tuple[str, ...]:
     raise BadRequest("stop must be a string or a list of strings.", "stop")
 
 
+# ---- SGLang's native /generate --------------------------------------------
+
+
+def generate_stream(body: dict) -> bool:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"stream must be a boolean, got {stream!r}.", "stream")
+    return stream
+
+
+def generate_texts(text: Any) -> tuple[list[str], bool]:
+    """(prompt texts, whether `text` is a batch) of a /generate body's `text`."""
+    is_batch = isinstance(text, list)
+    texts = text if is_batch else [text]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise BadRequest("text must be a string or a non-empty list of strings.", "text")
+    return texts, is_batch
+
+
+def generate_rids(body: dict, is_batch: bool, prompts: int) -> list[Any]:
+    """The body's `rid` as one entry per prompt (None where not given); each entry is unchecked."""
+    rids = body.get("rid")
+    if not is_batch:
+        return [rids]
+    if rids is not None and (not isinstance(rids, list) or len(rids) != prompts):
+        raise BadRequest("rid must be a list with one id per prompt of a batch.", "rid")
+    return rids if rids is not None else [None] * prompts
+
+
 # ---- OpenAI ----------------------------------------------------------------
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})

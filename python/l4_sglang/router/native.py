@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from l4_sglang.api_shapes import BadRequest as BadRequest
-from l4_sglang.api_shapes import finite_number, is_int
+from l4_sglang.api_shapes import finite_number, generate_rids, generate_stream, generate_texts, is_int
 from l4_sglang.api_shapes import parse_stop as check_stop
 from l4_sglang.router.forwarding import Generation, GenerationSpec, prefix_hashes
 from l4_sglang.router.tokens import Tokenizer
@@ -105,14 +105,9 @@ def parse_generate(body: Any, tokenizer: Tokenizer) -> GenerateRequest:
         raise BadRequest("Either text or input_ids should be provided.")
     if text is not None and ids is not None:
         raise BadRequest("Only one of text or input_ids should be provided.")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(f"stream must be a boolean, got {stream!r}.", "stream")
+    stream = generate_stream(body)
     if text is not None:
-        is_batch = isinstance(text, list)
-        texts = text if is_batch else [text]
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise BadRequest("text must be a string or a non-empty list of strings.", "text")
+        texts, is_batch = generate_texts(text)
         prompts = [tokenizer.encode_prompt(t) for t in texts]
     else:
         is_batch = isinstance(ids, list) and bool(ids) and isinstance(ids[0], list)
@@ -126,13 +121,7 @@ def parse_generate(body: Any, tokenizer: Tokenizer) -> GenerateRequest:
         raws = raw
     else:
         raws = [raw] * len(prompts)
-    rids = body.get("rid")
-    if is_batch:
-        if rids is not None and (not isinstance(rids, list) or len(rids) != len(prompts)):
-            raise BadRequest("rid must be a list with one id per prompt of a batch.", "rid")
-        rid_list = rids if rids is not None else [None] * len(prompts)
-    else:
-        rid_list = [rids]
+    rid_list = generate_rids(body, is_batch, len(prompts))
     if any(r is not None and not isinstance(r, str) for r in rid_list):
         raise BadRequest("rid must be a string.", "rid")
     extra = {k: body[k] for k in PASSED_THROUGH if body.get(k) is not None}

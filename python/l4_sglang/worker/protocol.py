@@ -14,6 +14,7 @@ from typing import Any
 
 from l4_sglang.api_shapes import BadRequest as BadRequest
 from l4_sglang.api_shapes import finite_number as _number
+from l4_sglang.api_shapes import generate_rids, generate_stream, generate_texts, is_int
 from l4_sglang.api_shapes import parse_stop as parse_stop
 from l4_sglang.worker import tokenizer
 from l4_sglang.worker.engine import Request, SamplingParams
@@ -132,16 +133,11 @@ def parse_generate(body: Any, limits: Limits) -> tuple[list[GenerateInput], bool
         raise BadRequest("Either text, input_ids or input_embeds should be provided.")
     if text is not None and ids is not None:
         raise BadRequest("Only one of text, input_ids or input_embeds should be provided.")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(f"stream must be a boolean, got {stream!r}.", "stream")
+    stream = generate_stream(body)
 
     prompts: list[list[int]]
     if text is not None:
-        is_batch = isinstance(text, list)
-        texts = text if is_batch else [text]
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise BadRequest("text must be a string or a non-empty list of strings.", "text")
+        texts, is_batch = generate_texts(text)
         prompts = [text_ids(t) for t in texts]
     else:
         is_batch = isinstance(ids, list) and len(ids) > 0 and isinstance(ids[0], list)
@@ -160,13 +156,7 @@ def parse_generate(body: Any, limits: Limits) -> tuple[list[GenerateInput], bool
     else:
         params = [parse_sampling_params(raw_params)] * len(prompts)
 
-    rids = body.get("rid")
-    if is_batch:
-        if rids is not None and (not isinstance(rids, list) or len(rids) != len(prompts)):
-            raise BadRequest("rid must be a list with one id per prompt of a batch.", "rid")
-        rid_list = rids if rids is not None else [None] * len(prompts)
-    else:
-        rid_list = [rids]
+    rid_list = generate_rids(body, is_batch, len(prompts))
     for rid in rid_list:
         if rid is not None and not isinstance(rid, str):
             raise BadRequest(f"rid must be a string, got {rid!r}.", "rid")
@@ -175,9 +165,7 @@ def parse_generate(body: Any, limits: Limits) -> tuple[list[GenerateInput], bool
     if hash_ids is not None:
         if is_batch:
             raise BadRequest("hash_ids is supported on single requests only.", "hash_ids")
-        if not isinstance(hash_ids, list) or not all(
-            isinstance(h, int) and not isinstance(h, bool) for h in hash_ids
-        ):
+        if not isinstance(hash_ids, list) or not all(is_int(h) for h in hash_ids):
             raise BadRequest("hash_ids must be a list of integers.", "hash_ids")
 
     inputs = []
