@@ -34,7 +34,8 @@ def gateway():
                     workers = get_json(url + "/workers")["workers"]
                 except (OSError, AssertionError):
                     return None
-                healthy = [w for w in workers if w.get("is_healthy")]
+                # Healthy and load-polled: smg marks a worker healthy before its first load poll.
+                healthy = [w for w in workers if w.get("is_healthy") and w.get("engine_load")]
                 return healthy if len(healthy) == 2 else None
 
             yield url, poll(registered, timeout=30, interval=0.1)[0]
