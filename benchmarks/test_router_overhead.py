@@ -16,8 +16,8 @@ On a 2-core machine the client, the router and the worker share the CPUs,
 so the numbers are relative: read the ratios. Nothing here asserts on
 wall-clock numbers.
 
-    PYTHONPATH=python python -m pytest benchmarks/test_router_overhead.py -s
-    PYTHONPATH=python python benchmarks/test_router_overhead.py [--quick]
+    python -m pytest benchmarks/test_router_overhead.py -s
+    python benchmarks/test_router_overhead.py [--quick]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    env = dict(os.environ)  # the installed package, as in the tests
     return subprocess.Popen(
         [sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -14,8 +14,8 @@ tokens each). It reports:
 - the worker process's CPU use (100% = one core busy), and the client's.
 It measures only: nothing here asserts on wall-clock numbers.
 
-    PYTHONPATH=python python -m pytest benchmarks/test_worker_capacity.py -s
-    PYTHONPATH=python python benchmarks/test_worker_capacity.py [--quick]
+    python -m pytest benchmarks/test_worker_capacity.py -s
+    python benchmarks/test_worker_capacity.py [--quick]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ async def _drive(url: str, streams: int) -> tuple[float, list[tuple[float, int]]
 
 def measure(model: CostModel, time_scale: float, streams: int) -> Result:
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    env = dict(os.environ)  # the installed package, as in the tests
     cmd = [
         sys.executable,
         "-m",

@@ -43,8 +43,9 @@ KEYS = [
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    # The subprocess imports l4_sglang as the tests do: the installed package (a clean clone has
+    # no built core under python/).
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), env.get("PYTHONPATH")]))
     env["MPLBACKEND"] = "Agg"
     return subprocess.run(
         [sys.executable, "-m", "l4_sglang.bench", *args],
