@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import math
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 import l4_sglang
 from l4_sglang import CostModel, QoeConfig, Workload, evaluate_layout, log_bin_edges, partition
+from l4_sglang.workload import load_mooncake, truncate
 
 if l4_sglang.BUILD_PROFILE != "release":
     pytest.exit(
@@ -67,17 +67,9 @@ def close(a: float, b: float) -> bool:
 def trace() -> tuple[np.ndarray, np.ndarray, float]:
     if not MOONCAKE.is_file():
         pytest.fail(f"Mooncake trace not found at {MOONCAKE}: the benchmarks are built from it")
-    rows = []
-    with MOONCAKE.open() as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) == REQUESTS:
-                break
-    prompt = np.array([r["input_length"] for r in rows], dtype=np.float64)
-    output = np.array([r["output_length"] for r in rows], dtype=np.float64)
-    stamps_ms = np.array([r["timestamp"] for r in rows], dtype=np.float64)
-    return prompt, output, (stamps_ms.max() - stamps_ms.min()) / 1000.0
+    first = truncate(load_mooncake(MOONCAKE), count=REQUESTS)
+    arrivals = first.arrivals()
+    return first.prompt_lengths(), first.output_lengths(), float(arrivals[-1] - arrivals[0])
 
 
 @functools.cache

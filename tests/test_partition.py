@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import math
 import sys
 from collections import Counter
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 import l4_sglang
 from l4_sglang import CostModel, QoeConfig, Workload, evaluate_layout, log_bin_edges, partition
+from l4_sglang.workload import load_mooncake, truncate
 
 
 def _load_reference():
@@ -333,18 +333,11 @@ def test_tiny_rate_follows_the_spec():
 def mooncake_workload(requests: int, bins: int) -> Workload:
     if not MOONCAKE.is_file():
         pytest.fail(f"Mooncake trace not found at {MOONCAKE}: it is needed for the realistic check")
-    rows = []
-    with MOONCAKE.open() as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) == requests:
-                break
-    prompt = np.array([r["input_length"] for r in rows], dtype=np.float64)
-    output = np.array([r["output_length"] for r in rows], dtype=np.float64)
-    stamps_ms = np.array([r["timestamp"] for r in rows], dtype=np.float64)
-    duration = (stamps_ms.max() - stamps_ms.min()) / 1000.0
-    return Workload.from_requests(prompt, output, duration, log_bin_edges(bins))
+    first = truncate(load_mooncake(MOONCAKE), count=requests)
+    arrivals = first.arrivals()
+    duration = float(arrivals[-1] - arrivals[0])
+    prompts, outputs = first.prompt_lengths(), first.output_lengths()
+    return Workload.from_requests(prompts, outputs, duration, log_bin_edges(bins))
 
 
 def test_mooncake_layout_beats_one_stage():
