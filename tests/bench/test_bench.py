@@ -79,11 +79,29 @@ def test_every_output_file(sweep):
         "summary.md",
         "latency_vs_load.png",
         *(f"e2e_cdf_rate{r}.png" for r in RATES),
+        *(f"stages_l4_rate{r}.png" for r in RATES),
     ):
         assert (out / name).is_file(), name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    assert len(list(out.glob("*.png"))) == 3
+    assert len(list(out.glob("*.png"))) == 5  # no stage plot for round_robin
+
+
+def test_stage_timeline_for_l4(sweep):
+    out, _ = sweep
+    assert not list(out.glob("round_robin*_stages.json"))
+    for rate in RATES:
+        tl = json.loads((out / f"l4_rate{rate}_stages.json").read_text())
+        assert tl["policy"] == "l4" and tl["simulated"] is True and tl["rate_scale"] == float(rate)
+        layouts = tl["layouts"]
+        assert layouts and layouts[0]["bounds"] == [] and layouts[0]["instances"] == [4]
+        times = [x["time_s"] for x in layouts]
+        assert times == sorted(times)
+        for x in layouts:
+            assert sum(x["instances"]) == 4 and len(x["bounds"]) == len(x["instances"]) - 1
+        run = json.loads((out / f"l4_rate{rate}.json").read_text())
+        assert run["layout_changes"] == len(layouts) - 1
+    assert "stages_l4*.png" in (out / "summary.md").read_text()
 
 
 def test_json_keys_and_values(sweep):

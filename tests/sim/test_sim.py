@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from l4_sglang.core import CostModel
-from l4_sglang.policy.base import Migration, Policy, RequestInfo
+from l4_sglang.policy.base import LayoutView, Migration, Policy, RequestInfo, StageView
 from l4_sglang.policy.registry import POLICIES
+from l4_sglang.policy.round_robin import RoundRobin
 from l4_sglang.sim import EventLoop, Kind, Simulator, engine_config, simulate
 
 
@@ -290,3 +292,63 @@ def test_every_policy_completes_a_small_workload(cm, policy):
     s = simulate(reqs, policy, cm, 4, seed=1).summary()
     assert s["completed"] == len(reqs)
     assert s["total_output_tokens"] == sum(r.output_tokens for r in reqs)
+
+
+class _Shifting(RoundRobin):
+    """Round robin with a made-up two-stage layout whose bound moves at ticks 3 and 6 (counted
+    from the first tick) and whose workers swap at tick 9; unchanged otherwise."""
+
+    NAME = "shifting"
+
+    def __init__(self, cm: CostModel) -> None:
+        super().__init__(None, cm)
+        self.ticks: list[float] = []
+
+    def tick(self, now: float) -> list[Migration]:
+        self.ticks.append(now)
+        return super().tick(now)
+
+    def layout(self) -> LayoutView | None:
+        n = len(self.ticks)
+        bound = 1000.0 if n < 3 else 2000.0 if n < 6 else 4000.0
+        a, b = ("sim-0",), ("sim-1",)
+        if n >= 9:
+            a, b = b, a
+        stages = (StageView(0.0, bound, a), StageView(bound, math.inf, b))
+        return LayoutView(stages=stages, predicted_mean_e2e_s=None, updated_at=0.0)
+
+
+def test_layout_recorded_at_each_change_with_sim_time(cm):
+    policy = _Shifting(cm)
+    res = Simulator([Req(1.0, 500, 400)], policy, cm, 2, tick_interval_s=0.25).run()
+    assert len(policy.ticks) >= 9
+    got = [(s.time_s, s.bounds, s.workers) for s in res.layouts]
+    t = policy.ticks
+    assert got == [
+        (1.0, (1000.0,), (("sim-0",), ("sim-1",))),
+        (t[2], (2000.0,), (("sim-0",), ("sim-1",))),
+        (t[5], (4000.0,), (("sim-0",), ("sim-1",))),
+        (t[8], (4000.0,), (("sim-1",), ("sim-0",))),
+    ]
+    assert t[2] == pytest.approx(1.75)
+    assert res.layouts[0].instances == (1, 1)
+    assert res.summary()["layout_changes"] == 3
+    assert res.layouts[1].to_json() == {"time_s": 1.75, "bounds": [2000.0], "instances": [1, 1]}
+
+
+def test_l4_layouts_over_time_are_consistent(cm):
+    reqs = bimodal(0)
+    res = simulate(reqs, "l4", cm, 4, seed=0, policy_overrides=L4_EARLY)
+    assert len(res.layouts) >= 2, "L4 never left its initial layout"
+    assert res.layouts[0].time_s == reqs[0].arrival_s and res.layouts[0].bounds == ()
+    end = max(r.finished_s for r in res.records)
+    for prev, cur in zip(res.layouts, res.layouts[1:], strict=False):
+        assert prev.time_s < cur.time_s <= end
+        assert (prev.bounds, prev.workers) != (cur.bounds, cur.workers)
+    for s in res.layouts:
+        assert sum(s.instances) == 4 and min(s.instances) >= 1
+        assert len(s.bounds) == len(s.workers) - 1
+        assert list(s.bounds) == sorted(set(s.bounds))
+        assert sorted(w for ws in s.workers for w in ws) == sorted(f"sim-{i}" for i in range(4))
+    assert any(len(s.workers) > 1 for s in res.layouts)
+    assert simulate(reqs[:20], "round_robin", cm, 4).layouts == []

@@ -12,8 +12,11 @@ ours), `DIR/summary.json`, `DIR/summary.md` and PNG plots. See `--help`.
   one-token requests).
 - `max_rate_at_slo` (sweep only, else null): the largest swept rate scale at
   which slo_attainment >= SLO_THRESHOLD (0.9); null if none reaches it.
-- The stage-boundaries-over-time plot for l4 is not drawn: the simulator's
-  SimResult does not expose layouts over time.
+- Stage boundaries over time (l4): the simulator records the policy's
+  layout at every change (`SimResult.layouts`); the CLI writes them to
+  `DIR/l4[_rate<X>]_stages.json` (time, bounds, instances per stage) and
+  draws `stages_l4[_rate<X>].png` (each boundary as a step line, log tokens,
+  over simulated minutes; below it, the number of stages).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
-from l4_sglang.sim import SimResult, simulate
+from l4_sglang.sim import LayoutSample, SimResult, simulate
 from l4_sglang.workload import load_trace, scale_rate, truncate
 
 SLO_THRESHOLD = 0.9
@@ -163,11 +166,51 @@ def write_markdown(path: Path, runs: list[dict], meta: dict) -> None:
     ]
     for r in runs:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
-    lines += [
-        "",
-        "Stage boundaries over time (l4): not plotted, the simulator does not expose layouts over time.",
-    ]
+    staged = [p for p in dict.fromkeys(r["policy"] for r in runs) if p in STAGE_PLOT_POLICIES]
+    for p in staged:
+        lines += ["", f"Stage boundaries over time ({p}): `stages_{p}*.png`, timeline in `{p}*_stages.json`."]
     path.write_text("\n".join(lines) + "\n")
+
+
+STAGE_PLOT_POLICIES = ("l4",)
+"""Policies whose stage layout over time is written and drawn."""
+
+
+def stages_name(policy: str, rate: float, sweep: bool) -> str:
+    return f"{policy}_rate{rate:g}" if sweep else policy
+
+
+def plot_stages(path: Path, layouts: list[LayoutSample], end_s: float, title: str) -> None:
+    """Boundaries over time (each held until the next sample, the last until `end_s`) and K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = layouts[0].time_s
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    starts = [(s.time_s - t0) / 60 for s in layouts]
+    ends = [*starts[1:], max((end_s - t0) / 60, starts[-1])]
+    xs, ys, x1s = [], [], []
+    for a, b, s in zip(starts, ends, layouts, strict=True):
+        for bound in s.bounds:
+            xs.append(a)
+            x1s.append(b)
+            ys.append(bound)
+    if ys:
+        top.hlines(ys, xs, x1s, colors="tab:blue", linewidth=1.2)
+        top.set_yscale("log")
+    top.set_ylabel("stage boundary (tokens)")
+    top.set_title(title)
+    k = [len(s.workers) for s in layouts]
+    bottom.step([*starts, ends[-1]], [*k, k[-1]], where="post", color="tab:orange")
+    bottom.set_ylabel("stages")
+    bottom.set_xlabel("time (min)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def write_plots(
@@ -283,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
             s["max_rate_at_slo"] = None
             e2e[(pol, rate)] = np.array([r.e2e_s * 1000 for r in done])
             runs.append(s)
+            if pol in STAGE_PLOT_POLICIES and res.layouts:
+                name = stages_name(pol, rate, sweep)
+                timeline = {"policy": pol, "rate_scale": rate, "simulated": True}
+                timeline["layouts"] = [x.to_json() for x in res.layouts]
+                (out / f"{name}_stages.json").write_text(json.dumps(timeline) + "\n")
+                end = max((r.finished_s for r in done), default=res.layouts[-1].time_s)
+                title = f"{pol} stage boundaries, rate scale {rate:g} (simulated)"
+                plot_stages(out / f"stages_{name}.png", res.layouts, end, title)
     if sweep:
         for pol in policies:
             ok = [

@@ -9,9 +9,12 @@ stream chunks, so ours is per token.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from l4_sglang.policy.base import LayoutView
 
 
 @dataclass
@@ -67,6 +70,31 @@ def _stats(name: str, values_s: list[float] | np.ndarray, out: dict) -> None:
     out[f"p99_{name}_ms"] = float(np.percentile(ms, 99))
 
 
+@dataclass(frozen=True)
+class LayoutSample:
+    """The policy's stage layout from simulated time `time_s` on (until the next sample)."""
+
+    time_s: float
+    bounds: tuple[float, ...]
+    """Upper bounds of every stage but the last, in tokens (K - 1 of them)."""
+    workers: tuple[tuple[str, ...], ...]
+    """Each stage's workers."""
+
+    @classmethod
+    def of(cls, time_s: float, view: LayoutView) -> LayoutSample:
+        bounds = tuple(float(s.hi_tokens) for s in view.stages if not math.isinf(s.hi_tokens))
+        return cls(float(time_s), bounds, tuple(tuple(s.workers) for s in view.stages))
+
+    @property
+    def instances(self) -> tuple[int, ...]:
+        return tuple(len(ws) for ws in self.workers)
+
+    def to_json(self) -> dict:
+        """Time to the microsecond, bounds to a tenth of a token (the timeline stays small)."""
+        bounds = [round(b, 1) for b in self.bounds]
+        return {"time_s": round(self.time_s, 6), "bounds": bounds, "instances": list(self.instances)}
+
+
 @dataclass
 class SimResult:
     policy: str
@@ -81,6 +109,8 @@ class SimResult:
     wall_s: float
     retractions: int = 0
     """Requests the instances' engines retracted (KV full), summed over instances."""
+    layouts: list[LayoutSample] = field(default_factory=list)
+    """The policy's stage layout each time it changed (empty without a layout)."""
 
     @property
     def completed(self) -> list[RequestRecord]:
@@ -112,6 +142,7 @@ class SimResult:
         out["migrations"] = self.migrations
         out["failed_migrations"] = self.failed_migrations
         out["retractions"] = self.retractions
+        out["layout_changes"] = max(len(self.layouts) - 1, 0)
         out["events"] = self.events
         out["steps"] = self.steps
         out["wall_s"] = self.wall_s

@@ -16,6 +16,11 @@ router/workers.py):
   instance's snapshot (what the router can see: max_kv and mean_remaining
   are 0 unless `detailed_snapshots`).
 - ticks: every `tick_interval_s`, `policy.tick`.
+- layouts: `policy.layout()` at the start and after every tick (the only
+  event at which L4 changes its stages here: refinement and boundary
+  diffusion run in `tick`); a sample is kept when the stages (bounds or
+  workers) differ from the last one kept. `SimResult.layouts` holds them with
+  their simulated time; empty for policies without a layout.
 - migrations (from on_progress or tick): dropped when stale (the request is
   done, or not on `source`) or when the target cannot hold it; otherwise
   the request is aborted on the source and resubmitted to the target with
@@ -34,11 +39,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from l4_sglang.core import CostModel
-from l4_sglang.policy.base import Migration, Policy, RequestInfo
+from l4_sglang.policy.base import LayoutView, Migration, Policy, RequestInfo
 from l4_sglang.policy.registry import make_policy
 from l4_sglang.sim.cluster import Cluster, engine_config, unique_hash_ids
 from l4_sglang.sim.engine import Event, EventLoop, Kind
-from l4_sglang.sim.metrics import RequestRecord, SimResult
+from l4_sglang.sim.metrics import LayoutSample, RequestRecord, SimResult
 from l4_sglang.worker.engine import EngineConfig, Request
 
 PREFIX_BLOCKS = 8
@@ -96,6 +101,7 @@ class Simulator:
         self.migrations = 0
         self.failed_migrations = 0
         self._moves: list[Migration] = []
+        self.layouts: list[LayoutSample] = []
         self.loop = EventLoop()
         self.loop.on(Kind.STEP_END, self._step_end)
         self.loop.on(Kind.ARRIVAL, self._arrival)
@@ -112,6 +118,7 @@ class Simulator:
         for wid in self.cluster.worker_ids:
             self.policy.add_worker(wid, start)
         self.policy.on_load(self.cluster.snapshots(self.detailed), start)
+        self._record_layout(start)
         for rec in self.records:
             self.loop.push(rec.arrival_s, Kind.ARRIVAL, rec)
         if self.records:
@@ -130,6 +137,7 @@ class Simulator:
             steps=sum(i.steps for i in self.cluster.instances.values()),
             wall_s=time.perf_counter() - t0,
             retractions=sum(i.engine.stats.retractions for i in self.cluster.instances.values()),
+            layouts=self.layouts,
         )
 
     @property
@@ -185,8 +193,18 @@ class Simulator:
         if self.all_done:
             return []
         out = self._execute(self.policy.tick(now), now)
+        self._record_layout(now)
         out.append((now + self.tick_s, Kind.TICK, None))
         return out
+
+    def _record_layout(self, now: float) -> None:
+        view: LayoutView | None = self.policy.layout()
+        if view is None:
+            return
+        sample = LayoutSample.of(now, view)
+        last = self.layouts[-1] if self.layouts else None
+        if last is None or last.bounds != sample.bounds or last.workers != sample.workers:
+            self.layouts.append(sample)
 
     # ---- tokens, finishes and migrations --------------------------------------------------
 
