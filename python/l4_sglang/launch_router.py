@@ -8,6 +8,10 @@ the policy's own config (`l4_sglang.policy.registry.policy_config_fields`);
 tuples are comma-separated, booleans true/false. A knob of a policy other
 than `--policy` is an error. The api key may come from `$L4_ROUTER_API_KEY`
 instead of the command line (which other users can see).
+
+SIGTERM or Ctrl-C drains: the router stops listening, answers requests on
+open connections with 503 and waits up to --drain-timeout seconds for the
+requests in flight to finish; a second signal cuts them.
 """
 
 from __future__ import annotations
@@ -80,6 +84,34 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
         type=int,
         default=None,
         help="chat max_tokens when the client gives none (default: up to the context length, as SGLang)",
+    )
+    p.add_argument("--max-body-bytes", type=int, default=32 * 1024**2, help="larger request bodies get a 413")
+    p.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds to receive a request body (else 408)"
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a connection may take to send a request head, or stay idle between requests",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds to wait for the requests in flight before stopping",
+    )
+    p.add_argument(
+        "--health-failure-threshold",
+        type=int,
+        default=2,
+        help="failed health checks in a row that eject a worker",
+    )
+    p.add_argument(
+        "--health-recovery-threshold",
+        type=int,
+        default=2,
+        help="passed health checks in a row that take an ejected worker back",
     )
     p.add_argument("--log-level", default="info")
     knobs = p.add_argument_group("policy knobs (--<policy>-<knob>)")
@@ -159,6 +191,12 @@ def settings_from(
             default_max_tokens=args.default_max_tokens,
             # launch_router: --worker-time-scale; launch: its own --time-scale (emulated workers only).
             worker_time_scale=getattr(args, "worker_time_scale", None) or getattr(args, "time_scale", 1.0),
+            max_body_bytes=args.max_body_bytes,
+            body_timeout=args.body_timeout,
+            header_timeout=args.header_timeout,
+            drain_timeout=args.drain_timeout,
+            failure_threshold=args.health_failure_threshold,
+            recovery_threshold=args.health_recovery_threshold,
         )
     except ValueError as e:
         p.error(str(e))
@@ -182,14 +220,27 @@ async def _serve(settings) -> None:
 
     router = Router(settings)
     stop = asyncio.Event()
+    draining: list[asyncio.Task] = []
+
+    def on_signal() -> None:
+        if stop.is_set() and draining:
+            draining[0].cancel()  # a second signal: stop now
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     await router.start()
     print(f"l4 router ready on {router.url} (policy {settings.policy})", flush=True)
     try:
         await stop.wait()
+        print(f"l4 router draining (at most {settings.drain_timeout:g} s)", flush=True)
+        draining.append(loop.create_task(router.drain()))
+        left = None
+        with contextlib.suppress(asyncio.CancelledError):
+            left = await draining[0]
+        print(f"l4 router stopping ({'cut short' if left is None else f'{left} request(s) cut'})", flush=True)
     finally:
         await router.stop()
 

@@ -11,6 +11,13 @@ With an api key, every route but /health and /metrics needs
 `loop.time()`; `tick` runs every `tick_interval` seconds and the pool polls
 every `load_poll_interval` seconds. Logs at info level name workers and
 request counts, never prompts, outputs or keys.
+
+Hostile or broken clients: a body over `max_body_bytes` gets a 413, one not
+received within `body_timeout` seconds a 408, a connection that has not sent
+a whole request head within `header_timeout` seconds (or sits idle that long
+between requests) is closed; all errors are JSON (OpenAI's shape on /v1).
+`drain` (SIGTERM in `launch_router`) stops listening, answers new requests
+on open connections with 503 and waits for the requests in flight.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ log = logging.getLogger("l4_sglang.router")
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_BODY_TIMEOUT = web.AppKey("body_timeout", float)
 FALLBACK_CHAT_MAX_TOKENS = 128
 """Chat max_tokens when neither the client, --default-max-tokens nor any worker's context length says."""
 
@@ -68,14 +76,25 @@ class RouterSettings:
     # Workers emulated at this time scale: the policy's clock runs 1/scale times as fast, so its
     # rates and the cost model it prices them with share one time base.
     worker_time_scale: float = 1.0
+    recovery_threshold: int = 2
+    """Health checks in a row an ejected worker must pass to be taken back."""
+    max_body_bytes: int = 32 * 1024**2
+    body_timeout: float = 30.0
+    header_timeout: float = 30.0
+    drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("load_poll_interval", "tick_interval", "health_timeout", "worker_time_scale"):
+        floats = ("load_poll_interval", "tick_interval", "health_timeout", "worker_time_scale")
+        for name in (*floats, "body_timeout", "header_timeout", "drain_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"invalid {name}: must be > 0, got {value!r}")
         if self.default_max_tokens is not None and self.default_max_tokens < 1:
             raise ValueError(f"invalid default_max_tokens: must be >= 1, got {self.default_max_tokens}")
+        for name in ("max_body_bytes", "failure_threshold", "recovery_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"invalid {name}: must be an integer >= 1, got {value!r}")
         for url in self.worker_urls:
             normalize_url(url)
 
@@ -100,8 +119,17 @@ class _MalformedJson(ValueError):
     pass
 
 
+class _BodyTimeout(Exception):
+    pass
+
+
 async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    timeout = request.config_dict.get(_BODY_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise _BodyTimeout(f"The request body was not received within {timeout:g} s.") from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -130,6 +158,7 @@ class Router:
             self.policy_now,
             interval=settings.load_poll_interval,
             failure_threshold=settings.failure_threshold,
+            recovery_threshold=settings.recovery_threshold,
             timeout=settings.health_timeout,
             headers=headers,
         )
@@ -143,7 +172,11 @@ class Router:
             headers=headers,
             policy_clock=self.policy_now,
         )
+        self.pool.on_eject = self.forwarder.fail_worker
         self._by_client_rid: dict[str, Generation] = {}
+        self._active = 0
+        self._idle: asyncio.Event | None = None
+        self.draining = False
         self._tick_task: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self.port: int = settings.port
@@ -170,13 +203,22 @@ class Router:
     async def start(self) -> None:
         """Check every worker once, start polling and ticking, then listen."""
         self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         for url in dict.fromkeys(normalize_url(u) for u in self.settings.worker_urls):
             await self.pool.add(url)
         self.pool.start()
         self._tick_task = self._loop.create_task(self._tick_loop(), name="l4-router-tick")
-        runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # keepalive_timeout also bounds the wait for a new connection's first request head.
+        runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=self.settings.header_timeout,
+            shutdown_timeout=2.0,  # `stop` cuts what is still running (`drain` first to wait for it)
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
@@ -189,6 +231,26 @@ class Router:
             len(self.pool.workers),
             len(self.pool.healthy()),
         )
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Stop listening, refuse new requests (503) and wait for those in flight, at most
+        `timeout` seconds (default: settings.drain_timeout). Returns how many were still running."""
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        self.draining = True
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        running = self._active
+        log.info("draining: %d request(s) in flight, waiting up to %g s", running, timeout)
+        assert self._idle is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        if self._active:
+            log.warning("drain timed out with %d request(s) still running; they are cut", self._active)
+        else:
+            log.info("drained: every request in flight finished")
+        return self._active
 
     async def stop(self) -> None:
         if self._tick_task is not None:
@@ -217,7 +279,8 @@ class Router:
                 log.exception("policy tick failed")
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024**2)
+        app = web.Application(middlewares=[self._middleware], client_max_size=self.settings.max_body_bytes)
+        app[_BODY_TIMEOUT] = self.settings.body_timeout
         r = app.router
         r.add_post("/generate", self.generate)
         r.add_post("/v1/completions", self.completions)
@@ -234,7 +297,23 @@ class Router:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        self._active += 1
+        if self._idle is not None:
+            self._idle.clear()
+        try:
+            return await self._guarded(request, handler)
+        finally:
+            self._active -= 1
+            if not self._active and self._idle is not None:
+                self._idle.set()
+
+    async def _guarded(self, request: web.Request, handler) -> web.StreamResponse:
         v1 = request.path.startswith("/v1/")
+        if self.draining and request.path not in OPEN_PATHS:
+            response = self._error(v1, 503, "The router is shutting down.", "ServiceUnavailable")
+            response.force_close()
+            self.metrics.on_response(request.path, 503)
+            return response
         key = self.settings.api_key
         if key is not None and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "")
@@ -250,6 +329,15 @@ class Router:
             response = self._error(v1, 404, f"Not Found: {request.path}", "NotFoundError")
         except web.HTTPMethodNotAllowed:
             response = self._error(v1, 405, f"Method Not Allowed: {request.method}", "MethodNotAllowed")
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.settings.max_body_bytes
+            response = self._error(
+                v1, 413, f"The request body is larger than the limit of {limit} bytes.", "RequestTooLarge"
+            )
+            response.force_close()  # the rest of the body is not read
+        except _BodyTimeout as e:
+            response = self._error(v1, 408, str(e), "RequestTimeout")
+            response.force_close()
         except web.HTTPException:
             raise
         except (asyncio.CancelledError, ConnectionError):
@@ -421,6 +509,10 @@ class Router:
             return _json(openai.error_body(str(e)), 400)
         except native.BadRequest as e:
             return _json(openai.error_body(e.message, e.param), 400)
+        served = self._served_models()
+        if served and req.model not in served:
+            message = f"The model {req.model!r} does not exist; this router serves {sorted(served)}."
+            return _json(openai.error_body(message, "model", 404, "NotFoundError"), 404)
         gen = self.forwarder.new(req.spec, arrival)
         created = int(time.time())
         text = OutputText(self.tokenizer, req.spec.sampling.get("no_stop_trim") is not True)
@@ -494,10 +586,21 @@ class Router:
     # ---- info and admin -------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return _json({"status": "draining", "healthy_workers": len(self.pool.healthy())}, 503)
         healthy = self.pool.healthy()
         if healthy:
             return _json({"status": "ok", "healthy_workers": len(healthy)})
         return _json({"status": "no healthy worker", "healthy_workers": 0}, 503)
+
+    def _served_models(self) -> set[str]:
+        """Names a client may ask for: --model-name and the workers' (empty: any name goes)."""
+        names = {self.settings.model_name} if self.settings.model_name else set()
+        for w in self.pool.workers.values():
+            for key in ("served_model_name", "model_path"):
+                if isinstance(w.info.get(key), str) and w.info[key]:
+                    names.add(w.info[key])
+        return names
 
     async def models(self, request: web.Request) -> web.Response:
         name = self.settings.model_name or self.pool.model_name() or "default"
@@ -593,12 +696,14 @@ class Router:
         )
 
 
-async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    """Run a router until `stop` is set."""
+async def serve(settings: RouterSettings, stop: asyncio.Event, drain: bool = True) -> None:
+    """Run a router until `stop` is set, then drain it (at most settings.drain_timeout) and stop."""
     router = Router(settings)
     await router.start()
     try:
         await stop.wait()
+        if drain:
+            await router.drain()
     finally:
         await router.stop()
 

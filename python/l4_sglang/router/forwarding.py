@@ -19,8 +19,10 @@ them again from the same context. `policy.on_migrated` confirms the move.
 Failover: if the worker's connection breaks (or it aborts the request
 itself, e.g. on shutdown), the request is routed again with its current
 length and resumed the same way (reason "failover"); the worker is ejected
-by the pool until a health check passes. After `MAX_FAILOVERS` resumes with
-no new token in between the request ends with finish reason "abort".
+by the pool until its health checks pass. When the pool ejects a worker for
+failed health checks (hung, not dead), `fail_worker` resumes every request
+running there the same way. After `MAX_FAILOVERS` resumes with no new token
+in between the request ends with finish reason "abort".
 
 Stop strings: a worker checks them over its own leg's output only, so for the
 first tokens of each later leg the router checks the window the unmigrated
@@ -209,7 +211,10 @@ class Forwarder:
                     if gen.pending is not None:
                         await self._migrate(gen)
                     continue
-                await self._resume(gen, f"worker stream {item.name}", broken=item.error is not None)
+                # A broken connection has ended the request on its worker; an ejected (maybe hung)
+                # worker is asked to abort it, as is one whose stream merely ended unfinished.
+                broken = item.error is not None
+                await self._resume(gen, f"worker stream {item.name}", broken, abort=item.name != "broke")
                 continue
             new = self._absorb(gen, leg, item)
             if new is None:
@@ -257,6 +262,13 @@ class Forwarder:
         gen.finish_reason = {"type": "abort", "message": message}
         if gen.leg is not None:
             gen.leg.queue.put_nowait(_WAKE)
+
+    def fail_worker(self, worker: str) -> None:
+        """The pool ejected `worker`: resume every request whose current leg runs there."""
+        for gen in self.jobs.values():
+            leg = gen.leg
+            if leg is not None and leg.worker == worker and not gen.finished and not leg.finished:
+                leg.queue.put_nowait(_Signal("ejected", ConnectionError(f"worker {worker} was ejected")))
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -497,13 +509,13 @@ class Forwarder:
         self.policy.on_migrated(m, self._policy_clock())
         self.metrics.on_migration(m.reason)
 
-    async def _resume(self, gen: Generation, why: str, broken: bool) -> None:
+    async def _resume(self, gen: Generation, why: str, broken: bool, abort: bool) -> None:
         """The current leg ended without finishing: route again and continue (reason failover)."""
         old = gen.leg
         assert old is not None
         if broken:
             self.pool.report_failure(old.worker, why)
-        self._drop_leg(old, abort=not broken)
+        self._drop_leg(old, abort=abort)
         while True:
             gen.failovers += 1
             if gen.failovers > MAX_FAILOVERS:

@@ -84,6 +84,9 @@ def _spec(
 ) -> GenerationSpec:
     if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 0):
         raise BadRequest(f"max_tokens must be a non-negative integer, got {max_tokens!r}.", "max_tokens")
+    seed = body.get("seed")
+    if seed is not None and not is_int(seed):
+        raise BadRequest(f"seed must be an integer, got {seed!r}.", "seed")
     raw = {ours: body[theirs] for theirs, ours in SAMPLING_FIELDS.items() if body.get(theirs) is not None}
     if max_tokens is not None:
         raw["max_new_tokens"] = max_tokens

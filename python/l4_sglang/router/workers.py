@@ -12,9 +12,12 @@ a 500 when metrics are on, hence the chain.
 
 Circuit breaker: `failure_threshold` failed health checks in a row, or one
 connection error while forwarding (`report_failure`), eject a worker: the
-policy gets a snapshot with `healthy=False` and stops routing to it. The next
-successful health check takes it back. Workers whose first check fails are
-registered ejected.
+policy is told `remove_worker` (so L4 re-partitions the others) and
+`on_eject(url)` lets the forwarder resume the requests that were running
+there. `recovery_threshold` passed health checks in a row take it back: the
+policy is told `add_worker` and gets its snapshot. The policy only ever
+knows the healthy workers; workers whose first check fails are registered
+ejected. An admin `remove` forgets a worker whatever its state.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ class WorkerState:
     url: str
     healthy: bool = False
     failures: int = 0
+    successes: int = 0
+    """Health checks passed in a row while ejected."""
     checked: bool = False
     load: Load | None = None
     load_path: str | None = None
@@ -168,6 +173,7 @@ class WorkerPool:
         *,
         interval: float = 0.5,
         failure_threshold: int = 2,
+        recovery_threshold: int = 1,
         timeout: float = 5.0,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -176,6 +182,9 @@ class WorkerPool:
         self._clock = clock
         self.interval = interval
         self.failure_threshold = max(1, failure_threshold)
+        self.recovery_threshold = max(1, recovery_threshold)
+        self.on_eject: Callable[[str], None] | None = None
+        """Called with a worker's URL when it is ejected (the forwarder resumes its requests)."""
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = headers or {}
         self.workers: dict[str, WorkerState] = {}
@@ -195,29 +204,39 @@ class WorkerPool:
             return self.workers[url]
         state = WorkerState(url)
         self.workers[url] = state
-        self.policy.add_worker(url, self._clock())
-        await self._check(state)
-        if url in self.workers:  # not removed meanwhile
-            self.policy.on_load([state.snapshot()], self._clock())
+        await self._check(state, first=True)
         log.info("worker %s added (%s)", url, "healthy" if state.healthy else "not healthy yet")
         return state
 
     def remove(self, url: str) -> bool:
         url = normalize_url(url)
-        if self.workers.pop(url, None) is None:
+        state = self.workers.pop(url, None)
+        if state is None:
             return False
-        self.policy.remove_worker(url, self._clock())
+        if state.healthy:
+            self.policy.remove_worker(url, self._clock())
         log.info("worker %s removed", url)
         return True
 
     def report_failure(self, url: str, why: str) -> None:
-        """A forwarded request could not reach the worker: eject it until a health check passes."""
+        """A forwarded request could not reach the worker: eject it until health checks pass."""
         state = self.workers.get(url)
         if state is None or not state.healthy:
             return
-        state.healthy = False
         state.failures = max(state.failures, self.failure_threshold)
-        log.warning("worker %s ejected: %s", url, why)
+        self._eject(state, why)
+
+    def _eject(self, state: WorkerState, why: str) -> None:
+        state.healthy = False
+        state.successes = 0
+        log.warning("worker %s ejected: %s", state.url, why)
+        self.policy.remove_worker(state.url, self._clock())
+        if self.on_eject is not None:
+            self.on_eject(state.url)
+
+    def _admit(self, state: WorkerState) -> None:
+        state.healthy = True
+        self.policy.add_worker(state.url, self._clock())
         self.policy.on_load([state.snapshot()], self._clock())
 
     def context_length(self) -> int | None:
@@ -260,7 +279,7 @@ class WorkerPool:
         if not states:
             return
         await asyncio.gather(*(self._check(s) for s in states))
-        live = [s.snapshot() for s in states if s.url in self.workers]
+        live = [s.snapshot() for s in states if s.url in self.workers and s.healthy]
         if live:
             self.policy.on_load(live, self._clock())
 
@@ -268,27 +287,39 @@ class WorkerPool:
         async with self._session().get(url, timeout=self._timeout, headers=self._headers) as resp:
             return resp.status, await resp.read()
 
-    async def _check(self, state: WorkerState) -> None:
+    async def _check(self, state: WorkerState, first: bool = False) -> None:
+        """One health check (and load read); ejects or takes back the worker as the counts say.
+
+        `first`: the check of a worker being added, which is taken at once if it passes."""
         try:
             status, _ = await self._get(state.url + "/health")
             ok = status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):
             ok = False
+        if self.workers.get(state.url) is not state:
+            return  # removed meanwhile
+        state.checked = True
         if not ok:
             state.failures += 1
-            state.checked = True
+            state.successes = 0
             if state.healthy and state.failures >= self.failure_threshold:
-                state.healthy = False
-                log.warning("worker %s ejected: %d failed health checks", state.url, state.failures)
+                self._eject(state, f"{state.failures} failed health checks")
             return
         if not state.info:
             await self._read_info(state)
         load = await self._read_load(state)
+        if self.workers.get(state.url) is not state:
+            return
         if load is not None:
             state.load = load
-        if not state.healthy and state.checked:
-            log.info("worker %s is healthy again", state.url)
-        state.healthy, state.failures, state.checked = True, 0, True
+        state.failures = 0
+        if state.healthy:
+            return
+        state.successes += 1
+        if first or state.successes >= self.recovery_threshold:
+            if not first:
+                log.info("worker %s is healthy again (%d checks passed)", state.url, state.successes)
+            self._admit(state)
 
     async def _read_info(self, state: WorkerState) -> None:
         for path in ("/server_info", "/get_server_info"):
