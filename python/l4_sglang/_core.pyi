@@ -9,10 +9,14 @@ __all__ = [
     "build_profile",
     "diffuse_boundary",
     "evaluate_layout",
+    "evaluate_layout_classes",
     "move_value",
     "partition",
+    "partition_classes",
     "pick_instance",
+    "pick_instance_models",
     "pick_migration",
+    "pick_migration_models",
     "predicted_work",
 ]
 
@@ -85,6 +89,41 @@ def evaluate_layout(
 ) -> dict:
     """Price a given layout with the DP's stage cost."""
 
+def partition_classes(
+    models: list[CostModel],
+    counts: list[int],
+    edges: list[float],
+    arrival_rate: list[float],
+    prompt_tokens: list[float],
+    decode_rate: list[float],
+    decode_context: list[float],
+    growth_rate: list[float],
+    slo_ttft_s: float,
+    slo_tpot_s: float,
+    slo_penalty_s: float,
+    max_utilization: float,
+) -> dict:
+    """Exact DP of a mixed pool (counts[c] instances of models[c], at most 3 classes); releases the GIL."""
+
+def evaluate_layout_classes(
+    models: list[CostModel],
+    counts: list[int],
+    edges: list[float],
+    arrival_rate: list[float],
+    prompt_tokens: list[float],
+    decode_rate: list[float],
+    decode_context: list[float],
+    growth_rate: list[float],
+    cuts: list[int],
+    instances: list[int],
+    stage_classes: list[int],
+    slo_ttft_s: float,
+    slo_tpot_s: float,
+    slo_penalty_s: float,
+    max_utilization: float,
+) -> dict:
+    """Price a mixed layout, stage s on instances[s] instances of class stage_classes[s]."""
+
 def predicted_work(model: CostModel, load: _Load, horizon_steps: float) -> float:
     """Seconds of work queued and running on one instance."""
 
@@ -92,6 +131,11 @@ def pick_instance(
     model: CostModel, loads: list[_Load], candidates: int, horizon_steps: float, seed: int
 ) -> int:
     """Least predicted work among `candidates` instances sampled with `seed`."""
+
+def pick_instance_models(
+    models: list[CostModel], loads: list[_Load], candidates: int, horizon_steps: float, seed: int
+) -> int:
+    """`pick_instance` with instance i's work priced by models[i]."""
 
 def diffuse_boundary(
     boundary: float,
@@ -105,9 +149,15 @@ def diffuse_boundary(
     """One diffusion step of the boundary between two neighbour stages."""
 
 def move_value(
-    model: CostModel, context: float, remaining: float, source: _Load, source_after: _Load, target: _Load
+    model: CostModel,
+    context: float,
+    remaining: float,
+    source: _Load,
+    source_after: _Load,
+    target: _Load,
+    target_model: CostModel | None = None,
 ) -> tuple[float, float]:
-    """(gain_s, cost_s) of moving one running request."""
+    """(gain_s, cost_s) of moving one running request; the target priced by target_model (default model)."""
 
 def pick_migration(
     model: CostModel,
@@ -118,3 +168,13 @@ def pick_migration(
     horizon_steps: float,
 ) -> dict | None:
     """The move from the busiest to the idlest instance that pays most, if any."""
+
+def pick_migration_models(
+    models: list[CostModel],
+    loads: list[_Load],
+    requests: list[list[tuple[int, float, float]]],
+    min_gap: float,
+    margin: float,
+    horizon_steps: float,
+) -> dict | None:
+    """`pick_migration` with instance i priced by models[i]."""

@@ -257,6 +257,8 @@ class Stage:
     violation_rate: float
     cost: float
     feasible: bool
+    class_index: int = 0
+    """Which instance class the stage runs on (`partition_classes`); 0 with one class."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,11 @@ class Layout:
     @property
     def instances(self) -> list[int]:
         return [s.instances for s in self.stages]
+
+    @property
+    def classes(self) -> list[int]:
+        """Instance class of each stage (all 0 for a one-class layout)."""
+        return [s.class_index for s in self.stages]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -324,6 +331,85 @@ def evaluate_layout(
     return Layout._from_core(d)
 
 
+MAX_CLASSES = 3
+"""Most instance classes `partition_classes` takes (its DP state is their product)."""
+
+
+@dataclass(frozen=True)
+class InstanceClass:
+    """`count` identical instances running on cost model `model` (one class of a mixed pool)."""
+
+    model: CostModel
+    count: int
+
+
+def _check_classes(classes: Sequence[InstanceClass | tuple[CostModel, int]]) -> list[InstanceClass]:
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ValueError(f"invalid classes: must be a sequence of (CostModel, count), got {classes!r}")
+    out = []
+    for i, c in enumerate(classes):
+        if not isinstance(c, InstanceClass):
+            try:
+                model, count = c
+            except (TypeError, ValueError):
+                raise ValueError(f"invalid classes[{i}]: must be (CostModel, count), got {c!r}") from None
+            c = InstanceClass(model, count)
+        if not isinstance(c.model, CostModel):
+            raise ValueError(f"invalid classes[{i}].model: must be a CostModel, got {c.model!r}")
+        if isinstance(c.count, bool) or not isinstance(c.count, (int, np.integer)) or c.count < 1:
+            raise ValueError(f"invalid classes[{i}].count: must be an integer >= 1, got {c.count!r}")
+        out.append(InstanceClass(c.model, int(c.count)))
+    if not out:
+        raise ValueError("invalid classes: needs at least one class")
+    return out
+
+
+def partition_classes(
+    classes: Sequence[InstanceClass | tuple[CostModel, int]],
+    workload: Workload,
+    qoe: QoeConfig | None = None,
+) -> Layout:
+    """The best layout of a mixed pool, each stage on instances of one class (exact DP).
+
+    `classes` lists (cost model, count) pairs, at most `MAX_CLASSES`; a stage's
+    `class_index` says which one it runs on. With one class this is `partition`.
+    """
+    qoe = qoe or QoeConfig()
+    checked = _check_classes(classes)
+    d = _core.partition_classes(
+        [c.model._core for c in checked], [c.count for c in checked], *workload._args(), *qoe._args()
+    )
+    return Layout._from_core(d)
+
+
+def evaluate_layout_classes(
+    classes: Sequence[InstanceClass | tuple[CostModel, int]],
+    workload: Workload,
+    cuts: Sequence[int],
+    instances: Sequence[int],
+    stage_classes: Sequence[int],
+    qoe: QoeConfig | None = None,
+) -> Layout:
+    """Price a mixed layout: stage s covers bins [cuts[s], cuts[s+1]) on instances[s]
+    instances of class stage_classes[s]; every class's instances are used exactly."""
+    qoe = qoe or QoeConfig()
+    checked = _check_classes(classes)
+    if any(int(i) < 0 for i in instances):
+        raise ValueError("invalid instances: counts must be >= 0")
+    if any(int(c) < 0 for c in stage_classes):
+        raise ValueError("invalid stage_classes: class indices must be >= 0")
+    d = _core.evaluate_layout_classes(
+        [c.model._core for c in checked],
+        [c.count for c in checked],
+        *workload._args(),
+        [int(c) for c in cuts],
+        [int(i) for i in instances],
+        [int(c) for c in stage_classes],
+        *qoe._args(),
+    )
+    return Layout._from_core(d)
+
+
 @dataclass(frozen=True)
 class InstanceLoad:
     """What the router knows of one instance (see rust/src/balance.rs)."""
@@ -359,19 +445,33 @@ def predicted_work(model: CostModel, load: InstanceLoad, horizon_steps: float = 
     return _core.predicted_work(model._core, load._tuple(), float(horizon_steps))
 
 
+def _per_instance(models: Sequence[CostModel], instances: int) -> list[CostModel]:
+    """One cost model per instance, checked against `instances`."""
+    models = list(models)
+    if len(models) != instances or not all(isinstance(m, CostModel) for m in models):
+        raise ValueError(f"invalid model: needs one CostModel or {instances} of them (one per instance)")
+    return models
+
+
 def pick_instance(
-    model: CostModel,
+    model: CostModel | Sequence[CostModel],
     loads: Sequence[InstanceLoad],
     candidates: int = 2,
     horizon_steps: float = 100.0,
     seed: int = 0,
 ) -> int:
-    """Index of the least-loaded of `candidates` instances sampled with `seed`."""
+    """Index of the least-loaded of `candidates` instances sampled with `seed`.
+
+    `model` is one cost model for every instance, or one per instance (a mixed
+    pool): each instance's predicted work is then priced with its own model.
+    """
     if candidates < 1:
         raise ValueError(f"invalid candidates: must be >= 1, got {candidates}")
-    return _core.pick_instance(
-        model._core, [x._tuple() for x in loads], int(candidates), float(horizon_steps), int(seed) % 2**64
-    )
+    tuples = [x._tuple() for x in loads]
+    args = (tuples, int(candidates), float(horizon_steps), int(seed) % 2**64)
+    if isinstance(model, CostModel):
+        return _core.pick_instance(model._core, *args)
+    return _core.pick_instance_models([m._core for m in _per_instance(model, len(tuples))], *args)
 
 
 def diffuse_boundary(
@@ -402,26 +502,43 @@ def move_value(
     source: InstanceLoad,
     source_after: InstanceLoad,
     target: InstanceLoad,
+    target_model: CostModel | None = None,
 ) -> tuple[float, float]:
-    """(gain_s, cost_s) of moving one running request between instances."""
+    """(gain_s, cost_s) of moving one running request between instances.
+
+    `model` prices the source; `target_model` (default: `model`) the target
+    and the recompute there.
+    """
     return _core.move_value(
-        model._core, float(context), float(remaining), source._tuple(), source_after._tuple(), target._tuple()
+        model._core,
+        float(context),
+        float(remaining),
+        source._tuple(),
+        source_after._tuple(),
+        target._tuple(),
+        None if target_model is None else target_model._core,
     )
 
 
 def pick_migration(
-    model: CostModel,
+    model: CostModel | Sequence[CostModel],
     loads: Sequence[InstanceLoad],
     requests: Sequence[Sequence[tuple[int, float, float]]],
     min_gap: float = 0.2,
     margin: float = 1.0,
     horizon_steps: float = 100.0,
 ) -> Migration | None:
-    """The request to move from the busiest to the idlest instance, if it pays."""
+    """The request to move from the busiest to the idlest instance, if it pays.
+
+    `model` is one cost model or one per instance, as for `pick_instance`.
+    """
     lists = [[(int(i), float(c), float(r)) for i, c, r in reqs] for reqs in requests]
     if any(i < 0 for reqs in lists for i, _, _ in reqs):
         raise ValueError("invalid requests: request ids must be >= 0")
-    found = _core.pick_migration(
-        model._core, [x._tuple() for x in loads], lists, float(min_gap), float(margin), float(horizon_steps)
-    )
+    tuples = [x._tuple() for x in loads]
+    args = (tuples, lists, float(min_gap), float(margin), float(horizon_steps))
+    if isinstance(model, CostModel):
+        found = _core.pick_migration(model._core, *args)
+    else:
+        found = _core.pick_migration_models([m._core for m in _per_instance(model, len(tuples))], *args)
     return Migration(**found) if found is not None else None

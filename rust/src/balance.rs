@@ -5,6 +5,11 @@
 //! Predicted work of an instance, in seconds:
 //! `queued prefill time + decode step time of its batch * horizon_steps`,
 //! where the horizon is how many more steps the batch is expected to run.
+//!
+//! Work is in seconds, so a mixed pool (say H100 and H200) prices each
+//! instance with its own cost model: the `*_models` variants take one model
+//! per instance and [`move_value_between`] one per side; the plain functions
+//! are the same with one model for all.
 
 use crate::cost_model::{CostModel, DecodeSummary};
 use crate::error::CoreError;
@@ -92,6 +97,40 @@ pub fn pick_instance(
     horizon_steps: f64,
     seed: u64,
 ) -> Result<usize, CoreError> {
+    pick_with(|_| model, loads, candidates, horizon_steps, seed)
+}
+
+/// [`pick_instance`] over a mixed pool: instance `i`'s predicted work is
+/// priced with `models[i]`, so a faster instance holding the same batch
+/// counts as less loaded.
+pub fn pick_instance_models(
+    models: &[&CostModel],
+    loads: &[InstanceLoad],
+    candidates: usize,
+    horizon_steps: f64,
+    seed: u64,
+) -> Result<usize, CoreError> {
+    check_models(models, loads.len())?;
+    pick_with(|i| models[i], loads, candidates, horizon_steps, seed)
+}
+
+fn check_models(models: &[&CostModel], instances: usize) -> Result<(), CoreError> {
+    if models.len() != instances {
+        return Err(CoreError::invalid(
+            "models",
+            format!("has {} cost models for {instances} instances", models.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn pick_with<'m>(
+    model_of: impl Fn(usize) -> &'m CostModel,
+    loads: &[InstanceLoad],
+    candidates: usize,
+    horizon_steps: f64,
+    seed: u64,
+) -> Result<usize, CoreError> {
     validate_loads(loads)?;
     if candidates == 0 {
         return Err(CoreError::invalid("candidates", "must be >= 1"));
@@ -115,7 +154,7 @@ pub fn pick_instance(
     sampled.sort_unstable();
     let mut best = (f64::INFINITY, usize::MAX);
     for &i in sampled.iter() {
-        let w = predicted_work(model, &loads[i], horizon_steps);
+        let w = predicted_work(model_of(i), &loads[i], horizon_steps);
         if w < best.0 {
             best = (w, i);
         }
@@ -261,11 +300,25 @@ pub fn move_value(
     source_after: &InstanceLoad,
     target: &InstanceLoad,
 ) -> (f64, f64) {
+    move_value_between(model, model, req, source, source_after, target)
+}
+
+/// [`move_value`] between instances of different cost models: the source's
+/// steps are priced with `source_model`, the target's steps and the
+/// recompute prefill with `target_model`.
+pub fn move_value_between(
+    source_model: &CostModel,
+    target_model: &CostModel,
+    req: &RunningRequest,
+    source: &InstanceLoad,
+    source_after: &InstanceLoad,
+    target: &InstanceLoad,
+) -> (f64, f64) {
     let mut target_after = *target;
     target_after.running += 1.0;
     target_after.kv_tokens += req.context;
     target_after.max_kv = target.max_kv.max(req.context);
-    let step = |l: &InstanceLoad| {
+    let step = |model: &CostModel, l: &InstanceLoad| {
         if l.running > 0.0 {
             model.decode_step_time(&l.decode())
         } else {
@@ -273,16 +326,16 @@ pub fn move_value(
         }
     };
     let (s0, s1, d0, d1) = (
-        step(source),
-        step(source_after),
-        step(target),
-        step(&target_after),
+        step(source_model, source),
+        step(source_model, source_after),
+        step(target_model, target),
+        step(target_model, &target_after),
     );
     let h_src = req.remaining.min(source.mean_remaining);
     let h_dst = req.remaining.min(target.mean_remaining);
     let gain = req.remaining * (s0 - d1) + source_after.running * h_src * (s0 - s1)
         - target.running * h_dst * (d1 - d0);
-    let cost = model.prefill_time(req.context) * (1.0 + target.running);
+    let cost = target_model.prefill_time(req.context) * (1.0 + target.running);
     (gain, cost)
 }
 
@@ -292,6 +345,26 @@ pub fn move_value(
 /// running requests; `loads[i]` must describe the same batch.
 pub fn pick_migration(
     model: &CostModel,
+    loads: &[InstanceLoad],
+    requests: &[Vec<RunningRequest>],
+    cfg: MigrationConfig,
+) -> Result<Option<Migration>, CoreError> {
+    migration_with(|_| model, loads, requests, cfg)
+}
+
+/// [`pick_migration`] over a mixed pool: instance `i` is priced with `models[i]`.
+pub fn pick_migration_models(
+    models: &[&CostModel],
+    loads: &[InstanceLoad],
+    requests: &[Vec<RunningRequest>],
+    cfg: MigrationConfig,
+) -> Result<Option<Migration>, CoreError> {
+    check_models(models, loads.len())?;
+    migration_with(|i| models[i], loads, requests, cfg)
+}
+
+fn migration_with<'m>(
+    model_of: impl Fn(usize) -> &'m CostModel,
     loads: &[InstanceLoad],
     requests: &[Vec<RunningRequest>],
     cfg: MigrationConfig,
@@ -336,7 +409,8 @@ pub fn pick_migration(
     }
     let work: Vec<f64> = loads
         .iter()
-        .map(|l| predicted_work(model, l, cfg.horizon_steps))
+        .enumerate()
+        .map(|(i, l)| predicted_work(model_of(i), l, cfg.horizon_steps))
         .collect();
     let source = (0..work.len()).fold(0, |a, i| if work[i] > work[a] { i } else { a });
     let target = (0..work.len()).fold(0, |a, i| if work[i] < work[a] { i } else { a });
@@ -359,7 +433,14 @@ pub fn pick_migration(
             .filter(|(k, _)| *k != idx)
             .map(|(_, r)| r.context)
             .fold(0.0, f64::max);
-        let (gain, cost) = move_value(model, req, src, &after, &loads[target]);
+        let (gain, cost) = move_value_between(
+            model_of(source),
+            model_of(target),
+            req,
+            src,
+            &after,
+            &loads[target],
+        );
         let net = gain - cfg.margin * cost;
         if net > 0.0 && best.is_none_or(|b| net > b.gain_s - cfg.margin * b.cost_s) {
             best = Some(Migration {
@@ -490,5 +571,39 @@ mod tests {
         assert!(pick_migration(&m, &[busy, idle], &reqs, cfg)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn pick_prices_each_instance_with_its_own_model() {
+        let slow = model();
+        let mut p = slow.params.clone();
+        p.decode_kv_s /= 4.0;
+        p.linear_floor_s /= 4.0;
+        p.overhead_s /= 4.0;
+        let fast = CostModel::new(p).unwrap();
+        // The same batch on both: one model says tie (lowest index), the
+        // per-instance models pick the faster instance.
+        let loads = [load(40.0, 4_000.0), load(40.0, 4_000.0)];
+        assert_eq!(pick_instance(&slow, &loads, 2, 100.0, 0).unwrap(), 0);
+        assert_eq!(
+            pick_instance_models(&[&slow, &fast], &loads, 2, 100.0, 0).unwrap(),
+            1
+        );
+        // A somewhat busier fast instance still beats the slow one.
+        let loads = [load(40.0, 4_000.0), load(60.0, 4_000.0)];
+        assert_eq!(
+            pick_instance_models(&[&slow, &fast], &loads, 2, 100.0, 0).unwrap(),
+            1
+        );
+        let e = pick_instance_models(&[&slow], &loads, 2, 100.0, 0).unwrap_err();
+        assert!(e.to_string().contains("models"), "{e}");
+        // One model for every instance is the plain pick.
+        for seed in 0..32 {
+            let loads = [load(3.0, 100.0), load(9.0, 900.0), load(1.0, 60_000.0)];
+            assert_eq!(
+                pick_instance_models(&[&slow; 3], &loads, 2, 100.0, seed).unwrap(),
+                pick_instance(&slow, &loads, 2, 100.0, seed).unwrap()
+            );
+        }
     }
 }

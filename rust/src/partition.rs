@@ -62,6 +62,23 @@
 //! layout of the fine grid too, so its cost `U` bounds the optimum, and a
 //! stage whose bound exceeds `U` (with a relative tolerance of 1e-9 for
 //! rounding) cannot be in any optimal layout and is skipped.
+//!
+//! # Instance classes (a mixed pool)
+//! [`partition_classes`] takes up to [`MAX_CLASSES`] classes of identical
+//! instances, each a cost model and a count (say 8 x H100 + 8 x H200). A
+//! stage runs on instances of one class and is priced exactly as above with
+//! that class's cost model (its `W`, `thr_cap`, prefill and decode times).
+//! The DP state becomes bins covered x instances used per class:
+//! `f[i][k_1..k_C] = min over j < i, class c, 1 <= m <= k_c of
+//! f[j][k - m e_c] + cost_c(j, i, m)`, relaxed forwards from every finite
+//! `f[j][.]`, and the answer uses every instance of every class. The state
+//! is the product of the (count + 1)s, hence the limit of 3 classes. Every
+//! class gets at least one stage of its own, so a pool of C classes has at
+//! least C stages (and needs at least C bins); a stage mixing classes would
+//! need a heterogeneous-server queue and is not modelled. Pruning is the
+//! exact `m_min` bound above (per class for the stage, the fewest over any
+//! class for the bins either side); there is no branch and bound. With one
+//! class [`partition_classes`] is [`partition`], result for result.
 
 use crate::cost_model::{CostModel, DecodeCurve};
 use crate::error::CoreError;
@@ -98,6 +115,8 @@ impl Default for QoeConfig {
 /// One stage of a layout and why it costs what it costs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageReport {
+    /// Index of the instance class the stage runs on (0 with one class).
+    pub class: usize,
     pub first_bin: usize,
     pub end_bin: usize,
     pub lo_tokens: f64,
@@ -513,6 +532,7 @@ impl<'a> Prepared<'a> {
         let s = self.shape(j, i);
         let c = self.price(j, i, m, (j, i));
         StageReport {
+            class: 0,
             first_bin: j,
             end_bin: i,
             lo_tokens: self.w.edges[j],
@@ -539,6 +559,13 @@ impl<'a> Prepared<'a> {
 
     fn summarize(&self, cuts: &[(usize, usize, usize)]) -> Partition {
         let stages: Vec<StageReport> = cuts.iter().map(|&(j, i, m)| self.report(j, i, m)).collect();
+        let excess = cuts.iter().map(|&(j, i, m)| self.excess(j, i, m)).sum();
+        self.totals(stages, excess)
+    }
+
+    /// The layout's totals from its stage reports (any mix of classes: the
+    /// workload and the QoE are the same for every class).
+    fn totals(&self, stages: Vec<StageReport>, excess: f64) -> Partition {
         let feasible = stages.iter().all(|s| s.feasible);
         let total_lam = self.cum_lam[self.w.bins()];
         let total_decode = self.cum_decode[self.w.bins()];
@@ -549,7 +576,6 @@ impl<'a> Prepared<'a> {
             .filter(|s| s.feasible && s.tpot_s <= self.qoe.slo_tpot_s)
             .map(|s| s.decode_rate)
             .sum::<f64>();
-        let excess = cuts.iter().map(|&(j, i, m)| self.excess(j, i, m)).sum();
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 1.0 };
         Partition {
             total_cost: if feasible {
@@ -581,31 +607,13 @@ impl<'a> Prepared<'a> {
     /// Least total `m_min` over layouts of `[0, j)` (forward) and of `[i, B)`
     /// (backward): exact lower bounds on the instances either side needs.
     fn fewest_instances(&self, excess_mode: bool) -> (Vec<usize>, Vec<usize>) {
-        let bins = self.w.bins();
-        let need = |j: usize, i: usize| {
+        fewest(self.w.bins(), |j, i| {
             if excess_mode {
                 1
             } else {
                 self.shape(j, i).min_instances(self.qoe.max_utilization)
             }
-        };
-        let mut before = vec![usize::MAX; bins + 1];
-        before[0] = 0;
-        for i in 1..=bins {
-            before[i] = (0..i)
-                .map(|j| before[j].saturating_add(need(j, i)))
-                .min()
-                .unwrap_or(usize::MAX);
-        }
-        let mut after = vec![usize::MAX; bins + 1];
-        after[bins] = 0;
-        for j in (0..bins).rev() {
-            after[j] = (j + 1..=bins)
-                .map(|i| after[i].saturating_add(need(j, i)))
-                .min()
-                .unwrap_or(usize::MAX);
-        }
-        (before, after)
+        })
     }
 
     /// Costs of stage `[j, i)` for the instance counts that can still be part
@@ -903,18 +911,12 @@ pub fn partition(
     Ok(prepared.summarize(&cuts))
 }
 
-/// Price a given layout: stage `s` covers bins `[cuts[s], cuts[s+1])` on
-/// `instances[s]` instances; `cuts` starts at 0 and ends at the bin count.
-pub fn evaluate(
-    model: &CostModel,
-    workload: &Workload,
-    qoe: QoeConfig,
+/// Check a layout given as cuts and per-stage counts; returns its stages.
+fn layout_stages(
+    bins: usize,
     cuts: &[usize],
     instances: &[usize],
-) -> Result<Partition, CoreError> {
-    workload.validate()?;
-    qoe.validate()?;
-    let bins = workload.bins();
+) -> Result<Vec<(usize, usize, usize)>, CoreError> {
     if cuts.len() < 2 || cuts[0] != 0 || *cuts.last().unwrap() != bins {
         return Err(CoreError::invalid(
             "cuts",
@@ -943,10 +945,349 @@ pub fn evaluate(
             "every stage needs at least 1 instance",
         ));
     }
-    let stages: Vec<(usize, usize, usize)> = (0..instances.len())
+    Ok((0..instances.len())
         .map(|s| (cuts[s], cuts[s + 1], instances[s]))
-        .collect();
+        .collect())
+}
+
+/// Price a given layout: stage `s` covers bins `[cuts[s], cuts[s+1])` on
+/// `instances[s]` instances; `cuts` starts at 0 and ends at the bin count.
+pub fn evaluate(
+    model: &CostModel,
+    workload: &Workload,
+    qoe: QoeConfig,
+    cuts: &[usize],
+    instances: &[usize],
+) -> Result<Partition, CoreError> {
+    workload.validate()?;
+    qoe.validate()?;
+    let stages = layout_stages(workload.bins(), cuts, instances)?;
     Ok(Prepared::new(model, workload, qoe).summarize(&stages))
+}
+
+// --------------------------------------------------------------------------
+// Instance classes: a mixed pool (say 8 x H100 + 8 x H200)
+// --------------------------------------------------------------------------
+
+/// Most instance classes [`partition_classes`] takes: its DP state is the
+/// product of the per-class instance counts.
+pub const MAX_CLASSES: usize = 3;
+
+/// Identical instances sharing one cost model.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceClass<'m> {
+    pub model: &'m CostModel,
+    pub count: usize,
+}
+
+fn validate_classes(classes: &[InstanceClass], limit: usize) -> Result<(), CoreError> {
+    if classes.is_empty() {
+        return Err(CoreError::invalid("classes", "needs at least one class"));
+    }
+    if classes.len() > limit {
+        return Err(CoreError::invalid(
+            "classes",
+            format!(
+                "has {} classes; the DP supports at most {limit} (its state is the \
+                 product of the per-class instance counts)",
+                classes.len()
+            ),
+        ));
+    }
+    if let Some(c) = classes.iter().position(|c| c.count == 0) {
+        return Err(CoreError::invalid(
+            format!("classes[{c}].count"),
+            "must be >= 1",
+        ));
+    }
+    Ok(())
+}
+
+/// Least total `need(j, i)` over layouts of `[0, j)` (forward) and of `[i, B)`.
+fn fewest(bins: usize, need: impl Fn(usize, usize) -> usize) -> (Vec<usize>, Vec<usize>) {
+    let mut before = vec![usize::MAX; bins + 1];
+    before[0] = 0;
+    for i in 1..=bins {
+        before[i] = (0..i)
+            .map(|j| before[j].saturating_add(need(j, i)))
+            .min()
+            .unwrap_or(usize::MAX);
+    }
+    let mut after = vec![usize::MAX; bins + 1];
+    after[bins] = 0;
+    for j in (0..bins).rev() {
+        after[j] = (j + 1..=bins)
+            .map(|i| after[i].saturating_add(need(j, i)))
+            .min()
+            .unwrap_or(usize::MAX);
+    }
+    (before, after)
+}
+
+/// A stage of a mixed layout: bins `[j, i)` on `m` instances of class `c`.
+type ClassStage = (usize, usize, usize, usize);
+
+/// The DP over bins and a vector of per-class instance counts.
+struct Mixed<'a> {
+    preps: Vec<Prepared<'a>>,
+    counts: Vec<usize>,
+    /// State `s` holds `(s / strides[c]) % (counts[c] + 1)` instances of class c.
+    strides: Vec<usize>,
+    /// Instances used in each state, all classes together.
+    used: Vec<usize>,
+    width: usize,
+}
+
+impl<'a> Mixed<'a> {
+    fn new(classes: &[InstanceClass], w: &'a Workload, qoe: QoeConfig) -> Self {
+        let counts: Vec<usize> = classes.iter().map(|c| c.count).collect();
+        let mut strides = Vec::with_capacity(counts.len());
+        let mut width = 1;
+        for &n in &counts {
+            strides.push(width);
+            width *= n + 1;
+        }
+        let used = (0..width)
+            .map(|s| {
+                (0..counts.len())
+                    .map(|c| (s / strides[c]) % (counts[c] + 1))
+                    .sum()
+            })
+            .collect();
+        Mixed {
+            preps: classes
+                .iter()
+                .map(|c| Prepared::new(c.model, w, qoe))
+                .collect(),
+            counts,
+            strides,
+            used,
+            width,
+        }
+    }
+
+    /// `f[i][s]` = least cost of bins `[0, i)` using exactly the per-class
+    /// counts of state `s`; relaxed forwards from every finite `f[j][s]` by
+    /// a stage `[j, i)` on `m` instances of one class. Exact pruning as in the
+    /// one-class DP: a stage needs at least `m_min` instances of its class,
+    /// and the bins on either side at least the fewest `m_min` of any class.
+    #[allow(clippy::needless_range_loop)]
+    fn solve(&self, excess_mode: bool) -> Option<Vec<ClassStage>> {
+        let p0 = &self.preps[0];
+        let bins = p0.w.bins();
+        let maxu = p0.qoe.max_utilization;
+        let n: usize = self.counts.iter().sum();
+        let width = self.width;
+        let need = |c: usize, j: usize, i: usize| {
+            if excess_mode {
+                1
+            } else {
+                self.preps[c].shape(j, i).min_instances(maxu)
+            }
+        };
+        let classes = self.counts.len();
+        let (before, after) = fewest(bins, |j, i| {
+            (0..classes).map(|c| need(c, j, i)).min().unwrap_or(1)
+        });
+        if before[bins] > n {
+            return None;
+        }
+        let mut f = vec![f64::INFINITY; (bins + 1) * width];
+        let mut choice = vec![(0usize, 0usize, 0usize); (bins + 1) * width];
+        f[0] = 0.0;
+        let mut live: Vec<Vec<usize>> = vec![Vec::new(); bins + 1];
+        live[0].push(0);
+        let mut stage_costs = vec![f64::INFINITY; n + 1];
+        for i in 1..=bins {
+            if i > 1 {
+                let row = &f[(i - 1) * width..i * width];
+                live[i - 1] = (0..width).filter(|&s| row[s].is_finite()).collect();
+            }
+            if after[i] > n {
+                continue;
+            }
+            let most = n - after[i];
+            for j in 0..i {
+                if live[j].is_empty() {
+                    continue;
+                }
+                let Some(room) = n.checked_sub(before[j].saturating_add(after[i])) else {
+                    continue;
+                };
+                for c in 0..classes {
+                    let m_hi = room.min(self.counts[c]);
+                    let m_lo = need(c, j, i);
+                    if m_lo > m_hi {
+                        continue;
+                    }
+                    let mut first = usize::MAX;
+                    let mut late_from = j;
+                    for m in m_lo..=m_hi {
+                        let v = if excess_mode {
+                            self.preps[c].excess(j, i, m)
+                        } else {
+                            let priced = self.preps[c].price(j, i, m, (late_from, i));
+                            if priced.feasible {
+                                late_from = priced.first_late;
+                            }
+                            priced.cost
+                        };
+                        stage_costs[m] = v;
+                        if v.is_finite() && first == usize::MAX {
+                            first = m;
+                        }
+                    }
+                    if first == usize::MAX {
+                        continue;
+                    }
+                    let (stride, cap) = (self.strides[c], self.counts[c]);
+                    for &s in &live[j] {
+                        let have = (s / stride) % (cap + 1);
+                        let Some(left) = most.checked_sub(self.used[s]) else {
+                            continue;
+                        };
+                        let top = m_hi.min(cap - have).min(left);
+                        if top < first {
+                            continue;
+                        }
+                        let base = f[j * width + s];
+                        for m in first..=top {
+                            let v = base + stage_costs[m];
+                            let slot = i * width + s + m * stride;
+                            if v < f[slot] {
+                                f[slot] = v;
+                                choice[slot] = (j, c, m);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let full = width - 1;
+        if !f[bins * width + full].is_finite() {
+            return None;
+        }
+        let mut stages = Vec::new();
+        let (mut i, mut s) = (bins, full);
+        while i > 0 {
+            let (j, c, m) = choice[i * width + s];
+            stages.push((j, i, m, c));
+            s -= m * self.strides[c];
+            i = j;
+        }
+        stages.reverse();
+        Some(stages)
+    }
+
+    fn summarize(&self, stages: &[ClassStage]) -> Partition {
+        let reports = stages
+            .iter()
+            .map(|&(j, i, m, c)| StageReport {
+                class: c,
+                ..self.preps[c].report(j, i, m)
+            })
+            .collect();
+        let excess = stages
+            .iter()
+            .map(|&(j, i, m, c)| self.preps[c].excess(j, i, m))
+            .sum();
+        self.preps[0].totals(reports, excess)
+    }
+}
+
+/// The best layout of a mixed pool: `classes[c].count` instances of cost
+/// model `classes[c].model`, every stage on instances of one class (see the
+/// module doc). With one class this is [`partition`].
+pub fn partition_classes(
+    classes: &[InstanceClass],
+    workload: &Workload,
+    qoe: QoeConfig,
+) -> Result<Partition, CoreError> {
+    validate_classes(classes, MAX_CLASSES)?;
+    if let [one] = classes {
+        return partition(one.model, workload, one.count, qoe);
+    }
+    workload.validate()?;
+    qoe.validate()?;
+    if workload.bins() < classes.len() {
+        return Err(CoreError::invalid(
+            "classes",
+            format!(
+                "{} classes need at least {} bins: each class runs its own stages",
+                classes.len(),
+                classes.len()
+            ),
+        ));
+    }
+    let mixed = Mixed::new(classes, workload, qoe);
+    let stages = match mixed.solve(false) {
+        Some(stages) => stages,
+        None => mixed
+            .solve(true)
+            .expect("one stage per class is always a layout when bins >= classes"),
+    };
+    Ok(mixed.summarize(&stages))
+}
+
+/// Price a given mixed layout: as [`evaluate`], stage `s` on `instances[s]`
+/// instances of class `stage_classes[s]`; each class must be used exactly.
+pub fn evaluate_classes(
+    classes: &[InstanceClass],
+    workload: &Workload,
+    qoe: QoeConfig,
+    cuts: &[usize],
+    instances: &[usize],
+    stage_classes: &[usize],
+) -> Result<Partition, CoreError> {
+    validate_classes(classes, usize::MAX)?;
+    workload.validate()?;
+    qoe.validate()?;
+    let stages = layout_stages(workload.bins(), cuts, instances)?;
+    if stage_classes.len() != stages.len() {
+        return Err(CoreError::invalid(
+            "stage_classes",
+            format!(
+                "has {} classes for {} stages",
+                stage_classes.len(),
+                stages.len()
+            ),
+        ));
+    }
+    if let Some(s) = stage_classes.iter().position(|&c| c >= classes.len()) {
+        return Err(CoreError::invalid(
+            "stage_classes",
+            format!(
+                "stage {s} names class {}, but there are {} classes",
+                stage_classes[s],
+                classes.len()
+            ),
+        ));
+    }
+    for (c, class) in classes.iter().enumerate() {
+        let used: usize = (0..stages.len())
+            .filter(|&s| stage_classes[s] == c)
+            .map(|s| instances[s])
+            .sum();
+        if used != class.count {
+            return Err(CoreError::invalid(
+                "stage_classes",
+                format!(
+                    "class {c} has {} instances, the stages use {used}",
+                    class.count
+                ),
+            ));
+        }
+    }
+    if let [one] = classes {
+        return evaluate(one.model, workload, qoe, cuts, instances);
+    }
+    let mixed = Mixed::new(classes, workload, qoe);
+    let staged: Vec<ClassStage> = stages
+        .iter()
+        .zip(stage_classes)
+        .map(|(&(j, i, m), &c)| (j, i, m, c))
+        .collect();
+    Ok(mixed.summarize(&staged))
 }
 
 #[cfg(test)]
@@ -1134,5 +1475,172 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("instances"), "{e}");
+    }
+
+    fn h200() -> CostModel {
+        CostModel::from_json(include_str!(
+            "../../python/l4_sglang/data/costmodels/llama3-8b-h200-flashinfer.json"
+        ))
+        .unwrap()
+    }
+
+    /// Least cost over every mixed layout: every cut set, every composition
+    /// of the instances, every class per stage using each class exactly.
+    fn brute_force_classes(classes: &[InstanceClass], w: &Workload, q: QoeConfig) -> (f64, f64) {
+        let bins = w.bins();
+        let n: usize = classes.iter().map(|c| c.count).sum();
+        let (mut best, mut least_excess) = (f64::INFINITY, f64::INFINITY);
+        for mask in 0u32..(1 << (bins - 1)) {
+            let mut cuts = vec![0];
+            cuts.extend((1..bins).filter(|b| mask & (1 << (b - 1)) != 0));
+            cuts.push(bins);
+            let k = cuts.len() - 1;
+            if k > n {
+                continue;
+            }
+            let labels = classes.len().pow(k as u32);
+            for code in 0..labels {
+                let stage_classes: Vec<usize> = (0..k)
+                    .map(|s| (code / classes.len().pow(s as u32)) % classes.len())
+                    .collect();
+                // Counts: each class's instances split over its stages.
+                let mut options: Vec<Vec<usize>> = vec![vec![]];
+                for &c in &stage_classes {
+                    let mut next = Vec::new();
+                    for o in &options {
+                        for m in 1..=classes[c].count {
+                            let mut o = o.clone();
+                            o.push(m);
+                            next.push(o);
+                        }
+                    }
+                    options = next;
+                }
+                for counts in options {
+                    let ok = (0..classes.len()).all(|c| {
+                        (0..k)
+                            .filter(|&s| stage_classes[s] == c)
+                            .map(|s| counts[s])
+                            .sum::<usize>()
+                            == classes[c].count
+                    });
+                    if !ok {
+                        continue;
+                    }
+                    let p =
+                        evaluate_classes(classes, w, q, &cuts, &counts, &stage_classes).unwrap();
+                    best = best.min(p.total_cost);
+                    least_excess = least_excess.min(p.excess_work);
+                }
+            }
+        }
+        (best, least_excess)
+    }
+
+    #[test]
+    fn one_class_is_the_plain_partition() {
+        let m = model();
+        for seed in 0..6 {
+            let w = scattered(24, seed, 1.0);
+            let q = QoeConfig::default();
+            let one = partition_classes(
+                &[InstanceClass {
+                    model: &m,
+                    count: 9,
+                }],
+                &w,
+                q,
+            )
+            .unwrap();
+            assert_eq!(one, partition(&m, &w, 9, q).unwrap());
+            assert!(one.stages.iter().all(|s| s.class == 0));
+        }
+    }
+
+    #[test]
+    fn mixed_dp_matches_brute_force() {
+        let (a, b) = (model(), h200());
+        let mut feasible = 0;
+        for seed in 0..12 {
+            for (bins, counts, scale) in [
+                (4, [2, 2], 0.3),
+                (4, [1, 3], 1.0),
+                (5, [2, 1], 0.1),
+                (3, [3, 2], 3.0),
+            ] {
+                let w = scattered(bins, seed, scale);
+                let q = QoeConfig::default();
+                let classes = [
+                    InstanceClass {
+                        model: &a,
+                        count: counts[0],
+                    },
+                    InstanceClass {
+                        model: &b,
+                        count: counts[1],
+                    },
+                ];
+                let p = partition_classes(&classes, &w, q).unwrap();
+                for (c, &count) in counts.iter().enumerate() {
+                    let used: usize = p
+                        .stages
+                        .iter()
+                        .filter(|s| s.class == c)
+                        .map(|s| s.instances)
+                        .sum();
+                    assert_eq!(used, count);
+                }
+                let (best, least_excess) = brute_force_classes(&classes, &w, q);
+                if best.is_finite() {
+                    feasible += 1;
+                    assert!(
+                        (p.total_cost - best).abs() <= 1e-9 * best.max(1.0),
+                        "seed {seed} bins {bins}: {} vs {best}",
+                        p.total_cost
+                    );
+                } else {
+                    assert!(!p.feasible);
+                    assert!(
+                        (p.excess_work - least_excess).abs() <= 1e-9 * least_excess.max(1.0),
+                        "seed {seed}: {} vs {least_excess}",
+                        p.excess_work
+                    );
+                }
+            }
+        }
+        assert!(feasible > 10, "{feasible}");
+    }
+
+    #[test]
+    fn bad_classes_name_the_field() {
+        let m = model();
+        let w = bimodal(1.0);
+        let q = QoeConfig::default();
+        let class = InstanceClass {
+            model: &m,
+            count: 2,
+        };
+        let e = partition_classes(&[class; 4], &w, q)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("classes") && e.contains("at most 3"), "{e}");
+        let e = partition_classes(&[], &w, q).unwrap_err().to_string();
+        assert!(e.contains("classes"), "{e}");
+        let zero = InstanceClass {
+            model: &m,
+            count: 0,
+        };
+        let e = partition_classes(&[class, zero], &w, q)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("classes[1].count"), "{e}");
+        let e = evaluate_classes(&[class, class], &w, q, &[0, 2, 4], &[2, 2], &[0, 0])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage_classes"), "{e}");
+        let e = evaluate_classes(&[class, class], &w, q, &[0, 2, 4], &[2, 2], &[0, 2])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage_classes"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use pyo3::types::PyDict;
 use crate::balance::{self, DiffusionConfig, InstanceLoad, MigrationConfig, RunningRequest};
 use crate::cost_model::{BatchItem, CostModel, DecodeSummary};
 use crate::error::CoreError;
-use crate::partition::{self, Partition, QoeConfig, Workload};
+use crate::partition::{self, InstanceClass, Partition, QoeConfig, Workload};
 
 fn value_error(e: CoreError) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -143,6 +143,7 @@ fn partition_dict<'py>(py: Python<'py>, p: &Partition) -> PyResult<Bound<'py, Py
         .iter()
         .map(|s| {
             let d = PyDict::new(py);
+            d.set_item("class_index", s.class)?;
             d.set_item("first_bin", s.first_bin)?;
             d.set_item("end_bin", s.end_bin)?;
             d.set_item("lo_tokens", s.lo_tokens)?;
@@ -249,6 +250,107 @@ fn py_evaluate_layout<'py>(
     partition_dict(py, &result)
 }
 
+fn classes_from<'m>(
+    models: &'m [PyRef<'_, PyCostModel>],
+    counts: &[usize],
+) -> PyResult<Vec<InstanceClass<'m>>> {
+    if counts.len() != models.len() {
+        return Err(PyValueError::new_err(format!(
+            "invalid counts: has {} counts for {} cost models",
+            counts.len(),
+            models.len()
+        )));
+    }
+    Ok(models
+        .iter()
+        .zip(counts)
+        .map(|(m, &count)| InstanceClass {
+            model: &m.inner,
+            count,
+        })
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(name = "partition_classes")]
+fn py_partition_classes<'py>(
+    py: Python<'py>,
+    models: Vec<PyRef<'py, PyCostModel>>,
+    counts: Vec<usize>,
+    edges: Vec<f64>,
+    arrival_rate: Vec<f64>,
+    prompt_tokens: Vec<f64>,
+    decode_rate: Vec<f64>,
+    decode_context: Vec<f64>,
+    growth_rate: Vec<f64>,
+    slo_ttft_s: f64,
+    slo_tpot_s: f64,
+    slo_penalty_s: f64,
+    max_utilization: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let w = workload(
+        edges,
+        arrival_rate,
+        prompt_tokens,
+        decode_rate,
+        decode_context,
+        growth_rate,
+    );
+    let q = QoeConfig {
+        slo_ttft_s,
+        slo_tpot_s,
+        slo_penalty_s,
+        max_utilization,
+    };
+    let classes = classes_from(&models, &counts)?;
+    let result = py
+        .detach(|| partition::partition_classes(&classes, &w, q))
+        .map_err(value_error)?;
+    partition_dict(py, &result)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(name = "evaluate_layout_classes")]
+fn py_evaluate_layout_classes<'py>(
+    py: Python<'py>,
+    models: Vec<PyRef<'py, PyCostModel>>,
+    counts: Vec<usize>,
+    edges: Vec<f64>,
+    arrival_rate: Vec<f64>,
+    prompt_tokens: Vec<f64>,
+    decode_rate: Vec<f64>,
+    decode_context: Vec<f64>,
+    growth_rate: Vec<f64>,
+    cuts: Vec<usize>,
+    instances: Vec<usize>,
+    stage_classes: Vec<usize>,
+    slo_ttft_s: f64,
+    slo_tpot_s: f64,
+    slo_penalty_s: f64,
+    max_utilization: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let w = workload(
+        edges,
+        arrival_rate,
+        prompt_tokens,
+        decode_rate,
+        decode_context,
+        growth_rate,
+    );
+    let q = QoeConfig {
+        slo_ttft_s,
+        slo_tpot_s,
+        slo_penalty_s,
+        max_utilization,
+    };
+    let classes = classes_from(&models, &counts)?;
+    let result = partition::evaluate_classes(&classes, &w, q, &cuts, &instances, &stage_classes)
+        .map_err(value_error)?;
+    partition_dict(py, &result)
+}
+
 type LoadTuple = (f64, f64, f64, f64, f64, f64);
 
 fn loads_from(tuples: Vec<LoadTuple>) -> Vec<InstanceLoad> {
@@ -298,6 +400,20 @@ fn py_pick_instance(
 }
 
 #[pyfunction]
+#[pyo3(name = "pick_instance_models")]
+fn py_pick_instance_models(
+    models: Vec<PyRef<'_, PyCostModel>>,
+    loads: Vec<LoadTuple>,
+    candidates: usize,
+    horizon_steps: f64,
+    seed: u64,
+) -> PyResult<usize> {
+    let models: Vec<&CostModel> = models.iter().map(|m| &m.inner).collect();
+    balance::pick_instance_models(&models, &loads_from(loads), candidates, horizon_steps, seed)
+        .map_err(value_error)
+}
+
+#[pyfunction]
 #[pyo3(name = "diffuse_boundary")]
 fn py_diffuse_boundary(
     boundary: f64,
@@ -316,7 +432,8 @@ fn py_diffuse_boundary(
 }
 
 #[pyfunction]
-#[pyo3(name = "move_value")]
+#[pyo3(name = "move_value", signature = (model, context, remaining, source, source_after, target, target_model = None))]
+#[allow(clippy::too_many_arguments)]
 fn py_move_value(
     model: &PyCostModel,
     context: f64,
@@ -324,6 +441,7 @@ fn py_move_value(
     source: LoadTuple,
     source_after: LoadTuple,
     target: LoadTuple,
+    target_model: Option<&PyCostModel>,
 ) -> PyResult<(f64, f64)> {
     check_finite("context", context)?;
     check_finite("remaining", remaining)?;
@@ -336,7 +454,47 @@ fn py_move_value(
         context,
         remaining,
     };
-    Ok(balance::move_value(&model.inner, &req, &l[0], &l[1], &l[2]))
+    let target_model = target_model.map_or(&model.inner, |m| &m.inner);
+    Ok(balance::move_value_between(
+        &model.inner,
+        target_model,
+        &req,
+        &l[0],
+        &l[1],
+        &l[2],
+    ))
+}
+
+fn migration_dict<'py>(
+    py: Python<'py>,
+    found: Option<balance::Migration>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    found
+        .map(|m| {
+            let d = PyDict::new(py);
+            d.set_item("request", m.request)?;
+            d.set_item("source", m.source)?;
+            d.set_item("target", m.target)?;
+            d.set_item("gain_s", m.gain_s)?;
+            d.set_item("cost_s", m.cost_s)?;
+            Ok(d)
+        })
+        .transpose()
+}
+
+fn requests_from(requests: Vec<Vec<(u64, f64, f64)>>) -> Vec<Vec<RunningRequest>> {
+    requests
+        .into_iter()
+        .map(|list| {
+            list.into_iter()
+                .map(|(id, context, remaining)| RunningRequest {
+                    id,
+                    context,
+                    remaining,
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[pyfunction]
@@ -350,36 +508,42 @@ fn py_pick_migration<'py>(
     margin: f64,
     horizon_steps: f64,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let requests: Vec<Vec<RunningRequest>> = requests
-        .into_iter()
-        .map(|list| {
-            list.into_iter()
-                .map(|(id, context, remaining)| RunningRequest {
-                    id,
-                    context,
-                    remaining,
-                })
-                .collect()
-        })
-        .collect();
     let cfg = MigrationConfig {
         min_gap,
         margin,
         horizon_steps,
     };
-    let found = balance::pick_migration(&model.inner, &loads_from(loads), &requests, cfg)
-        .map_err(value_error)?;
-    found
-        .map(|m| {
-            let d = PyDict::new(py);
-            d.set_item("request", m.request)?;
-            d.set_item("source", m.source)?;
-            d.set_item("target", m.target)?;
-            d.set_item("gain_s", m.gain_s)?;
-            d.set_item("cost_s", m.cost_s)?;
-            Ok(d)
-        })
-        .transpose()
+    let found = balance::pick_migration(
+        &model.inner,
+        &loads_from(loads),
+        &requests_from(requests),
+        cfg,
+    )
+    .map_err(value_error)?;
+    migration_dict(py, found)
+}
+
+#[pyfunction]
+#[pyo3(name = "pick_migration_models")]
+fn py_pick_migration_models<'py>(
+    py: Python<'py>,
+    models: Vec<PyRef<'py, PyCostModel>>,
+    loads: Vec<LoadTuple>,
+    requests: Vec<Vec<(u64, f64, f64)>>,
+    min_gap: f64,
+    margin: f64,
+    horizon_steps: f64,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let cfg = MigrationConfig {
+        min_gap,
+        margin,
+        horizon_steps,
+    };
+    let models: Vec<&CostModel> = models.iter().map(|m| &m.inner).collect();
+    let found =
+        balance::pick_migration_models(&models, &loads_from(loads), &requests_from(requests), cfg)
+            .map_err(value_error)?;
+    migration_dict(py, found)
 }
 
 #[pymodule]
@@ -401,5 +565,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_diffuse_boundary, m)?)?;
     m.add_function(wrap_pyfunction!(py_move_value, m)?)?;
     m.add_function(wrap_pyfunction!(py_pick_migration, m)?)?;
+    m.add_function(wrap_pyfunction!(py_partition_classes, m)?)?;
+    m.add_function(wrap_pyfunction!(py_evaluate_layout_classes, m)?)?;
+    m.add_function(wrap_pyfunction!(py_pick_instance_models, m)?)?;
+    m.add_function(wrap_pyfunction!(py_pick_migration_models, m)?)?;
     Ok(())
 }
