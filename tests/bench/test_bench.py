@@ -164,7 +164,6 @@ def test_progress_on_stderr_and_quiet(sweep, tmp_path):
         (["--rate-sweep", "1:2"], "expected A:B:STEPS"),
         (["--rate-sweep", "2:1:3"], "need 0 < A <= B and STEPS >= 2"),
         (["--trace", "/nonexistent/trace.jsonl"], "trace file not found"),
-        (["--mode", "live"], "invalid choice: 'live'"),
         (["--cost-model", "nope"], "unknown name 'nope'"),
     ],
 )

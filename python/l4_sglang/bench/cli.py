@@ -1,4 +1,4 @@
-"""Benchmark CLI: each policy (and each rate scale in a sweep) through the simulator.
+"""Benchmark CLI: each policy (and each rate scale in a sweep) through the simulator, or live.
 
 Writes per run `DIR/<policy>[_rate<X>].json` (sglang.bench_serving's keys plus
 ours), `DIR/summary.json`, `DIR/summary.md` and PNG plots. See `--help`.
@@ -12,6 +12,11 @@ ours), `DIR/summary.json`, `DIR/summary.md` and PNG plots. See `--help`.
   one-token requests).
 - `max_rate_at_slo` (sweep only, else null): the largest swept rate scale at
   which slo_attainment >= SLO_THRESHOLD (0.9); null if none reaches it.
+- Live mode (`--mode live --url URL`, see bench/live.py): the same trace
+  replayed over HTTP against a running router (ours or smg) with streaming
+  clients; the same JSON keys, summary and plots, `"simulated": false`,
+  `"emulated"` from the workers' /server_info, times in model seconds (the
+  workers' --time-scale given as --worker-time-scale).
 - Stage boundaries over time (l4): the simulator records the policy's
   layout at every change (`SimResult.layouts`); the CLI writes them to
   `DIR/l4[_rate<X>]_stages.json` (time, bounds, instances per stage) and
@@ -49,17 +54,37 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m l4_sglang.bench",
-        description="Compare routing policies on a trace. Only --mode sim exists now; "
-        "--mode live (real sglang workers through the router) comes later.",
+        description="Compare routing policies on a trace: in the simulator (--mode sim), or against "
+        "a running router over HTTP (--mode live --url URL: ours, or smg).",
     )
-    p.add_argument("--mode", default="sim", choices=["sim"], help="sim only (live comes later)")
+    p.add_argument(
+        "--mode",
+        default="sim",
+        choices=["sim", "live"],
+        help="sim: the discrete-event simulator (default); live: replay against --url",
+    )
     p.add_argument("--trace", required=True, help="trace file: .jsonl (Mooncake) or .csv (Azure)")
     p.add_argument(
         "--policies",
-        default=DEFAULT_POLICIES,
-        help=f"comma-separated, from: {', '.join(POLICIES)} (default: {DEFAULT_POLICIES})",
+        default=None,
+        help=f"sim: comma-separated, from: {', '.join(POLICIES)} (default: {DEFAULT_POLICIES}); "
+        "live: one label for the router's results (default: our router's policy name, else 'external')",
     )
-    p.add_argument("--instances", type=int, required=True, help="simulated instances")
+    p.add_argument("--instances", type=int, default=None, help="simulated instances (sim mode, required)")
+    p.add_argument("--url", default=None, help="live: the router's base URL, e.g. http://127.0.0.1:30000")
+    p.add_argument(
+        "--worker-time-scale",
+        type=float,
+        default=1.0,
+        help="live: the emulated workers' --time-scale S (arrivals are stretched by S, measured times "
+        "divided by S, so results are in model seconds; default 1)",
+    )
+    p.add_argument(
+        "--request-timeout-s", type=float, default=3600.0, help="live: seconds per request, real (3600)"
+    )
+    p.add_argument(
+        "--no-hash-ids", action="store_true", help="live: do not send the trace's hash_ids along the prompt"
+    )
     p.add_argument(
         "--cost-model",
         default=DEFAULT_COST_MODEL,
@@ -154,8 +179,19 @@ def write_markdown(path: Path, runs: list[dict], meta: dict) -> None:
         ("max_rate_at_slo", "max rate@SLO"),
     ]
     het = "on" if meta["het"] else "off (--no-het)"
+    if meta.get("mode") == "live":
+        emulated = {r.get("emulated") for r in runs}
+        workers = "emulated workers" if emulated == {True} else "workers (emulated: unknown)"
+        head = [
+            f"# Live benchmark (over HTTP, {workers}): {meta['trace']}",
+            "",
+            f"Router {meta['url']}, worker time scale {meta['worker_time_scale']:g} (times in model "
+            "seconds), oracle from cost model `{0}`.".format(meta["cost_model"]),
+        ]
+    else:
+        head = [f"# Simulated benchmark: {meta['trace']}"]
     lines = [
-        f"# Simulated benchmark: {meta['trace']}",
+        *head,
         "",
         f"{meta['instances']} instances, cost model `{meta['cost_model']}`, length-mix term {het}, "
         f"seed {meta['seed']}, SLO TTFT <= {meta['slo_ttft_ms']:g} ms and TPOT <= {meta['slo_tpot_ms']:g} ms "
@@ -214,7 +250,11 @@ def plot_stages(path: Path, layouts: list[LayoutSample], end_s: float, title: st
 
 
 def write_plots(
-    out: Path, runs: list[dict], e2e: dict[tuple[str, float], np.ndarray], sweep: bool
+    out: Path,
+    runs: list[dict],
+    e2e: dict[tuple[str, float], np.ndarray],
+    sweep: bool,
+    kind: str = "simulated",
 ) -> list[Path]:
     import matplotlib
 
@@ -233,7 +273,7 @@ def write_plots(
         ax.set_xscale("log")
         ax.set_xlabel("E2E latency (s)")
         ax.set_ylabel("CDF")
-        ax.set_title(f"E2E latency CDF, rate scale {rate:g} (simulated)")
+        ax.set_title(f"E2E latency CDF, rate scale {rate:g} ({kind})")
         ax.legend()
         fig.tight_layout()
         f = out / (f"e2e_cdf_rate{rate:g}.png" if sweep else "e2e_cdf.png")
@@ -247,7 +287,7 @@ def write_plots(
             ax.plot([p[0] for p in pts], [p[1] / 1000 for p in pts], marker="o", label=pol)
         ax.set_xlabel("rate scale")
         ax.set_ylabel("mean E2E latency (s)")
-        ax.set_title("Latency vs load (simulated)")
+        ax.set_title(f"Latency vs load ({kind})")
         ax.legend()
         fig.tight_layout()
         f = out / "latency_vs_load.png"
@@ -257,15 +297,84 @@ def write_plots(
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    live = args.mode == "live"
+    if live:
+        if not args.url:
+            parser.error("--mode live needs --url")
+        if args.no_het:
+            parser.error("--no-het is for --mode sim (live workers run the model they were started with)")
+        if not (math.isfinite(args.worker_time_scale) and args.worker_time_scale > 0):
+            parser.error(f"--worker-time-scale must be > 0, got {args.worker_time_scale}")
+        if not args.request_timeout_s > 0:
+            parser.error(f"--request-timeout-s must be > 0, got {args.request_timeout_s}")
+        labels = [p.strip() for p in (args.policies or "").split(",") if p.strip()]
+        if len(labels) > 1:
+            parser.error("--mode live takes one --policies label (the router at --url runs one policy)")
+        return labels
+    if args.url:
+        parser.error("--url is for --mode live")
+    if args.worker_time_scale != 1.0:
+        parser.error("--worker-time-scale is for --mode live")
+    if args.instances is None:
+        parser.error("--mode sim needs --instances")
+    if args.instances < 1:
+        parser.error(f"--instances must be >= 1, got {args.instances}")
+    policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
     bad = [p for p in policies if p not in POLICIES]
     if bad or not policies:
         parser.error(f"unknown policy {', '.join(bad) or '(none given)'}; choices: {', '.join(POLICIES)}")
-    if args.instances < 1:
-        parser.error(f"--instances must be >= 1, got {args.instances}")
+    return policies
+
+
+def _run_summary(res: SimResult, rate: float, args: argparse.Namespace, oracle: np.ndarray) -> dict:
+    s = res.summary()
+    s["rate_scale"] = rate
+    s["het"] = not args.no_het
+    s["no_het"] = args.no_het
+    s["slo_ttft_ms"] = args.slo_ttft_ms
+    s["slo_tpot_ms"] = args.slo_tpot_ms
+    s["slo_attainment"] = _slo_attainment(res, args.slo_ttft_ms, args.slo_tpot_ms)
+    ratios = [r.e2e_s / oracle[r.index] for r in res.completed]
+    s["mean_e2e_over_oracle"] = float(np.mean(ratios)) if ratios else None
+    s["min_e2e_over_oracle"] = float(np.min(ratios)) if ratios else None
+    s["max_rate_at_slo"] = None
+    return s
+
+
+def _live_run(scaled, label: str | None, rate: float, args: argparse.Namespace) -> tuple[SimResult, dict]:
+    from l4_sglang.bench.live import LiveSettings, progress_bar, replay
+
+    settings = LiveSettings(
+        url=args.url.rstrip("/"),
+        time_scale=args.worker_time_scale,
+        request_timeout_s=args.request_timeout_s,
+        send_hash_ids=not args.no_hash_ids,
+    )
+    progress = None if args.quiet else (lambda name: progress_bar(f"{name} rate {rate:g}"))
+    live = replay(scaled, settings, label, progress)
+    extra = {
+        "simulated": False,
+        "mode": "live",
+        "url": settings.url,
+        "emulated": live.emulated,
+        "worker_time_scale": settings.time_scale,
+        "migrations": live.migrations,
+        "failed_migrations": None,
+        "retractions": None,
+        "events": None,
+        "steps": None,
+        "max_send_lag_s": live.max_send_lag_s,
+        "wall_s": live.wall_s,
+    }
+    return live.result, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    policies = _validate(parser, args)
+    live = args.mode == "live"
     try:
         rates = parse_sweep(args.rate_sweep) if args.rate_sweep else [args.rate_scale or 1.0]
     except ValueError as e:
@@ -301,41 +410,44 @@ def main(argv: list[str] | None = None) -> int:
         "slo_ttft_ms": args.slo_ttft_ms,
         "slo_tpot_ms": args.slo_tpot_ms,
         "slo_threshold": SLO_THRESHOLD,
-        "simulated": True,
+        "simulated": not live,
+        "mode": args.mode,
     }
+    if live:
+        meta["url"] = args.url
+        meta["worker_time_scale"] = args.worker_time_scale
     runs: list[dict] = []
     e2e: dict[tuple[str, float], np.ndarray] = {}
     for rate in rates:
         scaled = scale_rate(trace, rate) if rate != 1.0 else trace
-        for pol in policies:
-            label = f"{pol} rate {rate:g}"
-            res = simulate(
-                scaled, pol, model, args.instances, seed=args.seed, progress=_progress(label, args.quiet)
-            )
-            s = res.summary()
-            s["rate_scale"] = rate
-            s["het"] = not args.no_het
-            s["no_het"] = args.no_het
-            s["slo_ttft_ms"] = args.slo_ttft_ms
-            s["slo_tpot_ms"] = args.slo_tpot_ms
-            s["slo_attainment"] = _slo_attainment(res, args.slo_ttft_ms, args.slo_tpot_ms)
-            done = res.completed
-            ratios = [r.e2e_s / oracle[r.index] for r in done]
-            s["mean_e2e_over_oracle"] = float(np.mean(ratios)) if ratios else None
-            s["min_e2e_over_oracle"] = float(np.min(ratios)) if ratios else None
-            s["max_rate_at_slo"] = None
-            e2e[(pol, rate)] = np.array([r.e2e_s * 1000 for r in done])
+        for pol in policies if not live else [policies[0] if policies else None]:
+            if live:
+                res, extra = _live_run(scaled, pol, rate, args)
+                s = _run_summary(res, rate, args, oracle)
+                s.update(extra)
+                s["cost_model"] = model.name
+                meta["instances"] = meta["instances"] or res.instances or None
+                s["instances"] = res.instances or None
+            else:
+                label = f"{pol} rate {rate:g}"
+                res = simulate(
+                    scaled, pol, model, args.instances, seed=args.seed, progress=_progress(label, args.quiet)
+                )
+                s = _run_summary(res, rate, args, oracle)
+            name = res.policy
+            e2e[(name, rate)] = np.array([r.e2e_s * 1000 for r in res.completed])
             runs.append(s)
-            if pol in STAGE_PLOT_POLICIES and res.layouts:
-                name = stages_name(pol, rate, sweep)
-                timeline = {"policy": pol, "rate_scale": rate, "simulated": True}
+            if name in STAGE_PLOT_POLICIES and res.layouts:
+                stem = stages_name(name, rate, sweep)
+                timeline = {"policy": name, "rate_scale": rate, "simulated": not live, "layouts": []}
                 timeline["layouts"] = [x.to_json() for x in res.layouts]
-                (out / f"{name}_stages.json").write_text(json.dumps(timeline) + "\n")
-                end = max((r.finished_s for r in done), default=res.layouts[-1].time_s)
-                title = f"{pol} stage boundaries, rate scale {rate:g} (simulated)"
-                plot_stages(out / f"stages_{name}.png", res.layouts, end, title)
+                (out / f"{stem}_stages.json").write_text(json.dumps(timeline) + "\n")
+                end = max((r.finished_s for r in res.completed), default=res.layouts[-1].time_s)
+                kind = "emulated, live" if live else "simulated"
+                title = f"{name} stage boundaries, rate scale {rate:g} ({kind})"
+                plot_stages(out / f"stages_{stem}.png", res.layouts, end, title)
     if sweep:
-        for pol in policies:
+        for pol in dict.fromkeys(r["policy"] for r in runs):
             ok = [
                 r["rate_scale"] for r in runs if r["policy"] == pol and r["slo_attainment"] >= SLO_THRESHOLD
             ]
@@ -348,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / name).write_text(json.dumps(r, indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps({"config": meta, "runs": runs}, indent=2) + "\n")
     write_markdown(out / "summary.md", runs, meta)
-    write_plots(out, runs, e2e, sweep)
+    write_plots(out, runs, e2e, sweep, "live" if live else "simulated")
     if not args.quiet:
         sys.stderr.write(f"wrote {out}/summary.md, summary.json, per-run JSON and plots\n")
     return 0
