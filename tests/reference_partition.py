@@ -403,3 +403,98 @@ def brute_force(params: dict, workload, instances: int, qoe) -> float:
             total += float(table[(j, i)][m - 1])
         best = min(best, total)
     return best
+
+
+# --------------------------------------------------------------------------
+# Instance classes: a mixed pool, each stage on instances of one class
+# --------------------------------------------------------------------------
+
+
+def reference_partition_classes(
+    classes: list[tuple[dict, int]], workload, qoe, excess_mode: bool = False
+) -> tuple[float, list[tuple[int, int, int, int]] | None]:
+    """(total, [(first_bin, end_bin, instances, class), ...]) of the plain DP over
+    f[i][(k_1, .., k_C)]: every class's instances used exactly, no pruning.
+
+    With `excess_mode` it minimises the excess work instead (the overload pass);
+    without, it falls back to that pass (total inf) when no layout is feasible.
+    """
+    refs = [Reference(p, workload, qoe) for p, _ in classes]
+    counts = tuple(n for _, n in classes)
+    bins = refs[0].bins
+    f: list[dict[tuple[int, ...], float]] = [{} for _ in range(bins + 1)]
+    choice: list[dict[tuple[int, ...], tuple[int, int, int]]] = [{} for _ in range(bins + 1)]
+    f[0][(0,) * len(counts)] = 0.0
+    for i in range(1, bins + 1):
+        for j in range(i):
+            for c, ref in enumerate(refs):
+                ms = np.arange(1, counts[c] + 1)
+                stage = ref.excess(j, i, ms) if excess_mode else ref.costs(j, i, ms)
+                for k, base in list(f[j].items()):
+                    for m in range(1, counts[c] - k[c] + 1):
+                        v = base + float(stage[m - 1])
+                        if not math.isfinite(v):
+                            continue
+                        t = tuple(x + m if d == c else x for d, x in enumerate(k))
+                        if v < f[i].get(t, INF):
+                            f[i][t] = v
+                            choice[i][t] = (j, c, m)
+    total = f[bins].get(counts, INF)
+    if not math.isfinite(total):
+        if excess_mode:
+            return INF, None
+        _, layout = reference_partition_classes(classes, workload, qoe, excess_mode=True)
+        return INF, layout
+    layout = []
+    i, k = bins, counts
+    while i > 0:
+        j, c, m = choice[i][k]
+        layout.append((j, i, m, c))
+        k = tuple(x - m if d == c else x for d, x in enumerate(k))
+        i = j
+    return total, layout[::-1]
+
+
+def layout_cost_classes(classes: list[tuple[dict, int]], workload, qoe, layout) -> tuple[float, float]:
+    """(total cost, total excess) of [(first_bin, end_bin, instances, class), ...]."""
+    refs = [Reference(p, workload, qoe) for p, _ in classes]
+    cost = sum(float(refs[c].costs(j, i, m)[0]) for j, i, m, c in layout)
+    excess = sum(float(refs[c].excess(j, i, m)[0]) for j, i, m, c in layout)
+    return cost, excess
+
+
+def brute_force_classes(classes: list[tuple[dict, int]], workload, qoe) -> tuple[float, float]:
+    """(least total cost, least total excess) over every mixed layout: every cut
+    set, every class per stage, every split of each class over its stages."""
+    refs = [Reference(p, workload, qoe) for p, _ in classes]
+    counts = [n for _, n in classes]
+    bins = refs[0].bins
+    tables: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def table(c: int, j: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if (c, j, i) not in tables:
+            ms = np.arange(1, counts[c] + 1)
+            tables[(c, j, i)] = (refs[c].costs(j, i, ms), refs[c].excess(j, i, ms))
+        return tables[(c, j, i)]
+
+    best, least = INF, INF
+    for mask in range(1 << (bins - 1)):
+        cuts = [0] + [b for b in range(1, bins) if mask & (1 << (b - 1))] + [bins]
+        k = len(cuts) - 1
+        for labels in itertools.product(range(len(classes)), repeat=k):
+            per_class = [[s for s in range(k) if labels[s] == c] for c in range(len(classes))]
+            if any(len(stages) > counts[c] or (not stages) for c, stages in enumerate(per_class)):
+                continue
+            splits = [list(compositions(counts[c], len(per_class[c]))) for c in range(len(classes))]
+            for chosen in itertools.product(*splits):
+                m = [0] * k
+                for c, split in enumerate(chosen):
+                    for s, count in zip(per_class[c], split, strict=True):
+                        m[s] = count
+                cost = excess = 0.0
+                for s in range(k):
+                    costs, excesses = table(labels[s], cuts[s], cuts[s + 1])
+                    cost += float(costs[m[s] - 1])
+                    excess += float(excesses[m[s] - 1])
+                best, least = min(best, cost), min(least, excess)
+    return best, least

@@ -22,7 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import l4_sglang
-from l4_sglang import CostModel, QoeConfig, Workload, evaluate_layout, log_bin_edges, partition
+from l4_sglang import (
+    CostModel,
+    QoeConfig,
+    Workload,
+    evaluate_layout,
+    evaluate_layout_classes,
+    log_bin_edges,
+    partition,
+    partition_classes,
+)
 from l4_sglang.workload import load_mooncake, truncate
 
 
@@ -502,3 +511,161 @@ def test_evaluate_layout_inputs(cuts, instances, expected):
         layout = call()
         assert layout.instances == list(instances)
         assert [s.first_bin for s in layout.stages] + [layout.stages[-1].end_bin] == list(cuts)
+
+
+# --------------------------------------------------------------------------
+# Instance classes: a mixed pool (partition_classes)
+# --------------------------------------------------------------------------
+
+H200 = CostModel.load("llama3-8b-h200-flashinfer")
+CLASS_MODELS = {**MODELS, "h200": H200}
+CLASS_PARAMS = {name: model.params for name, model in CLASS_MODELS.items()}
+
+
+@st.composite
+def mixed_case_strategy(draw, bins: tuple[int, int], classes: tuple[int, int], counts: tuple[int, int]):
+    c = draw(st.integers(*classes))
+    names = draw(st.lists(st.sampled_from(sorted(CLASS_MODELS)), min_size=c, max_size=c))
+    sizes = [draw(st.integers(*counts)) for _ in range(c)]
+    workload = draw(workload_strategy(CLASS_PARAMS[names[0]], sum(sizes), max(bins[0], c), max(bins[1], c)))
+    return names, sizes, workload, draw(qoe_strategy)
+
+
+def check_mixed(names: list[str], counts: list[int], workload: Workload, qoe: QoeConfig) -> bool:
+    """Rust == the plain class DP of the reference; returns feasibility."""
+    classes = [(CLASS_MODELS[n], k) for n, k in zip(names, counts, strict=True)]
+    params = [(CLASS_PARAMS[n], k) for n, k in zip(names, counts, strict=True)]
+    got = partition_classes(classes, workload, qoe)
+    want, want_layout = ref.reference_partition_classes(params, workload, qoe)
+    layout = [(s.first_bin, s.end_bin, s.instances, s.class_index) for s in got.stages]
+    bins = workload.bins
+    assert layout[0][0] == 0 and layout[-1][1] == bins
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(layout))
+    for c, k in enumerate(counts):
+        assert sum(m for _, _, m, cls in layout if cls == c) == k, (layout, counts)
+    assert got.feasible == math.isfinite(want), (got.total_cost, want, layout, want_layout)
+    again = evaluate_layout_classes(
+        classes, workload, [s[0] for s in layout] + [bins], got.instances, got.classes, qoe
+    )
+    cost, excess = ref.layout_cost_classes(params, workload, qoe, layout)
+    if got.feasible:
+        assert close(got.total_cost, want), (got.total_cost, want, layout, want_layout)
+        assert close(again.total_cost, got.total_cost)
+        assert close(cost, got.total_cost), (cost, got.total_cost)
+    else:
+        least, _ = ref.reference_partition_classes(params, workload, qoe, excess_mode=True)
+        assert math.isinf(got.total_cost) and least > 0
+        assert close(got.excess_work, least), (got.excess_work, least, layout)
+        assert close(excess, least) and close(again.excess_work, got.excess_work)
+    return got.feasible
+
+
+def test_mixed_pools_match_reference_and_brute_force():
+    seen: Counter[bool] = Counter()
+
+    @settings(max_examples=200, **SETTINGS)
+    @given(mixed_case_strategy(bins=(1, 4), classes=(1, 3), counts=(1, 3)))
+    def run(case):
+        names, counts, workload, qoe = case
+        feasible = check_mixed(*case)
+        params = [(CLASS_PARAMS[n], k) for n, k in zip(names, counts, strict=True)]
+        best, least = ref.brute_force_classes(params, workload, qoe)
+        want, _ = ref.reference_partition_classes(params, workload, qoe)
+        assert close(best, want), (best, want)
+        if not feasible:
+            assert close(least, ref.reference_partition_classes(params, workload, qoe, excess_mode=True)[0])
+        seen[feasible] += 1
+
+    run()
+    assert seen[True] >= 30 and seen[False] >= 30, seen
+
+
+def test_larger_mixed_pools_match_reference():
+    seen: Counter[bool] = Counter()
+
+    @settings(max_examples=40, **SETTINGS)
+    @given(mixed_case_strategy(bins=(3, 12), classes=(2, 3), counts=(1, 5)))
+    def run(case):
+        seen[check_mixed(*case)] += 1
+
+    run()
+    assert seen[True] >= 8 and seen[False] >= 8, seen
+
+
+@pytest.mark.parametrize("instances", [1, 3, 8, 16])
+@pytest.mark.parametrize("scale", [0.2, 1.0, 200.0])
+def test_one_class_is_the_plain_partition(scale, instances):
+    """Regression: a one-class pool is today's partition, result for result."""
+    for workload in (bimodal(scale), mooncake_workload(500, 24).scaled(scale)):
+        for model in MODELS.values():
+            want = partition(model, workload, instances, QoeConfig())
+            assert partition_classes([(model, instances)], workload, QoeConfig()) == want
+            assert want.classes == [0] * len(want.stages)
+
+
+def test_mixed_pool_gives_the_faster_class_the_stage_where_it_pays():
+    """8 H100 + 8 H200 (FlashInfer calibrations) on chats and 60K documents.
+
+    The H200 model decodes a batch faster (lower step overhead) but prefills a
+    60K prompt slower (larger prefill_pair_s), so the DP puts the chats, which
+    carry nearly all the decode traffic, on the H200s. That layout beats the
+    same cuts with the classes swapped, and at the light rate a pool of 16
+    H100s. (At 3x the rate 16 H100s win: the mix must split 8/8 along class
+    lines, where the H100 pool splits 6/10; stages never mix classes.)"""
+    h100 = CostModel.load("llama3-8b-h100-flashinfer")
+    assert H200.decode_step_time(64, 64 * 600, 700) < h100.decode_step_time(64, 64 * 600, 700)
+    assert H200.prefill_time(60000) > h100.prefill_time(60000)
+    classes = [(h100, 8), (H200, 8)]
+    for scale in (1.0, 3.0):
+        workload = bimodal(scale)
+        mixed = partition_classes(classes, workload)
+        assert mixed.feasible and len(mixed.stages) >= 2
+        busiest = max(mixed.stages, key=lambda s: s.decode_rate)
+        assert busiest.class_index == 1 and busiest.hi_tokens <= 8192.0, mixed.stages
+        cuts = [s.first_bin for s in mixed.stages] + [workload.bins]
+        swapped = evaluate_layout_classes(
+            classes, workload, cuts, mixed.instances, [1 - c for c in mixed.classes]
+        )
+        assert mixed.total_cost < swapped.total_cost, (mixed.total_cost, swapped.total_cost)
+        alone = partition(h100, workload, 16).total_cost
+        assert (mixed.total_cost < alone) == (scale == 1.0), (scale, mixed.total_cost, alone)
+
+
+MIXED_ERRORS = [
+    pytest.param([(MODEL, 2)] * 4, BASE, Err("at most 3"), id="four-classes"),
+    pytest.param([], BASE, Err("classes"), id="no-classes"),
+    pytest.param([(MODEL, 2), (H200, 0)], BASE, Err(r"classes\[1\]\.count"), id="zero-count"),
+    pytest.param([(MODEL, 2), (H200, 1.5)], BASE, Err(r"classes\[1\]\.count"), id="fractional-count"),
+    pytest.param([(MODEL, 2), ("h200", 1)], BASE, Err(r"classes\[1\]\.model"), id="model-by-name"),
+    pytest.param([(MODEL, 2), (H200,)], BASE, Err(r"classes\[1\]"), id="no-count"),
+    pytest.param(
+        [(MODEL, 2), (H200, 2), (MODEL, 1)],
+        {**BASE, "edges": [0.0, 1024.0, 131072.0], **{k: v[:2] for k, v in BASE.items() if k != "edges"}},
+        Err("bins"),
+        id="fewer-bins-than-classes",
+    ),
+    pytest.param([(MODEL, 2), (H200, 2)], with_("arrival_rate", 0, -1.0), Err("arrival_rate"), id="bad-rate"),
+]
+
+
+@pytest.mark.parametrize(("classes", "fields", "expected"), MIXED_ERRORS)
+def test_partition_classes_inputs(classes, fields, expected):
+    with pytest.raises(ValueError, match=expected.match):
+        partition_classes(classes, Workload(**{**BASE, **fields}), QoeConfig())
+
+
+@pytest.mark.parametrize(
+    ("instances", "stage_classes", "match"),
+    [
+        pytest.param([2, 2], [0, 0], "stage_classes", id="class-1-unused"),
+        pytest.param([2, 2], [0, 2], "stage_classes", id="unknown-class"),
+        pytest.param([2, 2], [0], "stage_classes", id="too-few-classes"),
+        pytest.param([2, 2], [0, -1], "stage_classes", id="negative-class"),
+        pytest.param([3, 1], [0, 1], "stage_classes", id="counts-do-not-match"),
+    ],
+)
+def test_evaluate_layout_classes_inputs(instances, stage_classes, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate_layout_classes(
+            [(MODEL, 2), (H200, 2)], Workload(**BASE), [0, 2, 4], instances, stage_classes, QoeConfig()
+        )
