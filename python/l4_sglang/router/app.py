@@ -51,6 +51,7 @@ log = logging.getLogger("l4_sglang.router")
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _BODY_TIMEOUT = web.AppKey("body_timeout", float)
+_MAX_BODY = web.AppKey("max_body_bytes", int)
 FALLBACK_CHAT_MAX_TOKENS = 128
 """Chat max_tokens when neither the client, --default-max-tokens nor any worker's context length says."""
 
@@ -124,6 +125,9 @@ class _BodyTimeout(Exception):
 
 
 async def _read_json(request: web.Request) -> Any:
+    limit = request.config_dict[_MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     timeout = request.config_dict.get(_BODY_TIMEOUT)
     try:
         async with asyncio.timeout(timeout):
@@ -281,6 +285,7 @@ class Router:
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=self.settings.max_body_bytes)
         app[_BODY_TIMEOUT] = self.settings.body_timeout
+        app[_MAX_BODY] = self.settings.max_body_bytes
         r = app.router
         r.add_post("/generate", self.generate)
         r.add_post("/v1/completions", self.completions)
@@ -333,8 +338,7 @@ class Router:
             limit = self.settings.max_body_bytes
             response = self._error(
                 v1, 413, f"The request body is larger than the limit of {limit} bytes.", "RequestTooLarge"
-            )
-            response.force_close()  # the rest of the body is not read
+            )  # aiohttp then reads and drops the rest for a while, so the client sees the answer
         except _BodyTimeout as e:
             response = self._error(v1, 408, str(e), "RequestTimeout")
             response.force_close()

@@ -186,6 +186,7 @@ class Forwarder:
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         self.jobs: dict[str, Generation] = {}
         self._background: set[asyncio.Task] = set()
+        self._aborts: set[asyncio.Task] = set()
 
     # ---- the public face -------------------------------------------------------
 
@@ -270,10 +271,13 @@ class Forwarder:
             if leg is not None and leg.worker == worker and not gen.finished and not leg.finished:
                 leg.queue.put_nowait(_Signal("ejected", ConnectionError(f"worker {worker} was ejected")))
 
-    async def close(self) -> None:
-        for task in list(self._background):
+    async def close(self, abort_timeout: float = 2.0) -> None:
+        """Send the aborts still pending (at most `abort_timeout` s), then stop the readers."""
+        if self._aborts:
+            await asyncio.wait(list(self._aborts), timeout=abort_timeout)
+        for task in [*self._background, *self._aborts]:
             task.cancel()
-        for task in list(self._background):
+        for task in [*self._background, *self._aborts]:
             with contextlib.suppress(BaseException):
                 await task
 
@@ -385,12 +389,9 @@ class Forwarder:
             leg.task.cancel()
         leg.resp.close()
         if abort:
-            self._spawn(self._abort_on(leg.worker, leg.rid))
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            task = asyncio.get_running_loop().create_task(self._abort_on(leg.worker, leg.rid))
+            self._aborts.add(task)
+            task.add_done_callback(self._aborts.discard)
 
     async def _abort_on(self, worker: str, rid: str) -> None:
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
