@@ -77,8 +77,12 @@
 //! least C stages (and needs at least C bins); a stage mixing classes would
 //! need a heterogeneous-server queue and is not modelled. Pruning is the
 //! exact `m_min` bound above (per class for the stage, the fewest over any
-//! class for the bins either side); there is no branch and bound. With one
-//! class [`partition_classes`] is [`partition`], result for result.
+//! class for the bins either side) and a branch and bound like the one
+//! above: a coarse-grid pass gives `U`, and a partial layout whose cost plus
+//! the cheapest chain of stage floors over the bins left exceeds it is
+//! dropped (that floor ignores how many instances the state has left, so it
+//! prunes far less than with one class). With one class
+//! [`partition_classes`] is [`partition`], result for result.
 
 use crate::cost_model::{CostModel, DecodeCurve};
 use crate::error::CoreError;
@@ -1027,6 +1031,14 @@ fn fewest(bins: usize, need: impl Fn(usize, usize) -> usize) -> (Vec<usize>, Vec
 /// A stage of a mixed layout: bins `[j, i)` on `m` instances of class `c`.
 type ClassStage = (usize, usize, usize, usize);
 
+/// Restrictions of one class-DP pass (see `Mixed::solve`).
+struct MixedBound<'b> {
+    cut_allowed: &'b [bool],
+    /// Lower bounds on the cost of bins `[i, B)`; empty: no pruning.
+    suf: &'b [f64],
+    upper: f64,
+}
+
 /// The DP over bins and a vector of per-class instance counts.
 struct Mixed<'a> {
     preps: Vec<Prepared<'a>>,
@@ -1066,49 +1078,146 @@ impl<'a> Mixed<'a> {
         }
     }
 
+    /// Fewest instances of class `c` that keep stage `[j, i)` feasible (1 when
+    /// minimising excess work).
+    fn need(&self, excess_mode: bool, c: usize, j: usize, i: usize) -> usize {
+        if excess_mode {
+            1
+        } else {
+            let p = &self.preps[c];
+            p.shape(j, i).min_instances(p.qoe.max_utilization)
+        }
+    }
+
+    /// Lower and upper bounds on the instances the bins either side of a stage
+    /// need: the fewest `need` of any class.
+    fn fewest(&self, excess_mode: bool) -> (Vec<usize>, Vec<usize>) {
+        let classes = self.counts.len();
+        fewest(self.preps[0].w.bins(), |j, i| {
+            (0..classes)
+                .map(|c| self.need(excess_mode, c, j, i))
+                .min()
+                .unwrap_or(1)
+        })
+    }
+
+    /// `suf[j]`: a lower bound on the cost of bins `[j, B)` in any layout,
+    /// the cheapest chain of stage floors (a stage on the most instances of
+    /// the best class it could get; cost never rises with instances).
+    fn suffix_floors(&self, before: &[usize], after: &[usize]) -> Vec<f64> {
+        let bins = self.preps[0].w.bins();
+        let n: usize = self.counts.iter().sum();
+        let floor = |j: usize, i: usize| {
+            let room = n.saturating_sub(before[j].saturating_add(after[i]));
+            (0..self.counts.len())
+                .map(|c| match room.min(self.counts[c]) {
+                    0 => f64::INFINITY,
+                    m => self.preps[c].price(j, i, m, (j, i)).cost,
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let mut suf = vec![f64::INFINITY; bins + 1];
+        suf[bins] = 0.0;
+        for j in (0..bins).rev() {
+            suf[j] = (j + 1..=bins)
+                .map(|i| suf[i] + floor(j, i))
+                .fold(f64::INFINITY, f64::min);
+        }
+        suf
+    }
+
+    /// The exact class DP with branch and bound, as for one class: a pass on
+    /// the coarse grid gives an upper bound `U`; the fine pass drops every
+    /// partial layout whose cost plus `suf` exceeds it.
+    fn solve_pruned(&self) -> Option<Vec<ClassStage>> {
+        let bins = self.preps[0].w.bins();
+        if bins <= 2 * COARSE_STEP {
+            return self.solve(false, None);
+        }
+        let coarse: Vec<bool> = (0..=bins)
+            .map(|b| b % COARSE_STEP == 0 || b == bins)
+            .collect();
+        let unbounded = MixedBound {
+            cut_allowed: &coarse,
+            suf: &[],
+            upper: f64::INFINITY,
+        };
+        let upper = self
+            .solve(false, Some(unbounded))
+            .map_or(f64::INFINITY, |stages| self.layout_cost(&stages));
+        if !upper.is_finite() {
+            return self.solve(false, None);
+        }
+        let (before, after) = self.fewest(false);
+        let suf = self.suffix_floors(&before, &after);
+        let all = vec![true; bins + 1];
+        self.solve(
+            false,
+            Some(MixedBound {
+                cut_allowed: &all,
+                suf: &suf,
+                upper: upper * (1.0 + 1e-9) + 1e-12,
+            }),
+        )
+    }
+
+    fn layout_cost(&self, stages: &[ClassStage]) -> f64 {
+        stages
+            .iter()
+            .map(|&(j, i, m, c)| self.preps[c].price(j, i, m, (j, i)).cost)
+            .sum()
+    }
+
     /// `f[i][s]` = least cost of bins `[0, i)` using exactly the per-class
     /// counts of state `s`; relaxed forwards from every finite `f[j][s]` by
     /// a stage `[j, i)` on `m` instances of one class. Exact pruning as in the
     /// one-class DP: a stage needs at least `m_min` instances of its class,
     /// and the bins on either side at least the fewest `m_min` of any class.
+    /// With a bound, cuts fall only where allowed and a partial layout whose
+    /// cost plus `suf` exceeds `upper` is dropped.
     #[allow(clippy::needless_range_loop)]
-    fn solve(&self, excess_mode: bool) -> Option<Vec<ClassStage>> {
-        let p0 = &self.preps[0];
-        let bins = p0.w.bins();
-        let maxu = p0.qoe.max_utilization;
+    fn solve(&self, excess_mode: bool, bound: Option<MixedBound>) -> Option<Vec<ClassStage>> {
+        let bins = self.preps[0].w.bins();
         let n: usize = self.counts.iter().sum();
         let width = self.width;
-        let need = |c: usize, j: usize, i: usize| {
-            if excess_mode {
-                1
-            } else {
-                self.preps[c].shape(j, i).min_instances(maxu)
-            }
-        };
         let classes = self.counts.len();
-        let (before, after) = fewest(bins, |j, i| {
-            (0..classes).map(|c| need(c, j, i)).min().unwrap_or(1)
-        });
+        let (before, after) = self.fewest(excess_mode);
         if before[bins] > n {
             return None;
         }
+        let allowed = |b: usize| bound.as_ref().is_none_or(|x| x.cut_allowed[b]);
+        let (suf, upper) = match &bound {
+            Some(x) if !x.suf.is_empty() => (x.suf, x.upper),
+            _ => (&[][..], f64::INFINITY),
+        };
+        let rest = |i: usize| if suf.is_empty() { 0.0 } else { suf[i] };
         let mut f = vec![f64::INFINITY; (bins + 1) * width];
         let mut choice = vec![(0usize, 0usize, 0usize); (bins + 1) * width];
         f[0] = 0.0;
         let mut live: Vec<Vec<usize>> = vec![Vec::new(); bins + 1];
+        let mut least = vec![f64::INFINITY; bins + 1];
         live[0].push(0);
+        least[0] = 0.0;
         let mut stage_costs = vec![f64::INFINITY; n + 1];
         for i in 1..=bins {
             if i > 1 {
                 let row = &f[(i - 1) * width..i * width];
-                live[i - 1] = (0..width).filter(|&s| row[s].is_finite()).collect();
+                let keep = upper - rest(i - 1);
+                live[i - 1] = (0..width)
+                    .filter(|&s| row[s].is_finite() && row[s] <= keep)
+                    .collect();
+                least[i - 1] = live[i - 1]
+                    .iter()
+                    .map(|&s| row[s])
+                    .fold(f64::INFINITY, f64::min);
             }
-            if after[i] > n {
+            if after[i] > n || !allowed(i) {
                 continue;
             }
             let most = n - after[i];
+            let slack = upper - rest(i);
             for j in 0..i {
-                if live[j].is_empty() {
+                if live[j].is_empty() || !allowed(j) {
                     continue;
                 }
                 let Some(room) = n.checked_sub(before[j].saturating_add(after[i])) else {
@@ -1116,28 +1225,29 @@ impl<'a> Mixed<'a> {
                 };
                 for c in 0..classes {
                     let m_hi = room.min(self.counts[c]);
-                    let m_lo = need(c, j, i);
+                    let m_lo = self.need(excess_mode, c, j, i);
                     if m_lo > m_hi {
                         continue;
                     }
-                    let mut first = usize::MAX;
-                    let mut late_from = j;
-                    for m in m_lo..=m_hi {
+                    // Price downwards: the cost only rises as m falls, and
+                    // the first late bin only moves left.
+                    let mut first = m_hi + 1;
+                    let mut late_to = i;
+                    for m in (m_lo..=m_hi).rev() {
                         let v = if excess_mode {
                             self.preps[c].excess(j, i, m)
                         } else {
-                            let priced = self.preps[c].price(j, i, m, (late_from, i));
-                            if priced.feasible {
-                                late_from = priced.first_late;
-                            }
+                            let priced = self.preps[c].price(j, i, m, (j, late_to));
+                            late_to = priced.first_late;
                             priced.cost
                         };
-                        stage_costs[m] = v;
-                        if v.is_finite() && first == usize::MAX {
-                            first = m;
+                        if !v.is_finite() || least[j] + v > slack {
+                            break;
                         }
+                        stage_costs[m] = v;
+                        first = m;
                     }
-                    if first == usize::MAX {
+                    if first > m_hi {
                         continue;
                     }
                     let (stride, cap) = (self.strides[c], self.counts[c]);
@@ -1147,10 +1257,10 @@ impl<'a> Mixed<'a> {
                             continue;
                         };
                         let top = m_hi.min(cap - have).min(left);
-                        if top < first {
+                        let base = f[j * width + s];
+                        if top < first || base + stage_costs[top] > slack {
                             continue;
                         }
-                        let base = f[j * width + s];
                         for m in first..=top {
                             let v = base + stage_costs[m];
                             let slot = i * width + s + m * stride;
@@ -1220,10 +1330,10 @@ pub fn partition_classes(
         ));
     }
     let mixed = Mixed::new(classes, workload, qoe);
-    let stages = match mixed.solve(false) {
+    let stages = match mixed.solve_pruned() {
         Some(stages) => stages,
         None => mixed
-            .solve(true)
+            .solve(true, None)
             .expect("one stage per class is always a layout when bins >= classes"),
     };
     Ok(mixed.summarize(&stages))
@@ -1642,5 +1752,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("stage_classes"), "{e}");
+    }
+
+    #[test]
+    fn mixed_branch_and_bound_keeps_the_optimum() {
+        let (a, b) = (model(), h200());
+        let c = a.without_heterogeneity();
+        let mut pruned_paths = 0;
+        for seed in 0..12 {
+            for (bins, counts, scale) in [
+                (24, vec![3, 3], 0.3),
+                (32, vec![6, 6], 1.0),
+                (40, vec![4, 8], 3.0),
+                (28, vec![2, 3, 4], 1.0),
+                (48, vec![5, 4], 0.05),
+            ] {
+                let w = scattered(bins, seed, scale);
+                let models = [&a, &b, &c];
+                let classes: Vec<InstanceClass> = counts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &count)| InstanceClass {
+                        model: models[k],
+                        count,
+                    })
+                    .collect();
+                let mixed = Mixed::new(&classes, &w, QoeConfig::default());
+                let plain = mixed.solve(false, None).map(|s| mixed.layout_cost(&s));
+                let pruned = mixed.solve_pruned().map(|s| mixed.layout_cost(&s));
+                match (plain, pruned) {
+                    (Some(x), Some(y)) => {
+                        pruned_paths += 1;
+                        assert!(
+                            (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                            "seed {seed} bins {bins}: {x} vs {y}"
+                        );
+                    }
+                    (None, None) => {}
+                    other => panic!("seed {seed} bins {bins}: feasibility differs {other:?}"),
+                }
+            }
+        }
+        assert!(pruned_paths > 20, "only {pruned_paths} feasible cases");
     }
 }
