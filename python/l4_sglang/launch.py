@@ -484,10 +484,19 @@ def main(argv: list[str] | None = None) -> int:
             plans = sglang_plans(model, n, passthrough, visible_gpus(), ports, args.worker_host)
             if args.tokenizer_path is None:
                 args.tokenizer_path = resolve_tokenizer(model)
-                if args.tokenizer_path is None:
+                if args.tokenizer_path is None and "--skip-tokenizer-init" not in passthrough:
                     raise LaunchError(
                         f"no tokenizer.json found for {model!r}: pass --tokenizer-path DIR "
                         "(the router tokenizes prompts itself)"
+                    )
+                if args.tokenizer_path is None:
+                    # The workers take ids only; input_ids requests need no tokenizer at all.
+                    print(
+                        f"l4_sglang: no tokenizer.json for {model!r} and --skip-tokenizer-init: the router "
+                        "uses its built-in tokenizer, so text prompts and outputs are NOT the model's "
+                        "(send input_ids, or pass --tokenizer-path DIR)",
+                        file=sys.stderr,
+                        flush=True,
                     )
             wait = args.wait_timeout or 1800.0
             print(f"l4_sglang: sglang backend ({why}); {n} instance(s)", file=sys.stderr, flush=True)

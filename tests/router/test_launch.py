@@ -157,3 +157,27 @@ def test_sglang_backend_without_sglang_errors_clearly(monkeypatch, capsys):
     monkeypatch.setattr(launch, "sglang_available", lambda: False)
     assert launch.main(["--backend", "sglang", "--model-path", "/m"]) == 2
     assert "needs the sglang package" in capsys.readouterr().err
+
+
+def test_sglang_backend_needs_a_tokenizer_unless_workers_skip_theirs(monkeypatch, tmp_path, capsys):
+    # A model folder with no tokenizer.json, like the GPU recipe's random-weight model.
+    monkeypatch.setattr(launch, "choose_backend", lambda requested: ("sglang", "asked for"))
+    monkeypatch.setattr(launch, "validate_sglang_flags", lambda model, flags: None)
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["0", "1"])
+    started = []
+
+    async def fake_run(plans, settings, wait, smoke, model):
+        started.append((plans, settings))
+        return 0
+
+    monkeypatch.setattr(launch, "run", fake_run)
+    base = ["--backend", "sglang", "--model-path", str(tmp_path), "--num-instances", "2"]
+    assert launch.main(base) == 2
+    assert "no tokenizer.json found" in capsys.readouterr().err and not started
+
+    assert launch.main([*base, "--skip-tokenizer-init"]) == 0
+    plans, settings = started[0]
+    assert settings.tokenizer_path is None  # the router's built-in tokenizer
+    assert "NOT the model's" in capsys.readouterr().err
+    assert all("--skip-tokenizer-init" in plan.cmd for plan in plans)
+    assert [plan.env["CUDA_VISIBLE_DEVICES"] for plan in plans] == ["0", "1"]
