@@ -59,6 +59,22 @@ What it does with each event (DESIGN.md "L4, as we build it"):
   way the next `tick` repartitions. Unhealthy and removed workers are never
   routed to, nor proposed as migration targets.
 
+- **Mixed pools.** `worker_cost_models` ("WORKER=COST_MODEL" pairs, a
+  shipped name or a JSON path; the router flag `--l4-worker-cost-models
+  URL=NAME,URL=NAME`) or the constructor's `cost_models` mapping give a
+  worker its own cost model; the others use the policy's `cost_model`. At
+  most 3 distinct models (the default one counts). Workers of one model form
+  a class; refinement runs `partition_classes` (each stage on one class; with
+  one class it is `partition`, unchanged), prices the current layout with
+  `evaluate_layout_classes` when each of its stages is one class (else the
+  DP's layout is applied), and fills each stage from its class's workers in
+  their old order. Predicted work (admission, in-stage pairing, the pipeline
+  move's gain and recompute, diffusion loads) prices each worker with its own
+  model. The book's KV-capacity fallback stays the default model's. Naming the
+  model per worker is explicit on purpose: nothing is read from a worker's
+  /server_info, so a real SGLang worker and an emulated one are configured
+  alike.
+
 `migration=False` turns off both kinds of migration.
 """
 
@@ -67,20 +83,24 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from l4_sglang.core import (
+    MAX_CLASSES,
     CostModel,
     InstanceLoad,
     Layout,
     QoeConfig,
     diffuse_boundary,
     evaluate_layout,
+    evaluate_layout_classes,
     log_bin_edges,
     move_value,
     partition,
+    partition_classes,
     pick_instance,
     pick_migration,
     predicted_work,
@@ -137,6 +157,9 @@ class L4Config(PolicyConfig):
     balance_interval_s: float = _knob(1.0, "seconds between diffusion and in-stage pairing in tick()")
     horizon_steps: float = _knob(100.0, "decode steps of predicted work per running batch")
     prefix_entries: int = _knob(4096, "first-block hashes the prefix-affinity LRU keeps")
+    worker_cost_models: tuple[str, ...] = _knob(
+        (), "WORKER=COST_MODEL pairs (shipped name or JSON path) of a mixed pool; others use the default"
+    )
 
     def __post_init__(self):
         positive = ("finite and > 0", lambda x: finite(x) and x > 0)
@@ -163,6 +186,19 @@ class L4Config(PolicyConfig):
             "prefix_entries": (">= 0", lambda x: x >= 0),
         }
         check_config(self, {k: (what, ok(getattr(self, k))) for k, (what, ok) in rules.items()})
+        self.worker_model_names()
+
+    def worker_model_names(self) -> dict[str, str]:
+        """`worker_cost_models` as {worker: cost model name or path}."""
+        out: dict[str, str] = {}
+        for item in self.worker_cost_models:
+            worker, sep, name = str(item).partition("=")
+            if not (sep and worker.strip() and name.strip()):
+                raise ValueError(f"invalid worker_cost_models: {item!r} is not WORKER=COST_MODEL")
+            if worker.strip() in out:
+                raise ValueError(f"invalid worker_cost_models: worker {worker.strip()!r} is listed twice")
+            out[worker.strip()] = name.strip()
+        return out
 
     def qoe(self) -> QoeConfig:
         return QoeConfig(self.slo_ttft_s, self.slo_tpot_s, self.slo_penalty_s, self.max_utilization)
@@ -180,6 +216,8 @@ class Refinement:
     applied: bool
     boundaries: tuple[float, ...]
     instances: tuple[int, ...]
+    classes: tuple[int, ...] = ()
+    """Instance class of each proposed stage (indices into `L4.classes()`)."""
 
 
 def _gain(current: Layout, proposed: Layout) -> float:
@@ -199,9 +237,31 @@ class L4(Policy):
     Config = L4Config
     config: L4Config
 
-    def __init__(self, config: object | None, cost_model: CostModel, seed: int = 0):
+    def __init__(
+        self,
+        config: object | None,
+        cost_model: CostModel,
+        seed: int = 0,
+        cost_models: Mapping[str, CostModel] | None = None,
+    ):
         super().__init__(config, cost_model, seed)
         c = self.config
+        loaded: dict[str, CostModel] = {}
+        self._models: dict[str, CostModel] = {}
+        for worker, name in c.worker_model_names().items():
+            if name not in loaded:
+                loaded[name] = CostModel.load(name)
+            self._models[worker] = loaded[name]
+        for worker, model in (cost_models or {}).items():
+            if not isinstance(model, CostModel):
+                raise ValueError(f"invalid cost_models: {worker!r} maps to {model!r}, not a CostModel")
+            self._models[str(worker)] = model
+        distinct = {m.to_json() for m in [cost_model, *self._models.values()]}
+        if len(distinct) > MAX_CLASSES:
+            raise ValueError(
+                f"invalid cost_models: {len(distinct)} distinct cost models (the default included); "
+                f"the DP takes at most {MAX_CLASSES} instance classes"
+            )
         self._edges = log_bin_edges(c.bins, c.max_tokens)
         self._hist = LengthHistogram(self._edges, c.decay_half_life_s)
         self._qoe = c.qoe()
@@ -247,8 +307,20 @@ class L4(Policy):
                 return s
         return None
 
+    def model_of(self, worker_id: str) -> CostModel:
+        """The cost model of `worker_id` (its own in a mixed pool, else the default)."""
+        return self._models.get(worker_id, self.cost_model)
+
+    def classes(self) -> list[tuple[CostModel, list[str]]]:
+        """The registered workers grouped by cost model, in order of first registration."""
+        groups: dict[str, tuple[CostModel, list[str]]] = {}
+        for w in self.book.workers:
+            m = self.model_of(w)
+            groups.setdefault(m.to_json(), (m, []))[1].append(w)
+        return list(groups.values())
+
     def _work(self, worker_id: str) -> float:
-        return predicted_work(self.cost_model, self.book.load(worker_id), self.config.horizon_steps)
+        return predicted_work(self.model_of(worker_id), self.book.load(worker_id), self.config.horizon_steps)
 
     def layout(self) -> LayoutView | None:
         if not self._stages:
@@ -331,7 +403,8 @@ class L4(Policy):
             d = self.config.candidates if self._planned else len(workers)
             self._picks += 1
             seed = (self.seed * 0x9E3779B97F4A7C15 + self._picks) % 2**64
-            worker = workers[pick_instance(self.cost_model, loads, d, self.config.horizon_steps, seed)]
+            models = [self.model_of(w) for w in workers] if self._models else self.cost_model
+            worker = workers[pick_instance(models, loads, d, self.config.horizon_steps, seed)]
         if self.config.prefix_affinity and req.prefix_hashes and self.config.prefix_entries > 0:
             self._prefix[req.prefix_hashes[0]] = worker
             self._prefix.move_to_end(req.prefix_hashes[0])
@@ -372,12 +445,13 @@ class L4(Policy):
         target = min(candidates, key=self._work)
         source = self.book.load(b.worker, with_remaining=True)
         gain, cost = move_value(
-            self.cost_model,
+            self.model_of(b.worker),
             b.context,
             self.remaining(b),
             source,
             self._without(source, b),
             self.book.load(target, with_remaining=True),
+            self.model_of(target),
         )
         if gain > cost:
             return [self.propose(rid, target, "pipeline", now)]
@@ -419,18 +493,30 @@ class L4(Policy):
         workload = self._hist.workload(now)
         if workload is None:
             return
-        proposed = partition(self.cost_model, workload, n, self._qoe)
+        groups = self.classes()
+        classes = [(m, len(ws)) for m, ws in groups]
+        class_of = {w: c for c, (_, ws) in enumerate(groups) for w in ws}
+        if len(classes) == 1:
+            proposed = partition(groups[0][0], workload, n, self._qoe)
+        else:
+            proposed = partition_classes(classes, workload, self._qoe)
         current: Layout | None = None
-        if self._dirty or sum(len(ws) for ws in self._stages) != n:
+        stage_classes = [{class_of[w] for w in ws} for ws in self._stages]
+        if self._dirty or sum(len(ws) for ws in self._stages) != n or any(len(c) != 1 for c in stage_classes):
             gain = math.inf
         else:
             counts = [len(ws) for ws in self._stages]
-            current = evaluate_layout(self.cost_model, workload, self._cuts(), counts, self._qoe)
+            if len(classes) == 1:
+                current = evaluate_layout(groups[0][0], workload, self._cuts(), counts, self._qoe)
+            else:
+                labels = [next(iter(c)) for c in stage_classes]
+                current = evaluate_layout_classes(classes, workload, self._cuts(), counts, labels, self._qoe)
             gain = _gain(current, proposed)
         applied = gain > self.config.min_gain
         if applied:
             bounds = [float(s.lo_tokens) for s in proposed.stages[1:]]
-            self._set_stages(bounds, self._assign([s.instances for s in proposed.stages]), now)
+            assigned = self._assign(proposed.instances, proposed.classes, class_of)
+            self._set_stages(bounds, assigned, now)
             self._plan_bounds = list(bounds)
             self._predicted_e2e = proposed.mean_e2e_s
             self._planned, self._dirty = True, False
@@ -445,6 +531,7 @@ class L4(Policy):
                 applied=applied,
                 boundaries=tuple(proposed.boundaries),
                 instances=tuple(proposed.instances),
+                classes=tuple(proposed.classes),
             )
         )
 
@@ -452,8 +539,9 @@ class L4(Policy):
     def last_refinement(self) -> Refinement | None:
         return self.refinements[-1] if self.refinements else None
 
-    def _assign(self, counts: list[int]) -> list[list[str]]:
-        """Workers for new stages of `counts`, in the order of their old stages."""
+    def _assign(self, counts: list[int], classes: list[int], class_of: dict[str, int]) -> list[list[str]]:
+        """Workers for new stages of `counts` (stage s from class `classes[s]`), each
+        class's workers taken in the order of their old stages."""
         order = list(self.book.workers)
         rank = {w: i for i, w in enumerate(order)}
 
@@ -463,10 +551,14 @@ class L4(Policy):
 
         queue = [w for ws in self._stages for w in sorted(ws, key=lambda w: (mean_context(w), rank[w]))]
         queue += [w for w in order if w not in self._where]  # none while the invariant holds
-        out, start = [], 0
-        for c in counts:
-            out.append(queue[start : start + c])
-            start += c
+        queues: dict[int, list[str]] = {}
+        for w in queue:
+            queues.setdefault(class_of[w], []).append(w)
+        start = dict.fromkeys(queues, 0)
+        out = []
+        for c, k in zip(classes, counts, strict=True):
+            out.append(queues[c][start[c] : start[c] + k])
+            start[c] += k
         return out
 
     # Balance.
@@ -527,8 +619,9 @@ class L4(Policy):
                 continue
             loads = [self.book.load(w, with_remaining=True) for w in workers]
             lists = [[(b.iid, b.context, self.remaining(b)) for b in self.book.running(w)] for w in workers]
+            models = [self.model_of(w) for w in workers] if self._models else self.cost_model
             m = pick_migration(
-                self.cost_model,
+                models,
                 loads,
                 lists,
                 self.config.pair_min_gap,
