@@ -5,7 +5,9 @@ Run with `python -m pytest benchmarks/ --benchmark-enable --benchmark-only`
 Mooncake conversation trace, binned with `log_bin_edges(B)` and scaled so that
 one stage on all N instances sits at a fixed utilization: 65% (moderate) or
 15% (light). Every case checks Rust == reference (1e-9 relative) outside the
-timed part.
+timed part. The mixed cases split N into N/2 of the H100 model above and N/2
+of llama3-8b-h200-flashinfer (`partition_classes`, two instance classes),
+checked against the reference class DP at N = 16.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import numpy as np
 import pytest
 
 import l4_sglang
-from l4_sglang import CostModel, QoeConfig, Workload, evaluate_layout, log_bin_edges, partition
+from l4_sglang import (
+    CostModel,
+    QoeConfig,
+    Workload,
+    evaluate_layout,
+    log_bin_edges,
+    partition,
+    partition_classes,
+)
 from l4_sglang.workload import load_mooncake, truncate
 
 if l4_sglang.BUILD_PROFILE != "release":
@@ -136,3 +146,22 @@ def test_rust_light(benchmark):
     assert got.feasible and close(got.total_cost, want), (got.total_cost, want)
     benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=LIGHT)
     benchmark(partition, MODEL, w, instances, QOE)
+
+
+H200 = CostModel.load("llama3-8b-h200-flashinfer")
+MIXED_SIZES = [(16, 32), (64, 32), (64, 128)]
+
+
+@pytest.mark.benchmark(group="partition-mixed")
+@pytest.mark.parametrize(("instances", "bins"), MIXED_SIZES, ids=[size_id(s) for s in MIXED_SIZES])
+def test_rust_mixed_moderate(benchmark, instances, bins):
+    w = workload(instances, bins, MODERATE)
+    classes = [(MODEL, instances // 2), (H200, instances // 2)]
+    got = partition_classes(classes, w, QOE)
+    assert got.feasible and sorted(set(got.classes)) == [0, 1]
+    if instances <= 16:
+        params = [(PARAMS, instances // 2), (H200.params, instances // 2)]
+        want, _ = ref.reference_partition_classes(params, w, QOE)
+        assert close(got.total_cost, want), (got.total_cost, want)
+    benchmark.extra_info.update(impl="rust-mixed", instances=instances, bins=bins, utilization=MODERATE)
+    benchmark(partition_classes, classes, w, QOE)
