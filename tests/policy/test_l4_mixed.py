@@ -97,3 +97,43 @@ def test_mixed_pool_partitions_by_class(drive):
         w = p.route(RequestInfo(f"new-{i}", prompt), t)
         k = view.stage_of(prompt)
         assert w in view.stages[k].workers
+
+
+def test_simulated_mixed_pool_beats_a_class_blind_l4():
+    """4 H100 + 4 H200 in the simulator: L4 told each worker's model beats L4
+    that prices every worker as an H100, on mean and p90 E2E latency.
+
+    The simulator takes one cost model for all instances; until it takes one
+    per instance, the H200 instances' engines are swapped in here (the
+    cluster's internals, as `Cluster.__init__` builds them)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from l4_sglang.sim.cluster import Instance, _SimEngine, engine_config
+    from l4_sglang.sim.run import Simulator
+
+    h100, h200 = CostModel.load("llama3-8b-h100-flashinfer"), CostModel.load(H200)
+    rng = np.random.default_rng(0)
+    reqs, t = [], 0.0
+    while t < 200.0:
+        t += rng.exponential(1 / 6.0)
+        doc = rng.random() < 0.05
+        prompt = rng.normal(40_000, 4_000) if doc else max(16.0, rng.normal(500, 100))
+        out = rng.normal(300, 60) if doc else max(1.0, rng.normal(200, 50))
+        reqs.append(SimpleNamespace(arrival_s=t, prompt_tokens=int(prompt), output_tokens=int(out)))
+    fast = [f"sim-{i}" for i in range(4, 8)]
+    results = {}
+    for aware in (False, True):
+        policy = L4(None, h100, seed=0, cost_models=dict.fromkeys(fast, h200) if aware else None)
+        sim = Simulator(reqs, policy, h100, 8)
+        for wid in fast:
+            engine = _SimEngine(engine_config(h200), h200._core.step_time, on_update=sim._on_token)
+            sim.cluster.instances[wid] = Instance(wid, engine)
+        results[aware] = sim.run().summary()
+        assert results[aware]["completed"] == len(reqs)
+        if aware:
+            stages = [{policy.model_of(w).name for w in s.workers} for s in policy.layout().stages]
+            assert all(len(n) == 1 for n in stages) and len(stages) >= 2, stages
+    for key in ("mean_e2e_latency_ms", "p90_e2e_latency_ms"):
+        assert results[True][key] < results[False][key], (key, results[True][key], results[False][key])
