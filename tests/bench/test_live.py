@@ -211,6 +211,7 @@ def test_live_cli_through_our_router(cluster, trace, tmp_path):
     assert isinstance(run["migrations"], int) and run["migrations"] >= 0
     assert run["mean_e2e_over_oracle"] >= 0.9  # model seconds: not faster than the request alone
     assert run["max_send_lag_s"] < 0.5
+    assert 0.0 <= run["worker_lost_share"] < 0.5  # read from the workers' /server_info
     # The trace spans ~6 s at rate 1 (3 s windows, jittered): ~3 s at rate 2, in model seconds.
     assert 1.5 < run["duration"] < 3.0 + 20
     summary = json.loads((out / "summary.json").read_text())
@@ -229,7 +230,8 @@ def test_live_cli_through_smg(cluster, trace, tmp_path):
     port = _free_port()
     smg = _start(
         "-m", "smg", "launch", "--worker-urls", *workers, "--port", str(port), "--policy", "round_robin",
-        "--log-level", "warn", "--shutdown-grace-period-secs", "0", log=logs / "smg.log",
+        "--log-level", "warn", "--shutdown-grace-period-secs", "0",
+        "--prometheus-port", str(_free_port()), log=logs / "smg.log",
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

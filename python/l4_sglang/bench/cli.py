@@ -365,6 +365,7 @@ def _live_run(scaled, label: str | None, rate: float, args: argparse.Namespace) 
         "events": None,
         "steps": None,
         "max_send_lag_s": live.max_send_lag_s,
+        "worker_lost_share": live.worker_lost_share,
         "wall_s": live.wall_s,
     }
     return live.result, extra

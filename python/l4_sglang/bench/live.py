@@ -106,6 +106,9 @@ class LiveResult:
     max_send_lag_s: float
     """The latest any request left the client after its due time, in model seconds."""
     wall_s: float
+    worker_lost_share: float | None = None
+    """Emulated workers' step time lost to a host that could not keep up, over their modelled step
+    time, during the run (0: they kept time; None: not emulated workers or not readable)."""
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -134,6 +137,7 @@ class Probe:
     """Serves /l4/stages."""
     emulated: bool | None
     """Every worker's /server_info says emulated (None: no worker answered)."""
+    worker_urls: tuple[str, ...] = ()
 
 
 async def probe(session: aiohttp.ClientSession, url: str) -> Probe:
@@ -167,7 +171,30 @@ async def probe(session: aiohttp.ClientSession, url: str) -> Probe:
         except (ValueError, AttributeError):
             flag = None
         emulated = bool(flag) if emulated is None else emulated and bool(flag)
-    return Probe(policy, len(listed) or None, staged, emulated)
+    urls = tuple(
+        w["url"].rstrip("/") for w in listed if isinstance(w, dict) and isinstance(w.get("url"), str)
+    )
+    return Probe(policy, len(listed) or None, staged, emulated, urls)
+
+
+async def emulation_clock(session: aiohttp.ClientSession, urls: Sequence[str]) -> tuple[float, float] | None:
+    """(modelled, lost) real seconds summed over emulated workers' engines (/emulated/steps), or None.
+
+    An emulated worker that keeps up spends its modelled step time and loses none; `lost` is the
+    time its steps ran late because the host could not keep up."""
+    modelled = lost = 0.0
+    seen = False
+    for url in urls:
+        status, text = await _get(session, url + "/emulated/steps")
+        try:
+            info = json.loads(text) if status == 200 else {}
+        except ValueError:
+            info = {}
+        if isinstance(info, dict) and "modelled_s" in info and "lost_s" in info:
+            modelled += float(info["modelled_s"])
+            lost += float(info["lost_s"])
+            seen = True
+    return (modelled, lost) if seen else None
 
 
 class _Replay:
@@ -302,6 +329,7 @@ async def replay_async(
         name = label or found.policy or "external"
         run.progress = progress(name) if progress is not None else None
         before = _migrations(*(await _get(session, settings.url + "/metrics")))
+        clock0 = await emulation_clock(session, found.worker_urls)
         stop = asyncio.Event()
         run.t0 = time.perf_counter()
         poller = asyncio.create_task(run.poll_layouts(session, stop)) if found.staged else None
@@ -311,6 +339,10 @@ async def replay_async(
         if poller is not None:
             await poller
         after = _migrations(*(await _get(session, settings.url + "/metrics")))
+        clock1 = await emulation_clock(session, found.worker_urls)
+    lost_share = None
+    if clock0 is not None and clock1 is not None and clock1[0] > clock0[0]:
+        lost_share = (clock1[1] - clock0[1]) / (clock1[0] - clock0[0])
     migrations = after - before if after is not None and before is not None else None
     res = SimResult(
         policy=name,
@@ -325,7 +357,7 @@ async def replay_async(
         wall_s=wall,
         layouts=run.layouts,
     )
-    return LiveResult(res, migrations, name, found.workers, found.emulated, run.max_lag, wall)
+    return LiveResult(res, migrations, name, found.workers, found.emulated, run.max_lag, wall, lost_share)
 
 
 def replay(
