@@ -187,6 +187,8 @@ class Forwarder:
         self.jobs: dict[str, Generation] = {}
         self._background: set[asyncio.Task] = set()
         self._aborts: set[asyncio.Task] = set()
+        self._opening: dict[str, set[asyncio.Task]] = {}
+        """Per worker, the POSTs opening a leg there that have no response yet."""
 
     # ---- the public face -------------------------------------------------------
 
@@ -265,7 +267,10 @@ class Forwarder:
             gen.leg.queue.put_nowait(_WAKE)
 
     def fail_worker(self, worker: str) -> None:
-        """The pool ejected `worker`: resume every request whose current leg runs there."""
+        """The pool ejected `worker`: resume every request whose current leg runs there, and give
+        up on the legs still waiting for its answer (their requests are routed again)."""
+        for post in list(self._opening.get(worker, ())):
+            post.cancel()
         for gen in self.jobs.values():
             leg = gen.leg
             if leg is not None and leg.worker == worker and not gen.finished and not leg.finished:
@@ -326,12 +331,25 @@ class Forwarder:
             "rid": rid,
         }
         data = json.dumps(body, separators=(",", ":")).encode()
+        session, headers = self._session(), self._headers
+        post = asyncio.ensure_future(
+            session.post(worker + "/generate", data=data, headers=headers, timeout=self._timeout)
+        )
+        opening = self._opening.setdefault(worker, set())
+        opening.add(post)
         try:
-            resp = await self._session().post(
-                worker + "/generate", data=data, headers=self._headers, timeout=self._timeout
-            )
+            resp = await post
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise LegFailed(f"{type(e).__name__}: {e}") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself is being cancelled
+            raise LegFailed(f"worker {worker} was ejected before it answered") from None
+        finally:
+            opening.discard(post)
+            if not opening and self._opening.get(worker) is opening:
+                del self._opening[worker]
         if resp.status != 200:
             try:
                 text = (await resp.read()).decode("utf-8", "replace")
