@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import openai
 from fleet_procs import WorkerProc, worker_procs
-from router_http import MODEL, call, get_json, metric, poll, post_json
+from router_http import MODEL, FakeWorker, Scripted, call, get_json, metric, poll, post_json
 
 from l4_sglang.router import BackgroundRouter, RouterSettings
 
@@ -195,3 +195,37 @@ def test_a_hung_worker_is_ejected_by_health_checks_and_its_streams_resume(tmp_pa
             poll(lambda: _healthy(router.url)[hung.url], timeout=30, interval=0.1)
             # The requests it held when it froze were aborted there once it woke up.
             poll(lambda: _running(hung.url) == 0, timeout=30)
+
+
+def test_the_circuit_breaker_counts_checks_and_keeps_the_policy_to_healthy_workers():
+    health = {("GET", "/health"): (200, "")}
+    fake = FakeWorker(health)
+    try:
+        settings = RouterSettings(
+            worker_urls=(fake.url,),
+            port=0,
+            load_poll_interval=3600,
+            failure_threshold=2,
+            recovery_threshold=2,
+        )
+        policy = Scripted()
+        with BackgroundRouter(settings, policy=policy) as router:
+            pool = router.router.pool
+
+            def check(status: int) -> tuple[bool, list[str]]:
+                fake.routes[("GET", "/health")] = (status, "")
+                router.call(pool.poll)
+                return pool.workers[fake.url].healthy, router.call(lambda: list(policy.book.workers))
+
+            assert check(500) == (True, [fake.url])  # one failure is not enough
+            assert check(500) == (False, [])  # two eject it: the policy forgets it
+            assert check(200) == (False, [])  # one pass is not enough
+            assert check(500) == (False, [])  # and a failure starts the count again
+            assert check(200) == (False, [])
+            assert check(200) == (True, [fake.url])  # two in a row take it back
+            router.call(lambda: pool.report_failure(fake.url, "connection reset"))  # one forwarding error
+            assert router.call(lambda: list(policy.book.workers)) == []
+            status, _, text = call("POST", router.url + "/generate", {"text": "a"})
+            assert status == 503 and "No worker available" in text
+    finally:
+        fake.stop()
