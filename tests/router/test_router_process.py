@@ -140,6 +140,10 @@ def test_loopback_by_default_key_guards_and_no_secrets_in_the_log(tmp_path):
                     status, _, text = call(method, router.url + route, body, headers=headers)
                     assert status == 401, (method, route, headers, text)
             assert call("GET", router.url + "/health")[0] == 200
+            # Unauthenticated requests to made-up paths do not each add a metric label.
+            for i in range(20):
+                assert call("GET", router.url + f"/probe-{i}")[0] == 401
+            assert "probe-" not in call("GET", router.url + "/metrics")[2]
             status, _, text = call("POST", router.url + "/v1/chat/completions", chat, headers=good)
             assert status == 200 and json.loads(text)["usage"]["completion_tokens"] == 4
             stream = {"text": SECRET_PROMPT, "stream": True, "sampling_params": {"max_new_tokens": 3}}

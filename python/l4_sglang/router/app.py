@@ -116,6 +116,12 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + text.encode("utf-8", "backslashreplace") + b"\n\n"
 
 
+def _route_label(request: web.Request) -> str:
+    """The route a request matched, for metric labels ("other" for none: paths are unbounded)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "other"
+
+
 class _MalformedJson(ValueError):
     pass
 
@@ -317,7 +323,7 @@ class Router:
         if self.draining and request.path not in OPEN_PATHS:
             response = self._error(v1, 503, "The router is shutting down.", "ServiceUnavailable")
             response.force_close()
-            self.metrics.on_response(request.path, 503)
+            self.metrics.on_response(_route_label(request), 503)
             return response
         key = self.settings.api_key
         if key is not None and request.path not in OPEN_PATHS:
@@ -326,7 +332,7 @@ class Router:
                 response = self._error(
                     v1, 401, "Unauthorized: a valid API key is required.", "AuthenticationError"
                 )
-                self.metrics.on_response(request.path, 401)
+                self.metrics.on_response(_route_label(request), 401)
                 return response
         try:
             response = await handler(request)
@@ -351,8 +357,7 @@ class Router:
             response = self._error(
                 v1, 500, "Internal router error (see the router's log).", "InternalServerError"
             )
-        resource = request.match_info.route.resource
-        self.metrics.on_response(resource.canonical if resource is not None else "other", response.status)
+        self.metrics.on_response(_route_label(request), response.status)
         return response
 
     @staticmethod
