@@ -1,0 +1,63 @@
+"""Where L4's time goes (SIMULATED): L4 as shipped, L4 without boundary diffusion
+(diffusion_rate 0: the DP's bounds stay as set), and least_load, at a few loads; plus how narrow
+L4's stages get. python docs/bench/headline/ablation.py > docs/bench/headline/ablation.md"""
+
+import itertools
+from collections import Counter
+
+from l4_sglang.core import CostModel
+from l4_sglang.sim import simulate
+from l4_sglang.workload import load_trace, scale_rate, truncate
+
+T = "../shared/data/traces"
+CASES = [
+    ("mooncake (first 20 min)", f"{T}/mooncake/conversation_trace.jsonl", 1200, [3.0, 4.5]),
+    ("azure code (1 h)", f"{T}/azure2023/AzureLLMInferenceTrace_code.csv", None, [10.0, 30.0]),
+]
+VARIANTS = [
+    ("l4", "l4", None),
+    ("l4, no diffusion", "l4", {"diffusion_rate": 0.0}),
+    ("least_load", "least_load", None),
+]
+
+
+def narrow(layouts) -> str:
+    """Share of layout time with a stage narrower than 5% of its lower bound (a collapsed stage)."""
+    if len(layouts) < 2:
+        return "-"
+    total = layouts[-1].time_s - layouts[0].time_s
+    bad = 0.0
+    stages = Counter()
+    for a, b in itertools.pairwise(layouts):
+        lows = [0.0, *a.bounds]
+        highs = [*a.bounds, float("inf")]
+        if any(lo > 0 and hi - lo < 0.05 * lo for lo, hi in zip(lows, highs, strict=True)):
+            bad += b.time_s - a.time_s
+        stages[len(a.workers)] += b.time_s - a.time_s
+    k = max(stages, key=stages.get)
+    return f"{bad / total:.0%} (most of the time {k} stages)" if total > 0 else "-"
+
+
+def main() -> None:
+    cm = CostModel.load("docs/bench/llama3-8b-h100-flashinfer.snapshot.json")  # as in run.sh
+    print("All SIMULATED: 16 instances, llama3-8b-h100-flashinfer (the snapshot), length-mix term on, seed 0.\n")
+    print("| trace | rate | variant | mean E2E s | P99 E2E s | mean TTFT s | mean TPOT ms | migr. "
+          "| time with a collapsed stage |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, path, dur, rates in CASES:
+        trace = truncate(load_trace(path, seed=0), duration_s=dur)
+        for rate in rates:
+            scaled = scale_rate(trace, rate)
+            for name, pol, over in VARIANTS:
+                res = simulate(scaled, pol, cm, 16, seed=0, policy_overrides=over)
+                s = res.summary()
+                print(
+                    f"| {label} | {rate:g} | {name} | {s['mean_e2e_latency_ms'] / 1e3:.2f} "
+                    f"| {s['p99_e2e_latency_ms'] / 1e3:.2f} | {s['mean_ttft_ms'] / 1e3:.2f} "
+                    f"| {s['mean_tpot_ms']:.1f} | {s['migrations']} | {narrow(res.layouts)} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
