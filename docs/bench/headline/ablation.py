@@ -40,7 +40,7 @@ def narrow(layouts) -> str:
 
 def main() -> None:
     cm = CostModel.load("docs/bench/llama3-8b-h100-flashinfer.snapshot.json")  # as in run.sh
-    print("All SIMULATED: 16 instances, llama3-8b-h100-flashinfer (the snapshot), length-mix term on, seed 0.\n")
+    print("All SIMULATED: 16 instances, the H100 FlashInfer snapshot, length-mix term on, seed 0.\n")
     print("| trace | rate | variant | mean E2E s | P99 E2E s | mean TTFT s | mean TPOT ms | migr. "
           "| time with a collapsed stage |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
