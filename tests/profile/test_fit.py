@@ -80,3 +80,15 @@ def test_fitted_calibrations_say_where_they_come_from(name):
     assert len(held) == prov["fit"]["held_out"]
     median = float(np.median([abs(e["rel_error"]) for e in held]))
     assert median == pytest.approx(prov["fit"]["median_abs_error_held_out"], abs=1e-9)
+
+
+def test_holdout_takes_each_kind_from_inside_its_range():
+    points = [fit.Point("prefill", f"p{n}", 0.01 * n, prompt=n) for n in (16, 64, 256, 2048, 8192, 98304)]
+    points += [fit.Point("decode", f"d{n}", 0.005, n, 1024.0 * n, 1024.0) for n in (1, 8, 32, 64, 100)]
+    for seed in range(20):
+        held = fit.holdout_indices(points, 0.3, seed)
+        kinds = [points[i].kind for i in held]
+        assert kinds.count("prefill") == 2 and kinds.count("decode") == 2  # round(0.3 x 6), round(0.3 x 5)
+        sources = {points[i].source for i in held}
+        assert not sources & {"p16", "p98304", "d1", "d100"}  # each kind's range ends stay in the fit
+    assert fit.holdout_indices(points, 0.3, 1) == fit.holdout_indices(points, 0.3, 1)

@@ -43,6 +43,8 @@ def server_info(url: str) -> dict:
 
 def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, deadline: float) -> list[dict]:
     results = []
+    # Not a measurement: the first requests a fresh server serves pay one-time costs.
+    asyncio.run(scenarios.run_batch(url, "warmup", "warmup", [64, 64, 512, 2048], 8, seed - 1))
     for i, (name, kind, prompts, max_new) in enumerate(scenarios.plan(max_kv, context)):
         if time.monotonic() > deadline:
             print(f"skip {name}: job deadline reached", flush=True)
@@ -104,6 +106,7 @@ def main(args) -> int:
             "chunked_prefill_size": info.get("chunked_prefill_size"),
             "date": time.strftime("%Y-%m-%d"),
             "scenarios": len(results),
+            "warmup": True,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
         return 0
