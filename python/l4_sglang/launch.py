@@ -406,7 +406,20 @@ async def run(plans: list[WorkerPlan], settings, wait_timeout: float, smoke: boo
             if len(dead) == len(plans):
                 print("l4_sglang: every worker has exited; stopping", file=sys.stderr, flush=True)
                 return 1
-        print("l4_sglang: stopping", file=sys.stderr, flush=True)
+        # Drain before the workers go: requests in flight finish (a second signal cuts them).
+        print(
+            f"l4_sglang: draining (at most {settings.drain_timeout:g} s; a second Ctrl-C stops at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.clear()
+        drain, again = asyncio.create_task(router.drain()), asyncio.create_task(stop.wait())
+        await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (drain, again):
+            task.cancel()
+        left = drain.result() if drain.done() and not drain.cancelled() else None
+        cut = "cut short" if left is None else f"{left} request(s) cut"
+        print(f"l4_sglang: stopping the router and workers ({cut})", file=sys.stderr, flush=True)
         return 0
     except (LaunchError, ValueError, OSError) as e:  # OSError: the router's port is taken
         print(f"l4_sglang: error: {e}", file=sys.stderr, flush=True)

@@ -181,3 +181,51 @@ def test_sglang_backend_needs_a_tokenizer_unless_workers_skip_theirs(monkeypatch
     assert "NOT the model's" in capsys.readouterr().err
     assert all("--skip-tokenizer-init" in plan.cmd for plan in plans)
     assert [plan.env["CUDA_VISIBLE_DEVICES"] for plan in plans] == ["0", "1"]
+
+
+def test_launcher_sigterm_drains_a_stream_in_flight(tmp_path):
+    import json
+    import threading
+    import urllib.request
+
+    port = free_port()
+    proc = Process(
+        "-m", "l4_sglang.launch", "--backend", "emulated", "--num-instances", "1", "--port", str(port),
+        log_path=tmp_path / "launch.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        poll(lambda: proc.proc.poll() is None and _up(url), timeout=60, interval=0.1)
+        body = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 300, "ignore_eos": True}}
+        chunks: list[str] = []
+        first = threading.Event()
+
+        def stream():
+            req = urllib.request.Request(
+                url + "/generate", json.dumps({**body, "stream": True}).encode(), method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                for line in resp:
+                    if line.startswith(b"data:"):
+                        chunks.append(line.decode().strip())
+                        first.set()
+
+        client = threading.Thread(target=stream)
+        client.start()
+        assert first.wait(30)
+        proc.proc.send_signal(signal.SIGTERM)  # ~300 steps of ~6 ms are still to come
+        client.join(60)
+        assert chunks[-1] == "data: [DONE]"
+        last = json.loads(chunks[-2][len("data:") :])
+        assert len(last["output_ids"]) == 300 and last["meta_info"]["finish_reason"]["type"] == "length"
+        assert proc.proc.wait(30) == 0
+        assert "draining" in proc.output()
+    finally:
+        proc.stop(signal.SIGKILL)
+
+
+def _up(url: str) -> bool:
+    try:
+        return call("GET", url + "/health", timeout=1)[0] == 200
+    except OSError:
+        return False
