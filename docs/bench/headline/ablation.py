@@ -1,8 +1,10 @@
 """Where L4's time goes (SIMULATED): L4 as shipped, L4 without boundary diffusion
-(diffusion_rate 0: the DP's bounds stay as set), and least_load, at a few loads; plus how narrow
-L4's stages get. python docs/bench/headline/ablation.py > docs/bench/headline/ablation.md"""
+(diffusion_rate 0: the DP's bounds stay as set), without migrations, with one stage (the DP never
+runs: admission and in-stage balance only), least_load and power_of_two, at a few loads; plus how
+many stages L4 ran and how long a stage had collapsed to almost no length range.
 
-import itertools
+python docs/bench/headline/ablation.py > docs/bench/headline/ablation.md"""
+
 from collections import Counter
 
 from l4_sglang.core import CostModel
@@ -17,32 +19,37 @@ CASES = [
 VARIANTS = [
     ("l4", "l4", None),
     ("l4, no diffusion", "l4", {"diffusion_rate": 0.0}),
+    ("l4, no migrations", "l4", {"migration": False}),
+    ("l4, one stage (DP never runs)", "l4", {"min_samples": 10**9}),
     ("least_load", "least_load", None),
+    ("power_of_two", "power_of_two", None),
 ]
 
 
-def narrow(layouts) -> str:
-    """Share of layout time with a stage narrower than 5% of its lower bound (a collapsed stage)."""
-    if len(layouts) < 2:
+def narrow(layouts, end_s: float) -> str:
+    """Share of the run with a stage narrower than 5% of its lower bound (a collapsed stage), and
+    the number of stages most of the run had (each layout holds until the next, the last to the end)."""
+    if not layouts:
         return "-"
-    total = layouts[-1].time_s - layouts[0].time_s
+    total = end_s - layouts[0].time_s
     bad = 0.0
     stages = Counter()
-    for a, b in itertools.pairwise(layouts):
+    ends = [*(x.time_s for x in layouts[1:]), end_s]
+    for a, b_time in zip(layouts, ends, strict=True):
         lows = [0.0, *a.bounds]
         highs = [*a.bounds, float("inf")]
         if any(lo > 0 and hi - lo < 0.05 * lo for lo, hi in zip(lows, highs, strict=True)):
-            bad += b.time_s - a.time_s
-        stages[len(a.workers)] += b.time_s - a.time_s
+            bad += b_time - a.time_s
+        stages[len(a.workers)] += b_time - a.time_s
     k = max(stages, key=stages.get)
-    return f"{bad / total:.0%} (most of the time {k} stages)" if total > 0 else "-"
+    return f"{k}; {bad / total:.0%}" if total > 0 else "-"
 
 
 def main() -> None:
     cm = CostModel.load("docs/bench/llama3-8b-h100-flashinfer.snapshot.json")  # as in run.sh
     print("All SIMULATED: 16 instances, the H100 FlashInfer snapshot, length-mix term on, seed 0.\n")
     print("| trace | rate | variant | mean E2E s | P99 E2E s | mean TTFT s | mean TPOT ms | migr. "
-          "| time with a collapsed stage |")  # fmt: skip
+          "| stages (most of the run); time with a collapsed stage |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for label, path, dur, rates in CASES:
         trace = truncate(load_trace(path, seed=0), duration_s=dur)
@@ -51,10 +58,11 @@ def main() -> None:
             for name, pol, over in VARIANTS:
                 res = simulate(scaled, pol, cm, 16, seed=0, policy_overrides=over)
                 s = res.summary()
+                end = max(r.finished_s or 0.0 for r in res.records)
                 print(
                     f"| {label} | {rate:g} | {name} | {s['mean_e2e_latency_ms'] / 1e3:.2f} "
                     f"| {s['p99_e2e_latency_ms'] / 1e3:.2f} | {s['mean_ttft_ms'] / 1e3:.2f} "
-                    f"| {s['mean_tpot_ms']:.1f} | {s['migrations']} | {narrow(res.layouts)} |",
+                    f"| {s['mean_tpot_ms']:.1f} | {s['migrations']} | {narrow(res.layouts, end)} |",
                     flush=True,
                 )
 

@@ -65,15 +65,24 @@ def main(out: Path) -> None:
             f"\nl4 / best baseline max rate at SLO: {ratio:.2f}x "
             f"(bar >= {BAR['max_rate']}x: {verdict}; step {step:g})\n"
         )
-        print("| rate | best baseline (mean E2E) | l4 / it, mean | best baseline (P99 E2E) | l4 / it, P99 |")
-        print("|---|---|---|---|---|")
+        print(
+            "| rate | best baseline (mean E2E) | l4 / it, mean | best baseline (P99 E2E) | l4 / it, P99 "
+            "| l4 / round_robin, mean | l4 / llumnix, mean |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for rate in rates:
             bm = min(base, key=lambda p: at[(p, rate)]["mean_e2e_latency_ms"])
             bp = min(base, key=lambda p: at[(p, rate)]["p99_e2e_latency_ms"])
             l4 = at[("l4", rate)]
             rm = l4["mean_e2e_latency_ms"] / at[(bm, rate)]["mean_e2e_latency_ms"]
             rp = l4["p99_e2e_latency_ms"] / at[(bp, rate)]["p99_e2e_latency_ms"]
-            print(f"| {rate:g} | {bm} | {rm:.2f} | {bp} | {rp:.2f} |")
+            other = [
+                f"{l4['mean_e2e_latency_ms'] / at[(p, rate)]['mean_e2e_latency_ms']:.2f}"
+                if p in pols
+                else "-"
+                for p in ("round_robin", "llumnix")
+            ]
+            print(f"| {rate:g} | {bm} | {rm:.2f} | {bp} | {rp:.2f} | {other[0]} | {other[1]} |")
         print(f"\n(paper's bar: mean E2E <= {BAR['mean_e2e']}x, P99 E2E <= {BAR['p99_e2e']}x)")
 
 
