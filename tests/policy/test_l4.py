@@ -238,8 +238,13 @@ def test_same_seed_and_events_replay_exactly(drive):
     a, b = drive("l4", 60.0, seed=5), drive("l4", 60.0, seed=5)
     assert a.routes == b.routes and a.migrations == b.migrations
     assert a.policy.layout() == b.policy.layout()
+    # The default pick weighs every worker of the stage (no sampling): the policy seed changes nothing.
     c = drive("l4", 60.0, seed=5, policy_seed=6)
-    assert c.routes != a.routes  # same events, other sampling
+    assert c.routes == a.routes
+    # Sampling 2 candidates (router replicas without shared state): the seed picks them.
+    d2 = {"candidates": 2, "pick": "work"}
+    d, e = drive("l4", 60.0, d2, seed=5), drive("l4", 60.0, d2, seed=5, policy_seed=6)
+    assert d.routes != e.routes  # same events, other sampling
 
 
 @pytest.mark.parametrize(

@@ -21,23 +21,36 @@ What it does with each event (DESIGN.md "L4, as we build it"):
   infeasible current layout is always replaced by a feasible one; between two
   infeasible ones the excess work is compared), or at once when workers were
   added or removed since the last applied layout. Applied boundaries are bin
-  edges. Workers keep their order: the old stages' workers, each stage's
+  edges. With `stage_gain` > 0 the DP's layout is first thinned: neighbour
+  stages merge (the cheapest merge first) while a merge raises the predicted
+  cost by less than `stage_gain` of it, so every extra stage must earn its keep
+  (the DP's fluid queueing model sees no loss of pooling in small stages, and
+  prices each stage's length mix at its top edge: on short-prompt traces it
+  splits into 8-10 stages of 1-2 instances that do worse than one).
+  Workers keep their order: the old stages' workers, each stage's
   sorted by the mean context of what they run, fill the new stages in order,
   so a worker changes stage only where the counts make it; a worker that
   changes stage keeps its running requests (they finish or migrate by the
   rules below).
 - **Admission.** A request goes to the stage holding its prompt length (its
   predicted peak, prompt + max_new_tokens, with `admit_by_peak`), or the
-  nearest stage with a healthy worker (the upper one on a tie); inside it to
-  the least predicted work among `candidates` workers sampled by the core with
-  a seed drawn from the policy's seed and a counter. With `prefix_affinity`, a
+  nearest stage with a healthy worker (the upper one on a tie); inside it,
+  with `pick` "marginal" (the default), to the worker where it adds the least
+  request-seconds: its own queueing, prefill and decode over `horizon_steps`,
+  plus the slowdown its length brings to the batch it joins (the cost model's
+  length-mix term); "work" takes the least predicted work (before 2026-11-23
+  the only pick), "tokens" the fewest outstanding tokens (as least_load).
+  `candidates` 0 (the default) weighs every worker of the stage (stages are
+  small); d > 0 samples d with a seed drawn from the policy's seed and a
+  counter (router replicas without shared state). With `prefix_affinity`, a
   request whose first prefix block hash was last routed to a worker of that
   stage goes there again if its predicted work is at most (1 + pair_min_gap)
   times the stage's least (an LRU of `prefix_entries` hashes).
 - **Pipeline migration** (`on_progress`). When a request's context exceeds
   its worker's stage bound times (1 + hysteresis) and a later stage exists, it
   is proposed to move to the least loaded healthy worker of the stage holding
-  its context if `move_value` predicts a gain above the recompute cost. A
+  its context if `move_value` predicts a gain above `move_margin` times the
+  recompute cost. A
   request whose move did not pay is weighed again at most once per
   `balance_interval_s`. Requests below their worker's range (after a layout
   change) just finish there.
@@ -139,13 +152,25 @@ class L4Config(PolicyConfig):
     max_tokens: int = _knob(131072, "top of the last bin (longer contexts count in it)")
     refine_interval_s: float = _knob(5.0, "seconds between DP runs in tick()")
     min_gain: float = _knob(0.05, "relative predicted QoE gain a new layout needs to be applied")
+    stage_gain: float = _knob(
+        0.05,
+        "relative predicted QoE gain each stage beyond the first must earn (else it merges with a neighbour)",
+    )
     decay_half_life_s: float = _knob(60.0, "half-life of the length histogram, seconds")
-    candidates: int = _knob(2, "workers sampled inside a stage for a new request")
+    candidates: int = _knob(0, "workers sampled inside a stage for a new request (0: all of the stage)")
+    pick: str = _knob(
+        "marginal",
+        "in-stage pick: marginal (least request-seconds added, own and the batch's), work (least "
+        "predicted work), tokens (least outstanding tokens)",
+    )
     migration: bool = _knob(True, "propose migrations (pipeline and in-stage balance)")
     hysteresis: float = _knob(0.1, "a request migrates once its context exceeds its stage bound x (1 + this)")
     admit_by_peak: bool = _knob(False, "admit by prompt + max_new_tokens when max_new_tokens is given")
     diffusion_rate: float = _knob(0.25, "log-space boundary step per unit of relative load imbalance")
     diffusion_deadband: float = _knob(0.1, "relative imbalance below which boundaries stay put")
+    move_margin: float = _knob(
+        1.0, "a pipeline migration's predicted gain must exceed this times its recompute cost"
+    )
     pair_min_gap: float = _knob(0.2, "relative work gap between two workers of a stage worth a migration")
     pair_margin: float = _knob(1.0, "an in-stage migration's gain must exceed this times its cost")
     prefix_affinity: bool = _knob(True, "send a known first prefix block to the worker that last had it")
@@ -169,11 +194,14 @@ class L4Config(PolicyConfig):
             "max_tokens": ("> 16 (the first log edge)", lambda x: x > 16),
             "refine_interval_s": at_least_0,
             "min_gain": at_least_0,
+            "stage_gain": at_least_0,
             "decay_half_life_s": ("> 0 (inf: no decay)", lambda x: x > 0),
-            "candidates": (">= 1", lambda x: x >= 1),
+            "candidates": (">= 0", lambda x: x >= 0),
+            "pick": ("work, tokens or marginal", lambda x: x in ("work", "tokens", "marginal")),
             "hysteresis": at_least_0,
             "diffusion_rate": at_least_0,
             "diffusion_deadband": ("in [0, 1)", lambda x: 0 <= x < 1),
+            "move_margin": at_least_0,
             "pair_min_gap": at_least_0,
             "pair_margin": at_least_0,
             "slo_ttft_s": positive,
@@ -400,9 +428,20 @@ class L4(Policy):
         worker = self._affine(req, workers)
         if worker is None:
             loads = [self.book.load(w) for w in workers]
-            d = self.config.candidates if self._planned else len(workers)
+            d = self.config.candidates or len(workers) if self._planned else len(workers)
             self._picks += 1
             seed = (self.seed * 0x9E3779B97F4A7C15 + self._picks) % 2**64
+        if worker is None and self.config.pick != "work":
+            if d < len(workers):
+                rng = np.random.default_rng(seed)
+                idx = sorted(rng.choice(len(workers), size=d, replace=False))
+                workers, loads = [workers[i] for i in idx], [loads[i] for i in idx]
+            if self.config.pick == "tokens":
+                worker = min(workers, key=lambda w: self.book.outstanding(w)[::-1])
+            else:
+                costs = [self._marginal(w, x, req.prompt_tokens) for w, x in zip(workers, loads, strict=True)]
+                worker = workers[int(np.argmin(costs))]
+        if worker is None:
             models = [self.model_of(w) for w in workers] if self._models else self.cost_model
             worker = workers[pick_instance(models, loads, d, self.config.horizon_steps, seed)]
         if self.config.prefix_affinity and req.prefix_hashes and self.config.prefix_entries > 0:
@@ -412,6 +451,17 @@ class L4(Policy):
                 self._prefix.popitem(last=False)
         self.book.route(req, worker, now)
         return worker
+
+    def _marginal(self, worker_id: str, load: InstanceLoad, prompt: float) -> float:
+        """Request-seconds a new request of `prompt` tokens adds at `worker_id`: its own wait, prefill and
+        decode over the horizon, plus the slowdown of the batch it joins (the length-mix term included)."""
+        m, h = self.model_of(worker_id), self.config.horizon_steps
+        n, kv = load.running, load.kv_tokens
+        q = load.queued_requests
+        wait = q * m.prefill_time(load.queued_tokens / q) if q > 0 else 0.0
+        before = m.decode_step_time(n, kv, load.max_kv) if n > 0 else 0.0
+        after = m.decode_step_time(n + 1, kv + prompt, max(load.max_kv, prompt))
+        return wait + (n + 1) * m.prefill_time(prompt) + h * (after + n * (after - before))
 
     def _affine(self, req: RequestInfo, workers: list[str]) -> str | None:
         if not (self.config.prefix_affinity and req.prefix_hashes):
@@ -453,7 +503,7 @@ class L4(Policy):
             self.book.load(target, with_remaining=True),
             self.model_of(target),
         )
-        if gain > cost:
+        if gain > self.config.move_margin * cost:
             return [self.propose(rid, target, "pipeline", now)]
         return []
 
@@ -497,7 +547,7 @@ class L4(Policy):
         classes = [(m, len(ws)) for m, ws in groups]
         class_of = {w: c for c, (_, ws) in enumerate(groups) for w in ws}
         if len(classes) == 1:
-            proposed = partition(groups[0][0], workload, n, self._qoe)
+            proposed = self._merge(groups[0][0], workload, partition(groups[0][0], workload, n, self._qoe))
         else:
             proposed = partition_classes(classes, workload, self._qoe)
         current: Layout | None = None
@@ -534,6 +584,30 @@ class L4(Policy):
                 classes=tuple(proposed.classes),
             )
         )
+
+    def _cuts_of(self, bounds) -> list[int]:
+        logs = np.log(self._edges[1:-1])
+        return [0, *(int(np.argmin(np.abs(logs - math.log(b)))) + 1 for b in bounds), self._edges.size - 1]
+
+    def _merge(self, model: CostModel, workload, layout: Layout) -> Layout:
+        """Merge neighbour stages while the cheapest merge costs less than `stage_gain` of the
+        layout's predicted cost: a stage must earn its keep (the DP's fluid model sees no pooling loss)."""
+        if self.config.stage_gain <= 0 or not layout.feasible or len(layout.instances) < 2:
+            return layout
+        cuts, counts = self._cuts_of(layout.boundaries), list(layout.instances)
+        while len(counts) > 1:
+            cost = layout.total_cost
+            best = None
+            for k in range(len(counts) - 1):
+                c2 = cuts[: k + 1] + cuts[k + 2 :]
+                n2 = [*counts[:k], counts[k] + counts[k + 1], *counts[k + 2 :]]
+                trial = evaluate_layout(model, workload, c2, n2, self._qoe)
+                if trial.feasible and (best is None or trial.total_cost < best[0].total_cost):
+                    best = (trial, c2, n2)
+            if best is None or best[0].total_cost - cost > self.config.stage_gain * cost:
+                break
+            layout, cuts, counts = best
+        return layout
 
     @property
     def last_refinement(self) -> Refinement | None:
