@@ -1,4 +1,5 @@
-"""Where L4's time goes (SIMULATED): L4 as shipped, L4 without boundary diffusion
+"""Where L4's time goes (SIMULATED): L4 as shipped, L4 with its defaults before the in-stage pick
+and stage_gain changes, L4 with only the new in-stage pick, L4 without boundary diffusion
 (diffusion_rate 0: the DP's bounds stay as set), without migrations, with one stage (the DP never
 runs: admission and in-stage balance only), least_load and power_of_two, at a few loads; plus how
 many stages L4 ran and how long a stage had collapsed to almost no length range.
@@ -15,9 +16,13 @@ T = "../shared/data/traces"
 CASES = [
     ("mooncake (first 20 min)", f"{T}/mooncake/conversation_trace.jsonl", 1200, [3.0, 4.5]),
     ("azure code (1 h)", f"{T}/azure2023/AzureLLMInferenceTrace_code.csv", None, [10.0, 30.0]),
+    ("azure conversation (1 h)", f"{T}/azure2023/AzureLLMInferenceTrace_conv.csv", None, [30.0]),
 ]
+OLD = {"pick": "work", "candidates": 2, "stage_gain": 0.0}  # l4's defaults before 2026-11-23's fix
 VARIANTS = [
     ("l4", "l4", None),
+    ("l4 before (pick work of 2 sampled, no stage_gain)", "l4", OLD),
+    ("l4, in-stage pick only (stage_gain 0)", "l4", {"stage_gain": 0.0}),
     ("l4, no diffusion", "l4", {"diffusion_rate": 0.0}),
     ("l4, no migrations", "l4", {"migration": False}),
     ("l4, one stage (DP never runs)", "l4", {"min_samples": 10**9}),

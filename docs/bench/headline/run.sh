@@ -10,7 +10,7 @@ OUT=${1:-/tmp/headline}
 T=${TRACES:-../shared/data/traces}
 # The calibration as it stood when these ran (the shipped file was being refitted the same day):
 MODEL=${MODEL:-docs/bench/llama3-8b-h100-flashinfer.snapshot.json}
-COMMON=(--instances 16 --cost-model "$MODEL" --seed 0 --quiet)
+COMMON=(--instances 16 --cost-model "$MODEL" --seed 0 --quiet ${POLICIES:+--policies "$POLICIES"})
 run() {  # NAME TRACE SWEEP [--no-het]
   local name=$1 trace=$2 sweep=$3; shift 3
   python -m l4_sglang.bench --trace "$trace" --rate-sweep "$sweep" "${COMMON[@]}" "$@" --output-dir "$OUT/$name"
