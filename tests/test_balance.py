@@ -94,3 +94,50 @@ def test_pick_migration_moves_from_busiest_to_idlest(model):
 def test_bad_input_names_the_field(model, call, field):
     with pytest.raises(ValueError, match=field):
         call(model)
+
+
+def _marginal_reference(m, load, prompt, horizon):
+    """The marginal cost written out with the cost model's own step functions."""
+    n, q = load.running, load.queued_requests
+    wait = q * m.prefill_time(load.queued_tokens / q) if q > 0 else 0.0
+    before = m.decode_step_time(n, load.kv_tokens, load.max_kv) if n > 0 else 0.0
+    after = m.decode_step_time(n + 1, load.kv_tokens + prompt, max(load.max_kv, prompt))
+    return wait + (n + 1) * m.prefill_time(prompt) + horizon * (after + n * (after - before))
+
+
+def test_pick_marginal_matches_its_formula_on_mixed_models():
+    import numpy as np
+
+    from l4_sglang import CostModel, InstanceLoad, pick_marginal
+
+    rng = np.random.default_rng(3)
+    models = [CostModel.load("llama3-8b-h100-flashinfer"), CostModel.load("llama3-8b-h200-flashinfer")]
+    for _ in range(200):
+        k = int(rng.integers(1, 6))
+        loads, ms = [], []
+        for _ in range(k):
+            running = float(rng.integers(0, 60))
+            ctx = float(rng.integers(100, 30_000))
+            loads.append(
+                InstanceLoad(
+                    running=running,
+                    kv_tokens=running * ctx,
+                    max_kv=ctx * float(rng.integers(1, 4)) if running else 0.0,
+                    queued_requests=float(rng.integers(0, 3)),
+                    queued_tokens=float(rng.integers(0, 20_000)),
+                )
+            )
+            ms.append(models[int(rng.integers(0, 2))])
+        prompt = float(rng.choice([50, 800, 8_000, 60_000]))
+        costs = [_marginal_reference(m, x, prompt, 100.0) for m, x in zip(ms, loads, strict=True)]
+        assert pick_marginal(ms, loads, prompt, 100.0) == int(np.argmin(costs))
+
+
+def test_pick_marginal_rejects_bad_input():
+    from l4_sglang import CostModel, InstanceLoad, pick_marginal
+
+    m = CostModel.load("llama3-8b-h100-flashinfer")
+    with pytest.raises(ValueError, match="prompt"):
+        pick_marginal(m, [InstanceLoad()], float("nan"))
+    with pytest.raises(ValueError, match="model"):
+        pick_marginal([m, m], [InstanceLoad()], 10.0)

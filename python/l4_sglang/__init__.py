@@ -23,6 +23,7 @@ from l4_sglang.core import (
     partition,
     partition_classes,
     pick_instance,
+    pick_marginal,
     pick_migration,
     predicted_work,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "partition",
     "partition_classes",
     "pick_instance",
+    "pick_marginal",
     "pick_migration",
     "predicted_work",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "partition_classes",
     "pick_instance",
     "pick_instance_models",
+    "pick_marginal",
     "pick_migration",
     "pick_migration_models",
     "predicted_work",
@@ -136,6 +137,9 @@ def pick_instance_models(
     models: list[CostModel], loads: list[_Load], candidates: int, horizon_steps: float, seed: int
 ) -> int:
     """`pick_instance` with instance i's work priced by models[i]."""
+
+def pick_marginal(models: list[CostModel], loads: list[_Load], prompt: float, horizon_steps: float) -> int:
+    """Instance where a `prompt`-token request adds the least request-seconds (models[i] prices i)."""
 
 def diffuse_boundary(
     boundary: float,

@@ -474,6 +474,20 @@ def pick_instance(
     return _core.pick_instance_models([m._core for m in _per_instance(model, len(tuples))], *args)
 
 
+def pick_marginal(
+    model: CostModel | Sequence[CostModel],
+    loads: Sequence[InstanceLoad],
+    prompt_tokens: float,
+    horizon_steps: float = 100.0,
+) -> int:
+    """Index of the instance where a request of `prompt_tokens` adds the least request-seconds:
+    its wait and prefill, and over `horizon_steps` decode steps its own step plus the slowdown of
+    the batch it joins (length-mix term included). `model`: one for all, or one per instance."""
+    tuples = [x._tuple() for x in loads]
+    models = [model] * len(tuples) if isinstance(model, CostModel) else _per_instance(model, len(tuples))
+    return _core.pick_marginal([m._core for m in models], tuples, float(prompt_tokens), float(horizon_steps))
+
+
 def diffuse_boundary(
     boundary: float,
     lower_load: float,

@@ -162,6 +162,65 @@ fn pick_with<'m>(
     Ok(best.1)
 }
 
+/// Request-seconds a new request of `prompt` tokens adds at an instance: its
+/// wait behind the queue, its prefill (which every running request waits out
+/// too), and over `horizon_steps` decode steps its own step plus the slowdown
+/// it brings to the batch it joins (the length-mix term included).
+pub fn marginal_cost(
+    model: &CostModel,
+    load: &InstanceLoad,
+    prompt: f64,
+    horizon_steps: f64,
+) -> f64 {
+    let wait = if load.queued_requests > 0.0 {
+        load.queued_requests * model.prefill_time(load.queued_tokens / load.queued_requests)
+    } else {
+        0.0
+    };
+    let n = load.running;
+    let before = if n > 0.0 {
+        model.decode_step_time(&load.decode())
+    } else {
+        0.0
+    };
+    let after = model.decode_step_time(&DecodeSummary {
+        requests: n + 1.0,
+        kv_tokens: load.kv_tokens + prompt,
+        max_kv: load.max_kv.max(prompt),
+    });
+    wait + (n + 1.0) * model.prefill_time(prompt) + horizon_steps * (after + n * (after - before))
+}
+
+/// Index of the instance where a request of `prompt` tokens adds the least
+/// request-seconds ([`marginal_cost`], instance `i` priced with `models[i]`);
+/// ties go to the lowest index. Unlike [`pick_instance`] it weighs what the
+/// request does to the batch it joins, not only how busy the instance is.
+pub fn pick_marginal(
+    models: &[&CostModel],
+    loads: &[InstanceLoad],
+    prompt: f64,
+    horizon_steps: f64,
+) -> Result<usize, CoreError> {
+    validate_loads(loads)?;
+    check_models(models, loads.len())?;
+    for (name, v) in [("prompt", prompt), ("horizon_steps", horizon_steps)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(CoreError::invalid(
+                name,
+                format!("must be finite and >= 0, got {v}"),
+            ));
+        }
+    }
+    let mut best = (f64::INFINITY, 0);
+    for (i, load) in loads.iter().enumerate() {
+        let c = marginal_cost(models[i], load, prompt, horizon_steps);
+        if c < best.0 {
+            best = (c, i);
+        }
+    }
+    Ok(best.1)
+}
+
 /// Settings of the boundary diffusion between two neighbour stages.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DiffusionConfig {
@@ -490,6 +549,34 @@ mod tests {
         assert_eq!(a, b);
         let distinct: std::collections::BTreeSet<_> = a.iter().collect();
         assert!(distinct.len() >= 5, "{distinct:?}");
+    }
+
+    #[test]
+    fn marginal_pick_keeps_a_long_prompt_off_a_batch_of_short_ones() {
+        // Same tokens in flight: 40 short requests, or 2 long ones. A 60K prompt slows the
+        // short batch for 40 requests (the length-mix term); a 200-token one barely matters.
+        let m = model();
+        let short = load(40.0, 1_000.0);
+        let long = load(2.0, 20_000.0);
+        assert_eq!(
+            pick_marginal(&[&m, &m], &[short, long], 60_000.0, 100.0).unwrap(),
+            1
+        );
+        let idle = InstanceLoad::default();
+        assert_eq!(
+            pick_marginal(&[&m, &m], &[short, idle], 200.0, 100.0).unwrap(),
+            1
+        );
+        let queued = InstanceLoad {
+            queued_requests: 3.0,
+            queued_tokens: 30_000.0,
+            ..Default::default()
+        };
+        let c = marginal_cost(&m, &queued, 100.0, 0.0);
+        let expected = 3.0 * m.prefill_time(10_000.0) + m.prefill_time(100.0) + 0.0;
+        assert!((c - expected).abs() < 1e-12, "{c} vs {expected}");
+        assert!(pick_marginal(&[&m], &[short], f64::NAN, 100.0).is_err());
+        assert!(pick_marginal(&[&m], &[short, long], 1.0, 100.0).is_err());
     }
 
     #[test]

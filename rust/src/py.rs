@@ -414,6 +414,18 @@ fn py_pick_instance_models(
 }
 
 #[pyfunction]
+#[pyo3(name = "pick_marginal")]
+fn py_pick_marginal(
+    models: Vec<PyRef<'_, PyCostModel>>,
+    loads: Vec<LoadTuple>,
+    prompt: f64,
+    horizon_steps: f64,
+) -> PyResult<usize> {
+    let models: Vec<&CostModel> = models.iter().map(|m| &m.inner).collect();
+    balance::pick_marginal(&models, &loads_from(loads), prompt, horizon_steps).map_err(value_error)
+}
+
+#[pyfunction]
 #[pyo3(name = "diffuse_boundary")]
 fn py_diffuse_boundary(
     boundary: f64,
@@ -568,6 +580,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_partition_classes, m)?)?;
     m.add_function(wrap_pyfunction!(py_evaluate_layout_classes, m)?)?;
     m.add_function(wrap_pyfunction!(py_pick_instance_models, m)?)?;
+    m.add_function(wrap_pyfunction!(py_pick_marginal, m)?)?;
     m.add_function(wrap_pyfunction!(py_pick_migration_models, m)?)?;
     Ok(())
 }

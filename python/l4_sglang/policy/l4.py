@@ -115,6 +115,7 @@ from l4_sglang.core import (
     partition,
     partition_classes,
     pick_instance,
+    pick_marginal,
     pick_migration,
     predicted_work,
 )
@@ -439,8 +440,8 @@ class L4(Policy):
             if self.config.pick == "tokens":
                 worker = min(workers, key=lambda w: self.book.outstanding(w)[::-1])
             else:
-                costs = [self._marginal(w, x, req.prompt_tokens) for w, x in zip(workers, loads, strict=True)]
-                worker = workers[int(np.argmin(costs))]
+                models = [self.model_of(w) for w in workers]
+                worker = workers[pick_marginal(models, loads, req.prompt_tokens, self.config.horizon_steps)]
         if worker is None:
             models = [self.model_of(w) for w in workers] if self._models else self.cost_model
             worker = workers[pick_instance(models, loads, d, self.config.horizon_steps, seed)]
@@ -451,17 +452,6 @@ class L4(Policy):
                 self._prefix.popitem(last=False)
         self.book.route(req, worker, now)
         return worker
-
-    def _marginal(self, worker_id: str, load: InstanceLoad, prompt: float) -> float:
-        """Request-seconds a new request of `prompt` tokens adds at `worker_id`: its own wait, prefill and
-        decode over the horizon, plus the slowdown of the batch it joins (the length-mix term included)."""
-        m, h = self.model_of(worker_id), self.config.horizon_steps
-        n, kv = load.running, load.kv_tokens
-        q = load.queued_requests
-        wait = q * m.prefill_time(load.queued_tokens / q) if q > 0 else 0.0
-        before = m.decode_step_time(n, kv, load.max_kv) if n > 0 else 0.0
-        after = m.decode_step_time(n + 1, kv + prompt, max(load.max_kv, prompt))
-        return wait + (n + 1) * m.prefill_time(prompt) + h * (after + n * (after - before))
 
     def _affine(self, req: RequestInfo, workers: list[str]) -> str | None:
         if not (self.config.prefix_affinity and req.prefix_hashes):
