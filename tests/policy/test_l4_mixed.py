@@ -103,14 +103,11 @@ def test_simulated_mixed_pool_beats_a_class_blind_l4():
     """4 H100 + 4 H200 in the simulator: L4 told each worker's model beats L4
     that prices every worker as an H100, on mean and p90 E2E latency.
 
-    The simulator takes one cost model for all instances; until it takes one
-    per instance, the H200 instances' engines are swapped in here (the
-    cluster's internals, as `Cluster.__init__` builds them)."""
+    The simulator runs sim-4..sim-7 on the H200 model (`instance_models`)."""
     from types import SimpleNamespace
 
     import numpy as np
 
-    from l4_sglang.sim.cluster import Instance, _SimEngine, engine_config
     from l4_sglang.sim.run import Simulator
 
     h100, h200 = CostModel.load("llama3-8b-h100-flashinfer"), CostModel.load(H200)
@@ -126,10 +123,7 @@ def test_simulated_mixed_pool_beats_a_class_blind_l4():
     results = {}
     for aware in (False, True):
         policy = L4(None, h100, seed=0, cost_models=dict.fromkeys(fast, h200) if aware else None)
-        sim = Simulator(reqs, policy, h100, 8)
-        for wid in fast:
-            engine = _SimEngine(engine_config(h200), h200._core.step_time, on_update=sim._on_token)
-            sim.cluster.instances[wid] = Instance(wid, engine)
+        sim = Simulator(reqs, policy, h100, 8, instance_models=dict.fromkeys(fast, h200))
         results[aware] = sim.run().summary()
         assert results[aware]["completed"] == len(reqs)
         if aware:

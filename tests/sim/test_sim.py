@@ -352,3 +352,19 @@ def test_l4_layouts_over_time_are_consistent(cm):
         assert sorted(w for ws in s.workers for w in ws) == sorted(f"sim-{i}" for i in range(4))
     assert any(len(s.workers) > 1 for s in res.layouts)
     assert simulate(reqs[:20], "round_robin", cm, 4).layouts == []
+
+
+def test_instance_models_time_each_instance_with_its_own_model(cm):
+    """A mixed pool: round robin puts request 0 on sim-0 (the default model) and request 1 on
+    sim-1 (H200); each alone, each timed exactly by its own model."""
+    h200 = CostModel.load("llama3-8b-h200-flashinfer")
+    reqs = [Req(0.0, 500, 5), Req(100.0, 500, 5)]
+    sim = Simulator(reqs, RoundRobin(None, cm), cm, 2, instance_models={"sim-1": h200})
+    res = sim.run()
+    by_worker = {rec.rid: rec for rec in res.records}
+    for rid, model in (("r0", cm), ("r1", h200)):
+        decode = sum(model.step_time([(1, 500 + k)]) for k in range(4))
+        assert by_worker[rid].e2e_s == pytest.approx(model.prefill_time(500) + decode, abs=1e-9)
+    assert by_worker["r0"].e2e_s != pytest.approx(by_worker["r1"].e2e_s)
+    with pytest.raises(ValueError, match=r"instance_models.*sim-9"):
+        Simulator(reqs, RoundRobin(None, cm), cm, 2, instance_models={"sim-9": h200})

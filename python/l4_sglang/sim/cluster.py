@@ -28,7 +28,7 @@ decode advance would buy at most about 2x; a Rust engine is the larger lever.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from l4_sglang.core import CostModel
@@ -106,16 +106,27 @@ class Cluster:
         cost_model: CostModel,
         config: EngineConfig | None = None,
         on_update: UpdateFn | None = None,
+        instance_models: Mapping[str, CostModel] | None = None,
     ) -> None:
+        """`instance_models` gives some instances (by id) their own cost model, a mixed pool: their
+        steps are priced and their limits (KV, running requests, chunk) taken from it."""
         if instances < 1:
             raise ValueError(f"invalid instances: must be >= 1, got {instances}")
         self.cost_model = cost_model
         self.config = config or engine_config(cost_model)
-        step_time = cost_model._core.step_time  # the checked wrapper costs a list copy per step
+        own = dict(instance_models or {})
+        unknown = sorted(set(own) - {f"sim-{i}" for i in range(instances)})
+        if unknown:
+            raise ValueError(
+                f"invalid instance_models: no instance {unknown[0]!r} (ids are sim-0..sim-{instances - 1})"
+            )
         self.instances: dict[str, Instance] = {}
         for i in range(instances):
             wid = f"sim-{i}"
-            engine = _SimEngine(self.config, step_time, on_update=on_update)
+            model = own.get(wid, cost_model)
+            config = self.config if model is cost_model else engine_config(model)
+            # The checked wrapper costs a list copy per step: the engine calls the core directly.
+            engine = _SimEngine(config, model._core.step_time, on_update=on_update)
             self.instances[wid] = Instance(wid, engine)
 
     @property

@@ -74,6 +74,7 @@ class Simulator:
         detailed_snapshots: bool = False,
         tell_max_new_tokens: bool = True,
         progress: ProgressFn | None = None,
+        instance_models: Mapping[str, CostModel] | None = None,
     ) -> None:
         if not load_poll_interval_s > 0 or not tick_interval_s > 0:
             raise ValueError("invalid intervals: load_poll_interval_s and tick_interval_s must be > 0")
@@ -81,7 +82,9 @@ class Simulator:
             raise ValueError(f"invalid progress_every_tokens: must be >= 1, got {progress_every_tokens}")
         self.policy = policy
         self.cost_model = cost_model
-        self.cluster = Cluster(instances, cost_model, engine or engine_config(cost_model), self._on_token)
+        self.cluster = Cluster(
+            instances, cost_model, engine or engine_config(cost_model), self._on_token, instance_models
+        )
         self.poll_s = float(load_poll_interval_s)
         self.tick_s = float(tick_interval_s)
         self.every = int(progress_every_tokens)
