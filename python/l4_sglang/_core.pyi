@@ -27,6 +27,10 @@ __version__: str
 build_profile: str
 """'release' or 'debug': benchmarks refuse a debug build."""
 
+_Workload = tuple[list[float], list[float], list[float], list[float], list[float], list[float]]
+"""(edges, arrival_rate, prompt_tokens, decode_rate, decode_context, growth_rate)"""
+_Qoe = tuple[float, float, float, float]
+"""(slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization)"""
 _Load = tuple[float, float, float, float, float, float]
 """(running, kv_tokens, max_kv, queued_requests, queued_tokens, mean_remaining)"""
 
@@ -59,69 +63,37 @@ class CostModel:
 
 def partition(
     model: CostModel,
-    edges: list[float],
-    arrival_rate: list[float],
-    prompt_tokens: list[float],
-    decode_rate: list[float],
-    decode_context: list[float],
-    growth_rate: list[float],
+    workload_args: _Workload,
     instances: int,
-    slo_ttft_s: float,
-    slo_tpot_s: float,
-    slo_penalty_s: float,
-    max_utilization: float,
+    qoe_args: _Qoe,
 ) -> dict:
     """Exact DP over bins and instances; releases the GIL."""
 
 def evaluate_layout(
     model: CostModel,
-    edges: list[float],
-    arrival_rate: list[float],
-    prompt_tokens: list[float],
-    decode_rate: list[float],
-    decode_context: list[float],
-    growth_rate: list[float],
+    workload_args: _Workload,
     cuts: list[int],
     instances: list[int],
-    slo_ttft_s: float,
-    slo_tpot_s: float,
-    slo_penalty_s: float,
-    max_utilization: float,
+    qoe_args: _Qoe,
 ) -> dict:
     """Price a given layout with the DP's stage cost."""
 
 def partition_classes(
     models: list[CostModel],
     counts: list[int],
-    edges: list[float],
-    arrival_rate: list[float],
-    prompt_tokens: list[float],
-    decode_rate: list[float],
-    decode_context: list[float],
-    growth_rate: list[float],
-    slo_ttft_s: float,
-    slo_tpot_s: float,
-    slo_penalty_s: float,
-    max_utilization: float,
+    workload_args: _Workload,
+    qoe_args: _Qoe,
 ) -> dict:
     """Exact DP of a mixed pool (counts[c] instances of models[c], at most 3 classes); releases the GIL."""
 
 def evaluate_layout_classes(
     models: list[CostModel],
     counts: list[int],
-    edges: list[float],
-    arrival_rate: list[float],
-    prompt_tokens: list[float],
-    decode_rate: list[float],
-    decode_context: list[float],
-    growth_rate: list[float],
+    workload_args: _Workload,
     cuts: list[int],
     instances: list[int],
     stage_classes: list[int],
-    slo_ttft_s: float,
-    slo_tpot_s: float,
-    slo_penalty_s: float,
-    max_utilization: float,
+    qoe_args: _Qoe,
 ) -> dict:
     """Price a mixed layout, stage s on instances[s] instances of class stage_classes[s]."""
 

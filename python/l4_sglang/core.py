@@ -146,7 +146,7 @@ class Workload:
     def bins(self) -> int:
         return self.edges.size - 1
 
-    def _args(self) -> tuple[list[float], ...]:
+    def _args(self) -> tuple[list[float], list[float], list[float], list[float], list[float], list[float]]:
         return (
             self.edges.tolist(),
             self.arrival_rate.tolist(),
@@ -307,7 +307,7 @@ def _check_instances(instances: int) -> int:
 def partition(model: CostModel, workload: Workload, instances: int, qoe: QoeConfig | None = None) -> Layout:
     """The best stage layout of `instances` instances for `workload` (exact DP)."""
     qoe = qoe or QoeConfig()
-    d = _core.partition(model._core, *workload._args(), _check_instances(instances), *qoe._args())
+    d = _core.partition(model._core, workload._args(), _check_instances(instances), qoe._args())
     return Layout._from_core(d)
 
 
@@ -326,7 +326,7 @@ def evaluate_layout(
             f"got {sum(int(i) for i in instances)}"
         )
     d = _core.evaluate_layout(
-        model._core, *workload._args(), [int(c) for c in cuts], [int(i) for i in instances], *qoe._args()
+        model._core, workload._args(), [int(c) for c in cuts], [int(i) for i in instances], qoe._args()
     )
     return Layout._from_core(d)
 
@@ -377,7 +377,7 @@ def partition_classes(
     qoe = qoe or QoeConfig()
     checked = _check_classes(classes)
     d = _core.partition_classes(
-        [c.model._core for c in checked], [c.count for c in checked], *workload._args(), *qoe._args()
+        [c.model._core for c in checked], [c.count for c in checked], workload._args(), qoe._args()
     )
     return Layout._from_core(d)
 
@@ -401,11 +401,11 @@ def evaluate_layout_classes(
     d = _core.evaluate_layout_classes(
         [c.model._core for c in checked],
         [c.count for c in checked],
-        *workload._args(),
+        workload._args(),
         [int(c) for c in cuts],
         [int(i) for i in instances],
         [int(c) for c in stage_classes],
-        *qoe._args(),
+        qoe._args(),
     )
     return Layout._from_core(d)
 

@@ -118,14 +118,14 @@ impl PyCostModel {
     }
 }
 
-fn workload(
-    edges: Vec<f64>,
-    arrival_rate: Vec<f64>,
-    prompt_tokens: Vec<f64>,
-    decode_rate: Vec<f64>,
-    decode_context: Vec<f64>,
-    growth_rate: Vec<f64>,
-) -> Workload {
+/// (edges, arrival_rate, prompt_tokens, decode_rate, decode_context, growth_rate), as
+/// `l4_sglang.core.Workload._args()` sends it.
+type WorkloadArgs = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+/// (slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization), as `QoeConfig._args()` sends it.
+type QoeArgs = (f64, f64, f64, f64);
+
+fn workload(args: WorkloadArgs) -> Workload {
+    let (edges, arrival_rate, prompt_tokens, decode_rate, decode_context, growth_rate) = args;
     Workload {
         edges,
         arrival_rate,
@@ -133,6 +133,15 @@ fn workload(
         decode_rate,
         decode_context,
         growth_rate,
+    }
+}
+
+fn qoe((slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization): QoeArgs) -> QoeConfig {
+    QoeConfig {
+        slo_ttft_s,
+        slo_tpot_s,
+        slo_penalty_s,
+        max_utilization,
     }
 }
 
@@ -173,38 +182,16 @@ fn partition_dict<'py>(py: Python<'py>, p: &Partition) -> PyResult<Bound<'py, Py
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
 #[pyfunction]
 #[pyo3(name = "partition")]
 fn py_partition<'py>(
     py: Python<'py>,
     model: &PyCostModel,
-    edges: Vec<f64>,
-    arrival_rate: Vec<f64>,
-    prompt_tokens: Vec<f64>,
-    decode_rate: Vec<f64>,
-    decode_context: Vec<f64>,
-    growth_rate: Vec<f64>,
+    workload_args: WorkloadArgs,
     instances: usize,
-    slo_ttft_s: f64,
-    slo_tpot_s: f64,
-    slo_penalty_s: f64,
-    max_utilization: f64,
+    qoe_args: QoeArgs,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let w = workload(
-        edges,
-        arrival_rate,
-        prompt_tokens,
-        decode_rate,
-        decode_context,
-        growth_rate,
-    );
-    let q = QoeConfig {
-        slo_ttft_s,
-        slo_tpot_s,
-        slo_penalty_s,
-        max_utilization,
-    };
+    let (w, q) = (workload(workload_args), qoe(qoe_args));
     let m = &model.inner;
     let result = py
         .detach(|| partition::partition(m, &w, instances, q))
@@ -212,39 +199,17 @@ fn py_partition<'py>(
     partition_dict(py, &result)
 }
 
-#[allow(clippy::too_many_arguments)]
 #[pyfunction]
 #[pyo3(name = "evaluate_layout")]
 fn py_evaluate_layout<'py>(
     py: Python<'py>,
     model: &PyCostModel,
-    edges: Vec<f64>,
-    arrival_rate: Vec<f64>,
-    prompt_tokens: Vec<f64>,
-    decode_rate: Vec<f64>,
-    decode_context: Vec<f64>,
-    growth_rate: Vec<f64>,
+    workload_args: WorkloadArgs,
     cuts: Vec<usize>,
     instances: Vec<usize>,
-    slo_ttft_s: f64,
-    slo_tpot_s: f64,
-    slo_penalty_s: f64,
-    max_utilization: f64,
+    qoe_args: QoeArgs,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let w = workload(
-        edges,
-        arrival_rate,
-        prompt_tokens,
-        decode_rate,
-        decode_context,
-        growth_rate,
-    );
-    let q = QoeConfig {
-        slo_ttft_s,
-        slo_tpot_s,
-        slo_penalty_s,
-        max_utilization,
-    };
+    let (w, q) = (workload(workload_args), qoe(qoe_args));
     let result =
         partition::evaluate(&model.inner, &w, q, &cuts, &instances).map_err(value_error)?;
     partition_dict(py, &result)
@@ -271,38 +236,16 @@ fn classes_from<'m>(
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
 #[pyfunction]
 #[pyo3(name = "partition_classes")]
 fn py_partition_classes<'py>(
     py: Python<'py>,
     models: Vec<PyRef<'py, PyCostModel>>,
     counts: Vec<usize>,
-    edges: Vec<f64>,
-    arrival_rate: Vec<f64>,
-    prompt_tokens: Vec<f64>,
-    decode_rate: Vec<f64>,
-    decode_context: Vec<f64>,
-    growth_rate: Vec<f64>,
-    slo_ttft_s: f64,
-    slo_tpot_s: f64,
-    slo_penalty_s: f64,
-    max_utilization: f64,
+    workload_args: WorkloadArgs,
+    qoe_args: QoeArgs,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let w = workload(
-        edges,
-        arrival_rate,
-        prompt_tokens,
-        decode_rate,
-        decode_context,
-        growth_rate,
-    );
-    let q = QoeConfig {
-        slo_ttft_s,
-        slo_tpot_s,
-        slo_penalty_s,
-        max_utilization,
-    };
+    let (w, q) = (workload(workload_args), qoe(qoe_args));
     let classes = classes_from(&models, &counts)?;
     let result = py
         .detach(|| partition::partition_classes(&classes, &w, q))
@@ -317,34 +260,13 @@ fn py_evaluate_layout_classes<'py>(
     py: Python<'py>,
     models: Vec<PyRef<'py, PyCostModel>>,
     counts: Vec<usize>,
-    edges: Vec<f64>,
-    arrival_rate: Vec<f64>,
-    prompt_tokens: Vec<f64>,
-    decode_rate: Vec<f64>,
-    decode_context: Vec<f64>,
-    growth_rate: Vec<f64>,
+    workload_args: WorkloadArgs,
     cuts: Vec<usize>,
     instances: Vec<usize>,
     stage_classes: Vec<usize>,
-    slo_ttft_s: f64,
-    slo_tpot_s: f64,
-    slo_penalty_s: f64,
-    max_utilization: f64,
+    qoe_args: QoeArgs,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let w = workload(
-        edges,
-        arrival_rate,
-        prompt_tokens,
-        decode_rate,
-        decode_context,
-        growth_rate,
-    );
-    let q = QoeConfig {
-        slo_ttft_s,
-        slo_tpot_s,
-        slo_penalty_s,
-        max_utilization,
-    };
+    let (w, q) = (workload(workload_args), qoe(qoe_args));
     let classes = classes_from(&models, &counts)?;
     let result = partition::evaluate_classes(&classes, &w, q, &cuts, &instances, &stage_classes)
         .map_err(value_error)?;
