@@ -13,10 +13,8 @@ __all__ = [
     "move_value",
     "partition",
     "partition_classes",
-    "pick_instance",
     "pick_instance_models",
     "pick_marginal",
-    "pick_migration",
     "pick_migration_models",
     "predicted_work",
 ]
@@ -100,15 +98,10 @@ def evaluate_layout_classes(
 def predicted_work(model: CostModel, load: _Load, horizon_steps: float) -> float:
     """Seconds of work queued and running on one instance."""
 
-def pick_instance(
-    model: CostModel, loads: list[_Load], candidates: int, horizon_steps: float, seed: int
-) -> int:
-    """Least predicted work among `candidates` instances sampled with `seed`."""
-
 def pick_instance_models(
     models: list[CostModel], loads: list[_Load], candidates: int, horizon_steps: float, seed: int
 ) -> int:
-    """`pick_instance` with instance i's work priced by models[i]."""
+    """Least predicted work (instance i priced by models[i]) among `candidates` sampled with `seed`."""
 
 def pick_marginal(models: list[CostModel], loads: list[_Load], prompt: float, horizon_steps: float) -> int:
     """Instance where a `prompt`-token request adds the least request-seconds (models[i] prices i)."""
@@ -135,16 +128,6 @@ def move_value(
 ) -> tuple[float, float]:
     """(gain_s, cost_s) of moving one running request; the target priced by target_model (default model)."""
 
-def pick_migration(
-    model: CostModel,
-    loads: list[_Load],
-    requests: list[list[tuple[int, float, float]]],
-    min_gap: float,
-    margin: float,
-    horizon_steps: float,
-) -> dict | None:
-    """The move from the busiest to the idlest instance that pays most, if any."""
-
 def pick_migration_models(
     models: list[CostModel],
     loads: list[_Load],
@@ -153,4 +136,4 @@ def pick_migration_models(
     margin: float,
     horizon_steps: float,
 ) -> dict | None:
-    """`pick_migration` with instance i priced by models[i]."""
+    """The move from the busiest to the idlest instance that pays most, if any (i priced by models[i])."""

@@ -445,12 +445,14 @@ def predicted_work(model: CostModel, load: InstanceLoad, horizon_steps: float = 
     return _core.predicted_work(model._core, load._tuple(), float(horizon_steps))
 
 
-def _per_instance(models: Sequence[CostModel], instances: int) -> list[CostModel]:
-    """One cost model per instance, checked against `instances`."""
-    models = list(models)
+def _per_instance(model: CostModel | Sequence[CostModel], instances: int) -> list:
+    """The core model of each instance: `model` for all, or one per instance (checked)."""
+    if isinstance(model, CostModel):
+        return [model._core] * instances
+    models = list(model)
     if len(models) != instances or not all(isinstance(m, CostModel) for m in models):
         raise ValueError(f"invalid model: needs one CostModel or {instances} of them (one per instance)")
-    return models
+    return [m._core for m in models]
 
 
 def pick_instance(
@@ -469,9 +471,7 @@ def pick_instance(
         raise ValueError(f"invalid candidates: must be >= 1, got {candidates}")
     tuples = [x._tuple() for x in loads]
     args = (tuples, int(candidates), float(horizon_steps), int(seed) % 2**64)
-    if isinstance(model, CostModel):
-        return _core.pick_instance(model._core, *args)
-    return _core.pick_instance_models([m._core for m in _per_instance(model, len(tuples))], *args)
+    return _core.pick_instance_models(_per_instance(model, len(tuples)), *args)
 
 
 def pick_marginal(
@@ -484,8 +484,8 @@ def pick_marginal(
     its wait and prefill, and over `horizon_steps` decode steps its own step plus the slowdown of
     the batch it joins (length-mix term included). `model`: one for all, or one per instance."""
     tuples = [x._tuple() for x in loads]
-    models = [model] * len(tuples) if isinstance(model, CostModel) else _per_instance(model, len(tuples))
-    return _core.pick_marginal([m._core for m in models], tuples, float(prompt_tokens), float(horizon_steps))
+    models = _per_instance(model, len(tuples))
+    return _core.pick_marginal(models, tuples, float(prompt_tokens), float(horizon_steps))
 
 
 def diffuse_boundary(
@@ -551,8 +551,5 @@ def pick_migration(
         raise ValueError("invalid requests: request ids must be >= 0")
     tuples = [x._tuple() for x in loads]
     args = (tuples, lists, float(min_gap), float(margin), float(horizon_steps))
-    if isinstance(model, CostModel):
-        found = _core.pick_migration(model._core, *args)
-    else:
-        found = _core.pick_migration_models([m._core for m in _per_instance(model, len(tuples))], *args)
+    found = _core.pick_migration_models(_per_instance(model, len(tuples)), *args)
     return Migration(**found) if found is not None else None

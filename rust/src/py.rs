@@ -303,25 +303,6 @@ fn py_predicted_work(model: &PyCostModel, load: LoadTuple, horizon_steps: f64) -
 }
 
 #[pyfunction]
-#[pyo3(name = "pick_instance")]
-fn py_pick_instance(
-    model: &PyCostModel,
-    loads: Vec<LoadTuple>,
-    candidates: usize,
-    horizon_steps: f64,
-    seed: u64,
-) -> PyResult<usize> {
-    balance::pick_instance(
-        &model.inner,
-        &loads_from(loads),
-        candidates,
-        horizon_steps,
-        seed,
-    )
-    .map_err(value_error)
-}
-
-#[pyfunction]
 #[pyo3(name = "pick_instance_models")]
 fn py_pick_instance_models(
     models: Vec<PyRef<'_, PyCostModel>>,
@@ -432,32 +413,6 @@ fn requests_from(requests: Vec<Vec<(u64, f64, f64)>>) -> Vec<Vec<RunningRequest>
 }
 
 #[pyfunction]
-#[pyo3(name = "pick_migration")]
-fn py_pick_migration<'py>(
-    py: Python<'py>,
-    model: &PyCostModel,
-    loads: Vec<LoadTuple>,
-    requests: Vec<Vec<(u64, f64, f64)>>,
-    min_gap: f64,
-    margin: f64,
-    horizon_steps: f64,
-) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let cfg = MigrationConfig {
-        min_gap,
-        margin,
-        horizon_steps,
-    };
-    let found = balance::pick_migration(
-        &model.inner,
-        &loads_from(loads),
-        &requests_from(requests),
-        cfg,
-    )
-    .map_err(value_error)?;
-    migration_dict(py, found)
-}
-
-#[pyfunction]
 #[pyo3(name = "pick_migration_models")]
 fn py_pick_migration_models<'py>(
     py: Python<'py>,
@@ -495,10 +450,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_partition, m)?)?;
     m.add_function(wrap_pyfunction!(py_evaluate_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py_predicted_work, m)?)?;
-    m.add_function(wrap_pyfunction!(py_pick_instance, m)?)?;
     m.add_function(wrap_pyfunction!(py_diffuse_boundary, m)?)?;
     m.add_function(wrap_pyfunction!(py_move_value, m)?)?;
-    m.add_function(wrap_pyfunction!(py_pick_migration, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_classes, m)?)?;
     m.add_function(wrap_pyfunction!(py_evaluate_layout_classes, m)?)?;
     m.add_function(wrap_pyfunction!(py_pick_instance_models, m)?)?;
