@@ -1406,6 +1406,21 @@ mod tests {
 
     use crate::cost_model::tests::h100 as model;
 
+    /// The unpruned and pruned DPs agree: both infeasible, or the same cost (then true).
+    fn same_cost(plain: Option<f64>, pruned: Option<f64>, what: &str) -> bool {
+        match (plain, pruned) {
+            (Some(a), Some(b)) => {
+                assert!(
+                    (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                    "{what}: {a} vs {b}"
+                );
+                true
+            }
+            (None, None) => false,
+            other => panic!("{what}: feasibility differs {other:?}"),
+        }
+    }
+
     /// A bimodal workload: chats around 500 tokens, documents around 60K.
     fn bimodal(scale: f64) -> Workload {
         let edges = vec![0.0, 1_024.0, 8_192.0, 32_768.0, 131_072.0];
@@ -1529,17 +1544,11 @@ mod tests {
                 let p = Prepared::new(&m, &w, q);
                 let plain = p.solve(n, false, None).map(|c| p.layout_cost(&c));
                 let pruned = p.solve_pruned(n).map(|c| p.layout_cost(&c));
-                match (plain, pruned) {
-                    (Some(a), Some(b)) => {
-                        pruned_paths += 1;
-                        assert!(
-                            (a - b).abs() <= 1e-9 * a.abs().max(1.0),
-                            "seed {seed} bins {bins}: {a} vs {b}"
-                        );
-                    }
-                    (None, None) => {}
-                    other => panic!("seed {seed} bins {bins}: feasibility differs {other:?}"),
-                }
+                pruned_paths += usize::from(same_cost(
+                    plain,
+                    pruned,
+                    &format!("seed {seed} bins {bins}"),
+                ));
             }
         }
         assert!(
@@ -1780,17 +1789,11 @@ mod tests {
                 let mixed = Mixed::new(&classes, &w, QoeConfig::default());
                 let plain = mixed.solve(false, None).map(|s| mixed.layout_cost(&s));
                 let pruned = mixed.solve_pruned().map(|s| mixed.layout_cost(&s));
-                match (plain, pruned) {
-                    (Some(x), Some(y)) => {
-                        pruned_paths += 1;
-                        assert!(
-                            (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                            "seed {seed} bins {bins}: {x} vs {y}"
-                        );
-                    }
-                    (None, None) => {}
-                    other => panic!("seed {seed} bins {bins}: feasibility differs {other:?}"),
-                }
+                pruned_paths += usize::from(same_cost(
+                    plain,
+                    pruned,
+                    &format!("seed {seed} bins {bins}"),
+                ));
             }
         }
         assert!(pruned_paths > 20, "only {pruned_paths} feasible cases");
