@@ -2,13 +2,16 @@
 
     python -m l4_sglang.launch [--model-path M] [--num-instances 4] [--backend auto|sglang|emulated]
         [--policy l4] [--host 127.0.0.1] [--port 30000] [--cost-model NAME|PATH] [--time-scale S]
-        [--l4-<knob> V ...] [SGLang server flags ...]
+        [--instances-per-gpu K] [--l4-<knob> V ...] [SGLang server flags ...]
 
 Backends:
 - `sglang`: N `python -m sglang.launch_server` processes, each on its own
   port and its own GPUs (CUDA_VISIBLE_DEVICES; tp x pp x dp GPUs each, from
   the SGLang flags), with every flag this launcher does not know passed
   through unchanged (checked first by SGLang's own `ServerArgs` parser).
+  `--instances-per-gpu K` puts K instances on each GPU (group) instead of
+  one; they then share its memory, so `--mem-fraction-static` must be given
+  (about 0.85 / K).
 - `emulated`: N emulated SGLang workers (`python -m l4_sglang.emulated_worker`,
   no GPU; step times from the cost model, times --time-scale). The SGLang flags
   they understand are passed on, others are ignored with a warning.
@@ -152,6 +155,38 @@ def validate_sglang_flags(model_path: str, flags: Sequence[str]) -> None:
         raise LaunchError(f"SGLang rejects the server flags {' '.join(flags)!r}: {e}") from None
 
 
+def check_shared_memory(flags: Sequence[str], instances_per_gpu: int) -> str | None:
+    """K instances on one GPU: LaunchError without --mem-fraction-static; a warning (returned) when
+    K x the fraction leaves too little memory for SGLang's own activations and CUDA graphs.
+
+    SGLang's default fraction (about 0.85-0.9 on an H100/H200) assumes a GPU of its own: the
+    instance that starts second would fail, or get a KV pool of leftovers, only after minutes of
+    start-up. Failing here costs nothing, and the operator chooses the split."""
+    if instances_per_gpu == 1:
+        return None
+    raw = _flag_value(flags, ["--mem-fraction-static"])
+    if raw is None:
+        raise LaunchError(
+            f"--instances-per-gpu {instances_per_gpu} shares each GPU's memory between "
+            f"{instances_per_gpu} SGLang instances: pass --mem-fraction-static (about "
+            f"{0.85 / instances_per_gpu:.2f}, i.e. 0.85 / {instances_per_gpu}); SGLang's default "
+            "assumes a GPU of its own"
+        )
+    try:
+        fraction = float(raw)
+    except ValueError:
+        raise LaunchError(f"--mem-fraction-static must be a number, got {raw!r}") from None
+    if not 0 < fraction < 1:
+        raise LaunchError(f"--mem-fraction-static must be in (0, 1), got {fraction}")
+    if fraction * instances_per_gpu > 0.9:
+        return (
+            f"{instances_per_gpu} instances x --mem-fraction-static {fraction:g} = "
+            f"{fraction * instances_per_gpu:.2f} of each GPU's memory: the instances may not all "
+            "start, or get unequal KV pools (keep K x fraction <= 0.9)"
+        )
+    return None
+
+
 def sglang_plans(
     model_path: str,
     num_instances: int,
@@ -160,20 +195,29 @@ def sglang_plans(
     ports: Sequence[int],
     host: str = "127.0.0.1",
     python: str = sys.executable,
+    instances_per_gpu: int = 1,
 ) -> list[WorkerPlan]:
-    """The `sglang.launch_server` command and GPUs of each instance (no process is started)."""
+    """The `sglang.launch_server` command and GPUs of each instance (no process is started).
+
+    Instance i runs on GPU group i // instances_per_gpu (tp x pp x dp GPUs a group): with
+    instances_per_gpu K > 1, K instances share each group."""
     for own in OWN_WORKER_FLAGS:
         if _flag_value(flags, [own]) is not None or own in flags:
             raise LaunchError(f"{own} is set by the launcher for each instance; leave it out")
+    if instances_per_gpu < 1:
+        raise LaunchError(f"--instances-per-gpu must be >= 1, got {instances_per_gpu}")
     per = gpus_per_instance(flags)
-    if num_instances * per > len(gpus):
+    groups = -(-num_instances // instances_per_gpu)
+    if groups * per > len(gpus):
+        shared = f", {instances_per_gpu} per GPU group," if instances_per_gpu > 1 else ""
         raise LaunchError(
-            f"{num_instances} instance(s) x {per} GPU(s) each need {num_instances * per} GPUs; "
+            f"{num_instances} instance(s){shared} x {per} GPU(s) each need {groups * per} GPUs; "
             f"{len(gpus)} visible ({','.join(gpus) or 'none'})"
         )
     plans = []
     for i in range(num_instances):
-        mine = list(gpus[i * per : (i + 1) * per])
+        g = i // instances_per_gpu
+        mine = list(gpus[g * per : (g + 1) * per])
         cmd = [python, "-m", "sglang.launch_server", "--model-path", model_path]
         cmd += ["--host", host, "--port", str(ports[i]), *flags]
         plans.append(
@@ -449,6 +493,16 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument(
         "--time-scale", type=float, default=1.0, help="emulated step time multiplier (0.1: 10x faster)"
     )
+    p.add_argument(
+        "--instances-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="sglang backend: K instances share each GPU (group of tp x pp x dp GPUs); default 1. "
+        "They share its memory: pass SGLang's --mem-fraction-static (about 0.85 / K), or the "
+        "launcher refuses to start. For tests and dry runs: instances on one GPU also share its "
+        "compute, so their timings are not those of one GPU each. Ignored by the emulated backend",
+    )
     p.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for healthy workers")
     p.add_argument("--smoke-test", action="store_true", help="serve one chat completion, then stop (for CI)")
     add_router_args(p, with_workers=False)
@@ -457,6 +511,8 @@ def parse_args(argv: list[str] | None = None):
         p.error("--num-instances must be >= 1")
     if not args.time_scale > 0:
         p.error("--time-scale must be > 0")
+    if args.instances_per_gpu < 1:
+        p.error("--instances-per-gpu must be >= 1")
     return p, args, passthrough
 
 
@@ -484,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             if ignored:
                 print(f"l4_sglang: emulated workers ignore: {' '.join(ignored)}", file=sys.stderr)
             plans = emulated_plans(n, ports, model, args.cost_model, args.time_scale, flags, args.worker_host)
+            if args.instances_per_gpu != 1:
+                print("l4_sglang: emulated workers use no GPU: --instances-per-gpu ignored", file=sys.stderr)
             if args.default_max_tokens is None:
                 args.default_max_tokens = EMULATED_CHAT_MAX_TOKENS
             wait = args.wait_timeout or 120.0
@@ -494,7 +552,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.time_scale != 1.0:
                 raise LaunchError("--time-scale applies to emulated workers only: SGLang runs in real time")
             validate_sglang_flags(model, passthrough)
-            plans = sglang_plans(model, n, passthrough, visible_gpus(), ports, args.worker_host)
+            k = args.instances_per_gpu
+            warning = check_shared_memory(passthrough, k)
+            plans = sglang_plans(
+                model, n, passthrough, visible_gpus(), ports, args.worker_host, instances_per_gpu=k
+            )
+            if warning:
+                print(f"l4_sglang: WARNING: {warning}", file=sys.stderr, flush=True)
+            if k > 1:
+                print(
+                    f"l4_sglang: {k} instances per GPU ("
+                    + ", ".join(f"{pl.name} on GPU {pl.env['CUDA_VISIBLE_DEVICES']}" for pl in plans)
+                    + "): they share each GPU's memory and compute",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if args.tokenizer_path is None:
                 args.tokenizer_path = resolve_tokenizer(model)
                 if args.tokenizer_path is None and "--skip-tokenizer-init" not in passthrough:

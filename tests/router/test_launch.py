@@ -101,6 +101,89 @@ def test_sglang_commands_one_gpu_group_per_instance():
         launch.gpus_per_instance(["--tp-size", "two"])
 
 
+def test_sglang_instances_share_gpus_k_per_gpu():
+    flags = ["--mem-fraction-static", "0.4", "--context-length", "131072"]
+    ports = [31001, 31002, 31003, 31004]
+    # Two instances on one GPU (the one-GPU dry run), then four on two GPUs.
+    two = launch.sglang_plans("/m", 2, flags, ["0"], ports[:2], instances_per_gpu=2)
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in two] == ["0", "0"]
+    assert [p.url for p in two] == ["http://127.0.0.1:31001", "http://127.0.0.1:31002"]
+    assert [p.cmd[p.cmd.index("--port") + 1] for p in two] == ["31001", "31002"]
+    assert [p.name for p in two] == ["sglang-0", "sglang-1"]
+    four = launch.sglang_plans("/m", 4, flags, ["4", "5"], ports, instances_per_gpu=2)
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in four] == ["4", "4", "5", "5"]
+    assert len({p.url for p in four}) == 4
+    # A count that does not divide: the last GPU holds fewer.
+    three = launch.sglang_plans("/m", 3, flags, ["0", "1"], ports[:3], instances_per_gpu=2)
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in three] == ["0", "0", "1"]
+    # GPU groups (tp 2): two instances on each pair.
+    tp = launch.sglang_plans("/m", 4, ["--tp", "2", *flags], list("0123"), ports, instances_per_gpu=2)
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in tp] == ["0,1", "0,1", "2,3", "2,3"]
+    # Default 1: one instance a GPU, as before.
+    one = launch.sglang_plans("/m", 2, flags, ["0", "1"], ports[:2])
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in one] == ["0", "1"]
+    with pytest.raises(
+        launch.LaunchError,
+        match=r"3 instance\(s\), 2 per GPU group, x 1 GPU\(s\) each need 2 GPUs; 1 visible",
+    ):
+        launch.sglang_plans("/m", 3, flags, ["0"], ports[:3], instances_per_gpu=2)
+    with pytest.raises(launch.LaunchError, match="need 2 GPUs; 1 visible"):
+        launch.sglang_plans("/m", 2, flags, ["0"], ports[:2])
+    with pytest.raises(launch.LaunchError, match="--instances-per-gpu must be >= 1"):
+        launch.sglang_plans("/m", 2, flags, ["0"], ports[:2], instances_per_gpu=0)
+
+
+def test_shared_gpus_need_an_explicit_memory_fraction():
+    assert launch.check_shared_memory([], 1) is None  # one instance a GPU: SGLang's default is right
+    with pytest.raises(launch.LaunchError, match=r"pass --mem-fraction-static \(about 0.42"):
+        launch.check_shared_memory(["--context-length", "4096"], 2)
+    assert launch.check_shared_memory(["--mem-fraction-static", "0.4"], 2) is None
+    assert launch.check_shared_memory(["--mem-fraction-static=0.3"], 3) is None
+    warning = launch.check_shared_memory(["--mem-fraction-static", "0.6"], 2)
+    assert warning is not None and "1.20 of each GPU's memory" in warning
+    with pytest.raises(launch.LaunchError, match="must be a number"):
+        launch.check_shared_memory(["--mem-fraction-static", "half"], 2)
+    with pytest.raises(launch.LaunchError, match=r"must be in \(0, 1\)"):
+        launch.check_shared_memory(["--mem-fraction-static", "1.5"], 2)
+
+
+def test_launcher_main_k_per_gpu(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(launch, "choose_backend", lambda requested: ("sglang", "asked for"))
+    monkeypatch.setattr(launch, "validate_sglang_flags", lambda model, flags: None)
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["0"])
+    started = []
+
+    async def fake_run(plans, settings, wait, smoke, model):
+        started.append((plans, settings))
+        return 0
+
+    monkeypatch.setattr(launch, "run", fake_run)
+    base = [
+        "--backend",
+        "sglang",
+        "--model-path",
+        str(tmp_path),
+        "--num-instances",
+        "2",
+        "--skip-tokenizer-init",
+    ]
+    # Two instances, one GPU: refused without --instances-per-gpu, and without a memory fraction.
+    assert launch.main(base) == 2
+    assert "need 2 GPUs; 1 visible" in capsys.readouterr().err
+    assert launch.main([*base, "--instances-per-gpu", "2"]) == 2
+    assert "pass --mem-fraction-static" in capsys.readouterr().err and not started
+    assert launch.main([*base, "--instances-per-gpu", "2", "--mem-fraction-static", "0.4"]) == 0
+    err = capsys.readouterr().err
+    assert "2 instances per GPU (sglang-0 on GPU 0, sglang-1 on GPU 0)" in err
+    plans, settings = started[0]
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0", "0"]
+    assert all(p.cmd[-2:] == ["--mem-fraction-static", "0.4"] for p in plans)
+    assert "--instances-per-gpu" not in plans[0].cmd  # the launcher's own flag stays here
+    assert list(settings.worker_urls) == [p.url for p in plans] and len(set(settings.worker_urls)) == 2
+    with pytest.raises(SystemExit):
+        launch.main([*base, "--instances-per-gpu", "0"])
+
+
 def test_sglang_flags_are_checked_by_sglangs_own_parser(monkeypatch):
     # A stand-in for sglang.srt.server_args: the launcher must hand the flags to ServerArgs.add_cli_args.
     class ServerArgs:
