@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
 
-from l4_sglang.core import DEFAULT_COST_MODEL
+from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
+from l4_sglang.worker import host_latency
 from l4_sglang.worker.server import DEFAULT_CONTEXT_LENGTH, DEFAULT_MODEL_PATH, EmulatedWorker, WorkerSettings
 
 READY_LINE = "The server is fired up and ready to roll!"  # what SGLang logs once it serves
 
 
-def parse_args(argv: list[str] | None = None) -> WorkerSettings:
+def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
+    """The worker's settings, and whether to measure its host latency at start-up."""
     p = argparse.ArgumentParser(prog="python -m l4_sglang.emulated_worker", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000, help="0 picks a free port (printed when ready)")
@@ -47,8 +50,21 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     p.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH)
     p.add_argument("--skip-tokenizer-init", action="store_true", help="answer without `text`, as SGLang does")
     p.add_argument("--disable-radix-cache", action="store_true", help="no prefix cache")
+    p.add_argument(
+        "--host-latency",
+        default="auto",
+        help="this process's own HTTP round trip in seconds, taken out of the cost model's request "
+        "overhead; 'auto' (default) measures it at start-up, 0 turns the correction off",
+    )
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
+    if a.host_latency != "auto":
+        try:
+            a.host_latency = float(a.host_latency)
+        except ValueError:
+            p.error(f"--host-latency must be 'auto' or seconds, got {a.host_latency!r}")
+        if not a.host_latency >= 0:
+            p.error("--host-latency must be >= 0")
     if not a.time_scale > 0:
         p.error("--time-scale must be > 0")
     for name in ("max_total_tokens", "max_running_requests"):
@@ -58,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     if a.context_length < 2:
         p.error("--context-length must be >= 2")
     logging.basicConfig(level=a.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    return WorkerSettings(
+    settings = WorkerSettings(
         host=a.host,
         port=a.port,
         cost_model=a.cost_model,
@@ -71,10 +87,22 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
         context_length=a.context_length,
         skip_tokenizer_init=a.skip_tokenizer_init,
         disable_radix_cache=a.disable_radix_cache,
+        host_latency_s=0.0 if a.host_latency == "auto" else a.host_latency,
     )
+    return settings, a.host_latency == "auto"
 
 
-async def serve(settings: WorkerSettings) -> None:
+async def serve(settings: WorkerSettings, measure_host_latency: bool = False) -> None:
+    log = logging.getLogger("l4_sglang.emulated_worker")
+    overhead = float(CostModel.load(settings.cost_model).params.get("request_overhead_s", 0.0))
+    if measure_host_latency and overhead > 0:
+        latency = await host_latency.measure(settings)
+        settings = dataclasses.replace(settings, host_latency_s=latency)
+        log.info(
+            "own HTTP round trip %.2f ms, taken out of the modelled request overhead (%.2f ms x time scale)",
+            latency * 1e3,
+            overhead * 1e3,
+        )
     worker = EmulatedWorker(settings)
     await worker.start()
     stop = asyncio.Event()
@@ -82,7 +110,7 @@ async def serve(settings: WorkerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("l4_sglang.emulated_worker").info(
+    log.info(
         "emulated SGLang worker on %s (cost model %s, time scale %g). %s",
         worker.url,
         worker.cost_model.name,
@@ -96,9 +124,9 @@ async def serve(settings: WorkerSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
+    settings, measure_host_latency = parse_args(argv)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, measure_host_latency))
     except (ValueError, OSError) as e:  # a bad cost model name or path, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -51,15 +51,25 @@ class StepRecord:
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine, time_scale: float = 1.0, request_overhead_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        time_scale: float = 1.0,
+        request_overhead_s: float = 0.0,
+        host_latency_s: float = 0.0,
+    ) -> None:
         if not time_scale > 0:
             raise ValueError(f"invalid time_scale: must be > 0, got {time_scale}")
         if not request_overhead_s >= 0:
             raise ValueError(f"invalid request_overhead_s: must be >= 0, got {request_overhead_s}")
+        if not host_latency_s >= 0:
+            raise ValueError(f"invalid host_latency_s: must be >= 0, got {host_latency_s}")
         self.engine = engine
         self.time_scale = time_scale
         # Host-side latency before a request reaches the scheduler (the cost model's request_overhead_s).
-        self.request_delay_s = request_overhead_s * time_scale
+        # The fitted overhead is a real server's whole HTTP path; this process's own path (measured,
+        # host_latency_s) already adds part of it, so only the rest is waited out.
+        self.request_delay_s = max(0.0, request_overhead_s * time_scale - host_latency_s)
         self._pending: dict[str, tuple[asyncio.TimerHandle, Request]] = {}
         self.step_log: deque[StepRecord] = deque(maxlen=STEP_LOG_SIZE)
         # Real time the engine spent stepping: modelled (cost x scale) and lost to falling behind.

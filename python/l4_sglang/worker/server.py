@@ -63,6 +63,9 @@ class WorkerSettings:
     context_length: int = DEFAULT_CONTEXT_LENGTH
     skip_tokenizer_init: bool = False
     disable_radix_cache: bool = False
+    # This process's own HTTP round trip (seconds, wall clock), taken out of the modelled request
+    # overhead; see host_latency.py.
+    host_latency_s: float = 0.0
 
 
 class MalformedJson(ValueError):
@@ -162,7 +165,9 @@ class EmulatedWorker:
         loop = asyncio.get_running_loop()
         self.clock = Clock(offset=time.time() - loop.time())
         overhead = float(self.cost_model.params.get("request_overhead_s", 0.0))
-        self.runner = EngineRunner(self.engine, self.settings.time_scale, overhead)
+        self.runner = EngineRunner(
+            self.engine, self.settings.time_scale, overhead, host_latency_s=self.settings.host_latency_s
+        )
         self.runner.on_update = self.metrics.on_update
         self.runner.on_step = self.metrics.on_step
         self.runner.start()
@@ -396,7 +401,14 @@ class EmulatedWorker:
         return stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
 
     async def get_server_info(self, request: web.Request) -> web.Response:
-        return _json(server_info.server_info(self.identity, self.config, self._gen_throughput()))
+        info = server_info.server_info(self.identity, self.config, self._gen_throughput())
+        if self.runner is not None:
+            info.update(
+                request_overhead_s=float(self.cost_model.params.get("request_overhead_s", 0.0)),
+                host_latency_s=self.settings.host_latency_s,
+                request_delay_s=self.runner.request_delay_s,
+            )
+        return _json(info)
 
     async def get_model_info(self, request: web.Request) -> web.Response:
         return _json(server_info.model_info(self.identity))
