@@ -181,7 +181,10 @@ def write_markdown(path: Path, runs: list[dict], meta: dict) -> None:
     het = "on" if meta["het"] else "off (--no-het)"
     if meta.get("mode") == "live":
         emulated = {r.get("emulated") for r in runs}
-        workers = "emulated workers" if emulated == {True} else "workers (emulated: unknown)"
+        workers = {
+            frozenset({True}): "emulated workers",
+            frozenset({False}): "real workers, not emulated",
+        }.get(frozenset(emulated), "workers (emulated: unknown)")
         head = [
             f"# Live benchmark (over HTTP, {workers}): {meta['trace']}",
             "",
@@ -444,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeline["layouts"] = [x.to_json() for x in res.layouts]
                 (out / f"{stem}_stages.json").write_text(json.dumps(timeline) + "\n")
                 end = max((r.finished_s for r in res.completed), default=res.layouts[-1].time_s)
-                kind = "emulated, live" if live else "simulated"
+                kind = ("emulated, live" if s.get("emulated") else "live") if live else "simulated"
                 title = f"{name} stage boundaries, rate scale {rate:g} ({kind})"
                 plot_stages(out / f"stages_{stem}.png", res.layouts, end, title)
     if sweep:
