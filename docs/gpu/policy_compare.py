@@ -449,7 +449,7 @@ class Job:
         ok = wait_until(
             f"{self.n} healthy workers behind the launcher's router",
             lambda: len(self.healthy_workers()) == self.n,
-            min(self.args.startup_timeout_s, self.left() - 60),
+            max(30.0, min(self.args.startup_timeout_s, self.left() - 60)),
             2.0,
             launcher,
         )
