@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shlex
 import signal
@@ -64,6 +63,7 @@ REAL_GPU = REPO / "docs/bench/real-gpu"
 DEFAULT_TRACE = REAL_GPU / "mooncake_conversation_first150s.jsonl"
 WORKLOADS = REAL_GPU / "workloads.json"
 DEFAULT_POLICIES = "l4,round_robin,least_load,smg_round_robin,smg_power_of_two,smg_cache_aware"
+SHARED_KV_TOKENS_PER_GPU = 600_000  # KV tokens per H200 split between instances sharing it
 SGLANG_FLAGS = [
     "--load-format", "dummy", "--skip-tokenizer-init", "--attention-backend", "flashinfer",
     "--grammar-backend", "none", "--context-length", "131072",
@@ -323,9 +323,13 @@ def workload_defaults(args: argparse.Namespace, n: int) -> None:
 
 def sglang_flags(args: argparse.Namespace, extra: list[str]) -> list[str]:
     flags = [*SGLANG_FLAGS]
-    if not any(a.split("=")[0] == "--mem-fraction-static" for a in extra):
-        k = args.instances_per_gpu
-        flags += ["--mem-fraction-static", "0.85" if k == 1 else f"{math.floor(85 / k) / 100:.2f}"]
+    given = {a.split("=")[0] for a in extra}
+    if "--mem-fraction-static" not in given:
+        flags += ["--mem-fraction-static", "0.85"]
+    if args.instances_per_gpu > 1 and "--max-total-tokens" not in given:
+        # Instances sharing a GPU need a KV cap each (the launcher's check_shared_memory says why);
+        # 300000 tokens each is what ran for two Llama-3-8B instances on one H200.
+        flags += ["--max-total-tokens", str(SHARED_KV_TOKENS_PER_GPU // args.instances_per_gpu)]
     return flags + extra
 
 

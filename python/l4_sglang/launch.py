@@ -10,8 +10,9 @@ Backends:
   the SGLang flags), with every flag this launcher does not know passed
   through unchanged (checked first by SGLang's own `ServerArgs` parser).
   `--instances-per-gpu K` puts K instances on each GPU (group) instead of
-  one; they then share its memory, so `--mem-fraction-static` must be given
-  (about 0.85 / K).
+  one; they then share its memory, so each needs a KV cap, `--max-total-tokens`
+  (SGLang sizes an instance from the memory free when it starts: split
+  fractions fail; see check_shared_memory).
 - `emulated`: N emulated SGLang workers (`python -m l4_sglang.emulated_worker`,
   no GPU; step times from the cost model, times --time-scale). The SGLang flags
   they understand are passed on, others are ignored with a warning.
@@ -156,34 +157,44 @@ def validate_sglang_flags(model_path: str, flags: Sequence[str]) -> None:
 
 
 def check_shared_memory(flags: Sequence[str], instances_per_gpu: int) -> str | None:
-    """K instances on one GPU: LaunchError without --mem-fraction-static; a warning (returned) when
-    K x the fraction leaves too little memory for SGLang's own activations and CUDA graphs.
+    """K instances on one GPU: LaunchError without --max-total-tokens; a warning (returned) when
+    --mem-fraction-static looks too small to hold the weights and that KV pool.
 
-    SGLang's default fraction (about 0.85-0.9 on an H100/H200) assumes a GPU of its own: the
-    instance that starts second would fail, or get a KV pool of leftovers, only after minutes of
-    start-up. Failing here costs nothing, and the operator chooses the split."""
+    SGLang 0.5.14 sizes each instance's static memory from what is free when that instance starts,
+    so splitting a GPU by fractions fails: on one H200, two instances at --mem-fraction-static 0.4
+    were refused ("Loaded weights leave no GPU memory for the KV cache ... raise above 0.518").
+    What worked: the default-like fraction 0.85 and a KV cap per instance (--max-total-tokens
+    300000 each, two Llama-3-8B instances). Failing here costs nothing; SGLang fails only after
+    minutes of start-up."""
     if instances_per_gpu == 1:
         return None
-    raw = _flag_value(flags, ["--mem-fraction-static"])
+    raw = _flag_value(flags, ["--max-total-tokens"])
     if raw is None:
         raise LaunchError(
-            f"--instances-per-gpu {instances_per_gpu} shares each GPU's memory between "
-            f"{instances_per_gpu} SGLang instances: pass --mem-fraction-static (about "
-            f"{0.85 / instances_per_gpu:.2f}, i.e. 0.85 / {instances_per_gpu}); SGLang's default "
-            "assumes a GPU of its own"
+            f"--instances-per-gpu {instances_per_gpu} shares each GPU between {instances_per_gpu} "
+            "SGLang instances: pass --max-total-tokens T, each instance's KV pool in tokens (two "
+            "Llama-3-8B instances on one H200: 300000 worked), with --mem-fraction-static left high "
+            "(0.85): SGLang sizes each instance from the memory free when it starts, so a split fraction "
+            "(0.85 / K) is refused by the instance that starts second"
         )
     try:
-        fraction = float(raw)
+        tokens = int(raw)
     except ValueError:
-        raise LaunchError(f"--mem-fraction-static must be a number, got {raw!r}") from None
-    if not 0 < fraction < 1:
-        raise LaunchError(f"--mem-fraction-static must be in (0, 1), got {fraction}")
-    if fraction * instances_per_gpu > 0.9:
-        return (
-            f"{instances_per_gpu} instances x --mem-fraction-static {fraction:g} = "
-            f"{fraction * instances_per_gpu:.2f} of each GPU's memory: the instances may not all "
-            "start, or get unequal KV pools (keep K x fraction <= 0.9)"
-        )
+        raise LaunchError(f"--max-total-tokens must be an integer, got {raw!r}") from None
+    if tokens < 1:
+        raise LaunchError(f"--max-total-tokens must be >= 1, got {tokens}")
+    fraction = _flag_value(flags, ["--mem-fraction-static"])
+    if fraction is not None:
+        try:
+            low = float(fraction) < 0.6
+        except ValueError:
+            raise LaunchError(f"--mem-fraction-static must be a number, got {fraction!r}") from None
+        if low:
+            return (
+                f"--mem-fraction-static {fraction} with {instances_per_gpu} instances per GPU: SGLang "
+                "counts it against the memory free when each instance starts, so a small fraction can "
+                "leave the later instances no room for the KV cache (0.85 with --max-total-tokens worked)"
+            )
     return None
 
 

@@ -37,15 +37,12 @@ def test_plan_defaults_and_sglang_flags(tmp_path):
     table = json.loads(policy_compare.WORKLOADS.read_text())["workloads"]["2"]
     assert (args.duration_s, args.rate_scale) == (table["duration_s"], table["rate_scale"])
     flags = policy_compare.sglang_flags(args, extra)
-    # K = 2 on one GPU: a memory fraction of 0.85 / 2 unless one is given.
-    assert flags[flags.index("--mem-fraction-static") + 1] == "0.42" and flags[-2:] == [
-        "--max-running-requests",
-        "64",
-    ]
-    assert (
-        policy_compare.sglang_flags(args, ["--mem-fraction-static", "0.3"]).count("--mem-fraction-static")
-        == 1
-    )
+    # K = 2 on one GPU: fraction 0.85 and a KV cap each (what ran on one H200), unless given.
+    assert flags[flags.index("--mem-fraction-static") + 1] == "0.85"
+    assert flags[flags.index("--max-total-tokens") + 1] == "300000"
+    assert flags[-2:] == ["--max-running-requests", "64"]
+    given = policy_compare.sglang_flags(args, ["--mem-fraction-static", "0.8", "--max-total-tokens", "9"])
+    assert given.count("--mem-fraction-static") == 1 and given.count("--max-total-tokens") == 1
     targets = policy_compare.parse_targets("l4,least_load,smg_cache_aware")
     assert [(t.kind, t.policy) for t in targets] == [
         ("launcher", "l4"),

@@ -133,18 +133,22 @@ def test_sglang_instances_share_gpus_k_per_gpu():
         launch.sglang_plans("/m", 2, flags, ["0"], ports[:2], instances_per_gpu=0)
 
 
-def test_shared_gpus_need_an_explicit_memory_fraction():
+def test_shared_gpus_need_a_kv_cap_per_instance():
     assert launch.check_shared_memory([], 1) is None  # one instance a GPU: SGLang's default is right
-    with pytest.raises(launch.LaunchError, match=r"pass --mem-fraction-static \(about 0.42"):
-        launch.check_shared_memory(["--context-length", "4096"], 2)
-    assert launch.check_shared_memory(["--mem-fraction-static", "0.4"], 2) is None
-    assert launch.check_shared_memory(["--mem-fraction-static=0.3"], 3) is None
-    warning = launch.check_shared_memory(["--mem-fraction-static", "0.6"], 2)
-    assert warning is not None and "1.20 of each GPU's memory" in warning
+    with pytest.raises(launch.LaunchError, match=r"pass --max-total-tokens T"):
+        launch.check_shared_memory(["--mem-fraction-static", "0.4"], 2)
+    assert launch.check_shared_memory(["--max-total-tokens", "300000"], 2) is None
+    both = ["--max-total-tokens=300000", "--mem-fraction-static", "0.85"]
+    assert launch.check_shared_memory(both, 2) is None
+    # The fraction that real SGLang 0.5.14 refused for the instance that started second.
+    warning = launch.check_shared_memory(["--max-total-tokens", "300000", "--mem-fraction-static", "0.4"], 2)
+    assert warning is not None and "memory free when each instance starts" in warning
+    with pytest.raises(launch.LaunchError, match="must be an integer"):
+        launch.check_shared_memory(["--max-total-tokens", "lots"], 2)
+    with pytest.raises(launch.LaunchError, match="must be >= 1"):
+        launch.check_shared_memory(["--max-total-tokens", "0"], 2)
     with pytest.raises(launch.LaunchError, match="must be a number"):
-        launch.check_shared_memory(["--mem-fraction-static", "half"], 2)
-    with pytest.raises(launch.LaunchError, match=r"must be in \(0, 1\)"):
-        launch.check_shared_memory(["--mem-fraction-static", "1.5"], 2)
+        launch.check_shared_memory(["--max-total-tokens", "9", "--mem-fraction-static", "half"], 2)
 
 
 def test_launcher_main_k_per_gpu(monkeypatch, tmp_path, capsys):
@@ -167,17 +171,17 @@ def test_launcher_main_k_per_gpu(monkeypatch, tmp_path, capsys):
         "2",
         "--skip-tokenizer-init",
     ]
-    # Two instances, one GPU: refused without --instances-per-gpu, and without a memory fraction.
+    # Two instances, one GPU: refused without --instances-per-gpu, and without a KV cap each.
     assert launch.main(base) == 2
     assert "need 2 GPUs; 1 visible" in capsys.readouterr().err
     assert launch.main([*base, "--instances-per-gpu", "2"]) == 2
-    assert "pass --mem-fraction-static" in capsys.readouterr().err and not started
-    assert launch.main([*base, "--instances-per-gpu", "2", "--mem-fraction-static", "0.4"]) == 0
+    assert "pass --max-total-tokens" in capsys.readouterr().err and not started
+    assert launch.main([*base, "--instances-per-gpu", "2", "--max-total-tokens", "300000"]) == 0
     err = capsys.readouterr().err
     assert "2 instances per GPU (sglang-0 on GPU 0, sglang-1 on GPU 0)" in err
     plans, settings = started[0]
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0", "0"]
-    assert all(p.cmd[-2:] == ["--mem-fraction-static", "0.4"] for p in plans)
+    assert all(p.cmd[-2:] == ["--max-total-tokens", "300000"] for p in plans)
     assert "--instances-per-gpu" not in plans[0].cmd  # the launcher's own flag stays here
     assert list(settings.worker_urls) == [p.url for p in plans] and len(set(settings.worker_urls)) == 2
     with pytest.raises(SystemExit):
