@@ -179,6 +179,19 @@ class Policy(ABC):
     def layout(self) -> LayoutView | None:
         return None
 
+    def may_move(self, rid: str) -> bool:
+        """Whether the policy may ever propose moving `rid`, just routed.
+
+        When it says no, the driver may run the request without progress
+        reports (the router sends a short non-streaming request to its worker
+        as one plain request, which costs it less): `on_progress` then comes
+        once, with the final count, before `on_finish`. A policy that
+        overrides neither `on_progress` nor `tick` never proposes a move;
+        one that does answers for itself.
+        """
+        cls = type(self)
+        return cls.on_progress is not Policy.on_progress or cls.tick is not Policy.tick
+
     # Helpers for subclasses.
     def healthy_workers(self) -> list[str]:
         """Healthy registered workers in the order they were added."""

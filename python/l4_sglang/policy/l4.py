@@ -497,6 +497,20 @@ class L4(Policy):
             return [self.propose(rid, target, "pipeline", now)]
         return []
 
+    def may_move(self, rid: str) -> bool:
+        """Yes while a move is possible: a stage of two or more workers (a balance move may pick
+        it), or a peak length (prompt + max_new_tokens) that may cross its stage's bound."""
+        b = self.book.requests.get(rid)
+        k = self._where.get(b.worker) if b is not None else None
+        if not self.config.migration or b is None or k is None:
+            return False
+        if len(self._healthy(k)) > 1:
+            return True
+        if k == len(self._stages) - 1:
+            return False
+        peak = math.inf if b.info.max_new_tokens is None else b.prompt + b.info.max_new_tokens
+        return peak > self._hi(k) * (1 + self.config.hysteresis)
+
     def on_finish(self, rid: str, now: float) -> None:
         b = self.book.finish(rid)
         if b is not None:

@@ -56,6 +56,9 @@ class Llumnix(Policy):
         self.book.route(req, worker, now)
         return worker
 
+    def may_move(self, rid: str) -> bool:
+        return self.config.migration
+
     def tick(self, now: float) -> list[Migration]:
         super().tick(now)
         if not self.config.migration:
