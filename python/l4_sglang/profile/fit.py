@@ -6,10 +6,7 @@ Points:
   the homogeneous 1K-token sweeps (step = running / gen throughput over ten
   pure decode steps);
 - prefill: time to first token of a lone prompt with `max_new_tokens` 1 (the
-  median of its repeats), and
-  one step prefilling N equal prompts, read off the TTFT groups of a decode
-  scenario (it pins the per-token linear cost, which lone prompts alone trade
-  against the request overhead and the attention term).
+  median of its repeats).
 
 Given the heterogeneity width W and the roofline knee n_c (where linear
 layers stop being weight-bound), every point is linear in
@@ -18,7 +15,6 @@ prefill_pair, request_overhead):
 
     decode  = o + tau * max(n_c, n) + r * n + k * S + k alpha * max(0, W L - S)
     TTFT    = q + sum over chunks of [o + tau * max(n_c, chunk) + r + pi * pairs]
-    batch   = o + tau * max(n_c, N P) + r N + pi N P (P + 1) / 2   (N prompts of P in one step)
 
 (q: host-side latency of a request, HTTP and scheduling, paid once).
 
@@ -45,7 +41,6 @@ LOG_LINE = re.compile(
     r"Decode batch, #running-req: (\d+), #token: (\d+),"
     r".*gen throughput \(token/s\): ([\d.]+), #queue-req: (\d+)"
 )
-GROUP_GAP_S = 0.005  # first tokens closer than this came out of the same step
 KERNEL_NAMES = {"flashinfer": "FlashInfer 0.6.12 (tensor-core decode)", "triton": "SGLang Triton kernels"}
 
 
@@ -54,7 +49,7 @@ class Point:
     kind: str  # "decode" or "prefill"
     source: str
     seconds: float
-    requests: float = 0.0  # decode: batch size; prefill: prompts prefilled together (0: one, chunked)
+    requests: float = 0.0
     kv_tokens: float = 0.0
     max_kv: float = 0.0
     prompt: float = 0.0
@@ -64,7 +59,7 @@ def _contexts_at(scenario: dict, at: float) -> list[float]:
     return [r["prompt_tokens"] + sum(1 for t in r["chunks"] if t <= at) for r in scenario["requests"]]
 
 
-def scenario_points(scenarios: list[dict], chunk: float = 8192) -> list[Point]:
+def scenario_points(scenarios: list[dict]) -> list[Point]:
     points = []
     for s in scenarios:
         if s["kind"] == "prefill" and s["ttft_s"]:
@@ -78,42 +73,7 @@ def scenario_points(scenarios: list[dict], chunk: float = 8192) -> list[Point]:
             points.append(
                 Point("decode", s["name"], s["steady_step_s"], len(ctx), float(sum(ctx)), float(max(ctx)))
             )
-            batch = _batch_prefill_point(s, chunk)
-            if batch is not None:
-                points.append(batch)
     return points
-
-
-def _batch_prefill_point(scenario: dict, chunk: float) -> Point | None:
-    """One prefill step of N equal prompts, read off a decode scenario's TTFTs.
-
-    SGLang runs waiting prefills before decode, back to back, so the prompts sent
-    together get their first tokens in groups, one group per prefill step, and the
-    gap between two groups is the later group's step (host latency cancels). A gap
-    is used only when that step held whole prompts. One point per scenario: the
-    median gap of its most common group size."""
-    prompts = {r["prompt_tokens"] for r in scenario["requests"]}
-    ttft = sorted(scenario.get("ttft_s") or [])
-    if len(prompts) != 1 or len(ttft) < 2 or len(ttft) != len(scenario["requests"]):
-        return None
-    prompt = min(prompts)
-    groups: list[list[float]] = [[ttft[0]]]
-    for t in ttft[1:]:
-        if t - groups[-1][-1] > GROUP_GAP_S:
-            groups.append([])
-        groups[-1].append(t)
-    steps: dict[int, list[float]] = {}
-    for k in range(1, len(groups)):
-        n = len(groups[k])
-        # A step that filled the chunk with whole prompts, or the second and last of two steps; in
-        # any other step SGLang may have topped the chunk up with part of a prompt.
-        whole = n * prompt == chunk or (len(groups) == 2 and n * prompt < chunk)
-        if n >= 2 and whole:
-            steps.setdefault(n, []).append(float(np.median(groups[k]) - np.median(groups[k - 1])))
-    if not steps:
-        return None
-    n = max(steps, key=lambda size: (len(steps[size]), size))
-    return Point("prefill", scenario["name"] + "_prefill_step", float(np.median(steps[n])), n, prompt=prompt)
 
 
 def log_points(log_text: str, max_mean_kv: float = 1500.0) -> list[Point]:
@@ -151,9 +111,6 @@ def design(points: list[Point], width: float, knee: float, chunk: float) -> np.n
         if p.kind == "decode":
             excess = max(0.0, width * p.max_kv - p.kv_tokens)
             rows.append([1.0, max(knee, p.requests), p.requests, p.kv_tokens, excess, 0.0, 0.0])
-        elif p.requests >= 2:  # one step, no request overhead (see _batch_prefill_point)
-            n, tokens = p.requests, p.requests * p.prompt
-            rows.append([1.0, max(knee, tokens), n, 0.0, 0.0, n * p.prompt * (p.prompt + 1) / 2, 0.0])
         else:
             k, linear, pairs = _pairs_and_chunks(p.prompt, chunk, knee)
             rows.append([k, linear, k, 0.0, 0.0, pairs, 1.0])
@@ -240,8 +197,6 @@ def to_params(theta, width: float, knee: float, name: str, info: dict, max_runni
 def predict(model: CostModel, p: Point) -> float:
     if p.kind == "decode":
         return model.decode_step_time(p.requests, p.kv_tokens, p.max_kv)
-    if p.requests >= 2:
-        return model.step_time([(int(p.prompt), 0)] * int(p.requests))
     return model.params.get("request_overhead_s", 0.0) + model.prefill_time(p.prompt)
 
 
@@ -312,11 +267,11 @@ def fit_folder(
         # Jobs before the warm-up batch: their first scenario held the server's first request
         # (one-time costs: 39 ms for 16 tokens on H200 FlashInfer, 24 ms for 64), not a measurement.
         scenarios = scenarios[1:]
-    chunk = float(info.get("chunked_prefill_size") or 8192)
-    points = scenario_points(scenarios, chunk) + log_points(log)
+    points = scenario_points(scenarios) + log_points(log)
     held = holdout_indices(points, holdout, seed)
     train = [p for i, p in enumerate(points) if i not in held]
     test = [p for i, p in enumerate(points) if i in held]
+    chunk = float(info.get("chunked_prefill_size") or 8192)
     fixed = None
     if het_from is not None:
         donor = json.loads(het_from.read_text())
@@ -341,8 +296,7 @@ def fit_folder(
         "model": "Llama-3-8B shapes, random weights (--load-format dummy), bf16, TP 1",
         "date": meta.get("date") or time.strftime("%Y-%m-%d"),
         "method": "python -m l4_sglang.profile job, then fit: relative least squares over the steady "
-        "decode step of controlled batches, lone-prompt TTFTs and one-step batched prefills; "
-        f"{summary['held_out']} of "
+        f"decode step of controlled batches and lone-prompt TTFTs; {summary['held_out']} of "
         f"{summary['points']} points held out (seed {seed}; a share of each kind, drawn from inside "
         "its measured range) and never used by the fit",
         "fit": summary,
