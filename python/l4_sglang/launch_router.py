@@ -102,6 +102,13 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
         help="on SIGTERM, seconds to wait for the requests in flight before stopping",
     )
     p.add_argument(
+        "--plain-max-new-tokens",
+        type=int,
+        default=1024,
+        help="a request that does not stream and asks for at most this many new tokens goes to its "
+        "worker as one non-streaming request when the policy will not move it (0: always stream)",
+    )
+    p.add_argument(
         "--health-failure-threshold",
         type=int,
         default=2,
@@ -197,6 +204,7 @@ def settings_from(
             drain_timeout=args.drain_timeout,
             failure_threshold=args.health_failure_threshold,
             recovery_threshold=args.health_recovery_threshold,
+            plain_max_new_tokens=args.plain_max_new_tokens,
         )
     except ValueError as e:
         p.error(str(e))

@@ -83,6 +83,9 @@ class RouterSettings:
     body_timeout: float = 30.0
     header_timeout: float = 30.0
     drain_timeout: float = 30.0
+    plain_max_new_tokens: int = 1024
+    """A request that does not stream and asks for at most this many new tokens goes to its worker
+    as one plain (non-streaming) request when the policy will not move it; 0: always stream."""
 
     def __post_init__(self) -> None:
         floats = ("load_poll_interval", "tick_interval", "health_timeout", "worker_time_scale")
@@ -96,6 +99,9 @@ class RouterSettings:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"invalid {name}: must be an integer >= 1, got {value!r}")
+        value = self.plain_max_new_tokens
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"invalid plain_max_new_tokens: must be an integer >= 0, got {value!r}")
         for url in self.worker_urls:
             normalize_url(url)
 
@@ -181,6 +187,7 @@ class Router:
             self.now,
             headers=headers,
             policy_clock=self.policy_now,
+            plain_max_new_tokens=settings.plain_max_new_tokens,
         )
         self.pool.on_eject = self.forwarder.fail_worker
         self._by_client_rid: dict[str, Generation] = {}
@@ -380,12 +387,9 @@ class Router:
         """Run a generation to its end (raises WorkerRejected / NoWorkerAvailable before any output)."""
         if client_rid:
             self._by_client_rid[client_rid] = gen
-        updates = self.forwarder.run(gen)
         try:
-            async for _ in updates:
-                pass
+            await self.forwarder.complete(gen)
         finally:
-            await updates.aclose()
             self.forwarder.end(gen)
             if client_rid:
                 self._by_client_rid.pop(client_rid, None)
@@ -482,7 +486,9 @@ class Router:
             now = self.now()
             outs = []
             for g, r, t in zip(gens, req.rids, trim, strict=True):
-                text = OutputText(self.tokenizer, t).update(g.output_ids, g.finish_reason)
+                text = g.text
+                if text is None:
+                    text = OutputText(self.tokenizer, t).update(g.output_ids, g.finish_reason)
                 outs.append(native.response(g, text, r, now))
             resp = _json(outs if req.is_batch else outs[0], headers={"x-l4-rid": gens[0].rid})
             for g in gens:
@@ -563,7 +569,8 @@ class Router:
                 return _json(
                     openai.error_body(f"No worker available: {e}", None, 503, "ServiceUnavailable"), 503
                 )
-            out = openai.response(req, gen, text.update(gen.output_ids, gen.finish_reason), created)
+            answer = gen.text if gen.text is not None else text.update(gen.output_ids, gen.finish_reason)
+            out = openai.response(req, gen, answer, created)
             resp = _json(out, headers={"x-l4-rid": gen.rid, "x-l4-workers": ",".join(gen.workers)})
             self._done(route, gen, self.now())
             return resp

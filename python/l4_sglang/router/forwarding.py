@@ -1,11 +1,20 @@
 """One request's life on the workers: route, stream, migrate, fail over, stitch.
 
-The router always talks to a worker with `POST /generate`, `input_ids` and
-`"stream": true`, so it sees every generated id. A request runs as one or
-more *legs*, each one worker request with its own rid (`<rid>`, then
+The router talks to a worker with `POST /generate` and `input_ids`, as a
+rule with `"stream": true`, so it sees every generated id. A request runs as
+one or more *legs*, each one worker request with its own rid (`<rid>`, then
 `<rid>-2`, `<rid>-3`, ...). A leg's reader task parses the worker's SSE lines
 into a queue; `Forwarder.run` consumes it, appends the new ids to the
 request's output and reports progress to the policy.
+
+Plain legs (`Forwarder.complete`): a client request that does not stream,
+asks for at most `plain_max_new_tokens` and that the policy will not move
+(`policy.may_move`) goes to its worker as one non-streaming request through
+`http1.WorkerHttp`: no stream, reader task or queue, which is most of what
+the router spends on a short request. Its answer (ids, text, meta_info) is
+taken whole. If the connection breaks, the worker is ejected (or hangs) or
+the worker aborts it, the request is routed again and starts afresh; the
+router learns nothing before the answer (no TTFT, tokens counted at the end).
 
 Migration (a proposal from `policy.on_progress` or `policy.tick` for this
 request): a new leg is opened on the target with `input_ids` = prompt + ids
@@ -43,6 +52,7 @@ from typing import Any
 import aiohttp
 
 from l4_sglang.policy.base import Migration, NoWorkerAvailable, Policy, RequestInfo
+from l4_sglang.router.http1 import Exchange, WorkerHttp
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.tokens import Tokenizer
 from l4_sglang.router.workers import WorkerPool
@@ -105,6 +115,7 @@ class _Signal:
 
 
 _WAKE = _Signal("wake")
+_STREAMED = "answered with an event stream"
 
 
 @dataclass(eq=False)
@@ -122,6 +133,16 @@ class Leg:
     """The worker sent this leg's finishing chunk."""
 
 
+@dataclass(eq=False, slots=True)
+class PlainLeg:
+    """A non-streaming worker request: the whole answer comes at once."""
+
+    worker: str
+    rid: str
+    exchange: Exchange = field(default_factory=Exchange)
+    answered: bool = False
+
+
 @dataclass(eq=False)
 class Generation:
     rid: str
@@ -131,7 +152,11 @@ class Generation:
     finish_reason: dict | None = None
     meta: dict = field(default_factory=dict)
     """The last meta_info a worker sent."""
+    text: str | None = None
+    """The worker's own text of the whole output, when one plain leg made all of it."""
     leg: Leg | None = None
+    plain: PlainLeg | None = None
+    """Set instead of `leg` while the request runs as one plain worker request."""
     legs: int = 0
     workers: list[str] = field(default_factory=list)
     """Worker of each leg, in order."""
@@ -171,6 +196,7 @@ class Forwarder:
         connect_timeout: float = 10.0,
         headers: dict[str, str] | None = None,
         policy_clock: Callable[[], float] | None = None,
+        plain_max_new_tokens: int = 0,
     ) -> None:
         self.policy = policy
         self.pool = pool
@@ -184,6 +210,10 @@ class Forwarder:
             total=None, sock_connect=connect_timeout, connect=connect_timeout
         )
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self.plain_max_new_tokens = plain_max_new_tokens
+        self._http = WorkerHttp(headers, connect_timeout)
+        self._streams_only: set[str] = set()
+        """Workers that answered a plain request with an event stream: they get streamed legs."""
         self.jobs: dict[str, Generation] = {}
         self._background: set[asyncio.Task] = set()
         self._aborts: set[asyncio.Task] = set()
@@ -195,14 +225,15 @@ class Forwarder:
     def new(self, spec: GenerationSpec, arrival: float) -> Generation:
         return Generation(rid=uuid.uuid4().hex, spec=spec, arrival=arrival)
 
-    async def run(self, gen: Generation) -> AsyncIterator[list[int]]:
+    async def run(self, gen: Generation, routed: str | None = None) -> AsyncIterator[list[int]]:
         """Yields the ids each worker chunk adds (maybe none, e.g. on the finishing chunk).
 
         The first step routes and opens the first leg; it raises WorkerRejected
         or NoWorkerAvailable (nothing was generated, the caller answers 4xx/5xx).
         The caller must call `end(gen)` afterwards, whatever happened.
+        `routed`: the worker `complete` already routed it to.
         """
-        await self._start(gen)
+        await self._start(gen, routed)
         while not gen.finished:
             leg = gen.leg
             assert leg is not None
@@ -229,9 +260,38 @@ class Forwarder:
                 await self._migrate(gen)
         yield []  # finished by the router (abort, gave up): one last update to report it
 
+    async def complete(self, gen: Generation) -> None:
+        """Run `gen` to its end for a caller that wants only the result.
+
+        Raises as `run`; the caller must call `end(gen)` afterwards. A request
+        of at most `plain_max_new_tokens` new tokens that the policy will not
+        move goes to its worker as one plain (non-streaming) request: no
+        stream to parse and no reader task, the cheapest way through. Any
+        other runs on streamed legs, as `run`.
+        """
+        routed = None
+        if gen.spec.max_new_tokens <= self.plain_max_new_tokens:
+            self._enter(gen)
+            routed = self._route(gen)
+            if routed not in self._streams_only and not self.policy.may_move(gen.rid):
+                streamed = await self._run_plain(gen, routed)
+                if streamed is None:
+                    return
+                routed = streamed
+        updates = self.run(gen, routed)
+        try:
+            async for _ in updates:
+                pass
+        finally:
+            await updates.aclose()
+
     def end(self, gen: Generation) -> None:
         """Release the request: finished ones are reported finished, others aborted on their worker."""
         self.jobs.pop(gen.rid, None)
+        plain, gen.plain = gen.plain, None
+        if plain is not None and not plain.answered:
+            plain.exchange.close()
+            self._send_abort(plain.worker, plain.rid)
         leg, gen.leg = gen.leg, None
         if leg is not None:
             if leg.finished and leg.task is not None:
@@ -265,6 +325,8 @@ class Forwarder:
         gen.finish_reason = {"type": "abort", "message": message}
         if gen.leg is not None:
             gen.leg.queue.put_nowait(_WAKE)
+        elif gen.plain is not None and not gen.plain.answered:
+            self._send_abort(gen.plain.worker, gen.plain.rid)  # it answers with what it has so far
 
     def fail_worker(self, worker: str) -> None:
         """The pool ejected `worker`: resume every request whose current leg runs there, and give
@@ -272,6 +334,9 @@ class Forwarder:
         for post in list(self._opening.get(worker, ())):
             post.cancel()
         for gen in self.jobs.values():
+            plain = gen.plain
+            if plain is not None and plain.worker == worker and not plain.answered:
+                plain.exchange.close()  # its `_run_plain` routes it again
             leg = gen.leg
             if leg is not None and leg.worker == worker and not gen.finished and not leg.finished:
                 leg.queue.put_nowait(_Signal("ejected", ConnectionError(f"worker {worker} was ejected")))
@@ -285,6 +350,7 @@ class Forwarder:
         for task in [*self._background, *self._aborts]:
             with contextlib.suppress(BaseException):
                 await task
+        self._http.close()
 
     # ---- legs -------------------------------------------------------------------
 
@@ -294,18 +360,27 @@ class Forwarder:
         max_new = None if spec.policy_max_new is None else max(spec.policy_max_new - done, 0)
         return RequestInfo(gen.rid, len(spec.prompt_ids) + done, max_new, spec.prefix_hashes)
 
-    async def _start(self, gen: Generation) -> None:
+    def _enter(self, gen: Generation) -> None:
         self.jobs[gen.rid] = gen
         self.metrics.prompt_tokens += len(gen.spec.prompt_ids)
+
+    def _route(self, gen: Generation) -> str:
+        try:
+            worker = self.policy.route(self._info(gen), self._policy_clock())
+        except ValueError as e:  # a configuration the fleet does not fit (e.g. too few workers)
+            raise NoWorkerAvailable(f"the {self.policy.NAME} policy cannot route: {e}") from None
+        gen.booked = True
+        if gen.first_sent is None:
+            gen.first_sent = self._clock()
+        return worker
+
+    async def _start(self, gen: Generation, worker: str | None) -> None:
+        if worker is None:
+            self._enter(gen)
         tried: set[str] = set()
         while True:
-            try:
-                worker = self.policy.route(self._info(gen), self._policy_clock())
-            except ValueError as e:  # a configuration the fleet does not fit (e.g. too few workers)
-                raise NoWorkerAvailable(f"the {self.policy.NAME} policy cannot route: {e}") from None
-            gen.booked = True
-            if gen.first_sent is None:
-                gen.first_sent = self._clock()
+            if worker is None:
+                worker = self._route(gen)
             try:
                 gen.leg = await self._open_leg(gen, worker)
                 return
@@ -314,23 +389,29 @@ class Forwarder:
                 tried.add(worker)
                 if len(tried) >= MAX_FAILOVERS:
                     raise NoWorkerAvailable(f"no worker took the request ({e})") from None
+                worker = None
 
-    async def _open_leg(self, gen: Generation, worker: str) -> Leg:
+    @staticmethod
+    def _leg_body(gen: Generation, rid: str, stream: bool) -> bytes:
+        """The worker request that continues `gen` from the ids it has."""
         spec = gen.spec
         done = len(gen.output_ids)
         params = dict(spec.sampling)
         params["max_new_tokens"] = spec.max_new_tokens - done
         if spec.min_new_tokens:
             params["min_new_tokens"] = max(spec.min_new_tokens - done, 0)
-        rid = gen.rid if gen.legs == 0 else f"{gen.rid}-{gen.legs + 1}"
         body = {
             **spec.extra,
             "input_ids": spec.prompt_ids + gen.output_ids if done else spec.prompt_ids,
             "sampling_params": params,
-            "stream": True,
+            "stream": stream,
             "rid": rid,
         }
-        data = json.dumps(body, separators=(",", ":")).encode()
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def _open_leg(self, gen: Generation, worker: str) -> Leg:
+        rid = gen.rid if gen.legs == 0 else f"{gen.rid}-{gen.legs + 1}"
+        data = self._leg_body(gen, rid, stream=True)
         session, headers = self._session(), self._headers
         post = asyncio.ensure_future(
             session.post(worker + "/generate", data=data, headers=headers, timeout=self._timeout)
@@ -407,9 +488,12 @@ class Forwarder:
             leg.task.cancel()
         leg.resp.close()
         if abort:
-            task = asyncio.get_running_loop().create_task(self._abort_on(leg.worker, leg.rid))
-            self._aborts.add(task)
-            task.add_done_callback(self._aborts.discard)
+            self._send_abort(leg.worker, leg.rid)
+
+    def _send_abort(self, worker: str, rid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._abort_on(worker, rid))
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
 
     async def _abort_on(self, worker: str, rid: str) -> None:
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
@@ -420,6 +504,87 @@ class Forwarder:
                 timeout=aiohttp.ClientTimeout(total=10),
             ) as resp:
                 await resp.read()
+
+    # ---- plain legs ---------------------------------------------------------------
+
+    async def _run_plain(self, gen: Generation, worker: str) -> str | None:
+        """One plain worker request; on a broken connection (or a worker-side abort) the request is
+        routed again and starts afresh elsewhere, at most MAX_FAILOVERS times in all. Returns None,
+        or a worker that answered with an event stream: the request goes on there on streamed legs."""
+        attempt = 0
+        while True:
+            attempt += 1
+            leg = gen.plain = PlainLeg(worker, gen.rid if attempt == 1 else f"{gen.rid}-{attempt}")
+            why = await self._plain_attempt(gen, leg, last=attempt >= MAX_FAILOVERS)
+            if why is _STREAMED:
+                gen.plain = None
+                return worker
+            if why is None or gen.finished:
+                return None
+            if attempt >= MAX_FAILOVERS:
+                raise NoWorkerAvailable(f"no worker took the request ({why})")
+            worker = self._route(gen)
+
+    async def _plain_attempt(self, gen: Generation, leg: PlainLeg, last: bool) -> str | None:
+        """Send one plain request and take its answer; None when done, else why to try again."""
+        body = self._leg_body(gen, leg.rid, stream=False)
+        try:
+            status, answer = await self._http.post(leg.worker, "/generate", body, leg.exchange)
+        except (OSError, TimeoutError) as e:
+            why = f"{type(e).__name__}: {e}"
+            if leg.exchange.closed:  # we gave up on it (ejected, maybe hung): it may still be running
+                self._send_abort(leg.worker, leg.rid)
+            elif not gen.finished:
+                self.pool.report_failure(leg.worker, why)
+            return why
+        leg.answered = True
+        if status == 200:
+            return self._take_plain(gen, leg, answer, last)
+        if not gen.finished:
+            if 400 <= status < 500:
+                raise WorkerRejected(status, _error_message(answer.decode("utf-8", "replace")))
+            self.pool.report_failure(leg.worker, f"HTTP {status}")
+        return f"HTTP {status}"
+
+    def _take_plain(self, gen: Generation, leg: PlainLeg, answer: bytes, last: bool) -> str | None:
+        try:
+            out = json.loads(answer)
+        except ValueError:
+            out = None
+        ids = out.get("output_ids") if isinstance(out, dict) else None
+        if out is None and answer.lstrip().startswith(b"data:"):
+            self._streams_only.add(leg.worker)  # it streams whatever it is asked
+            return _STREAMED
+        if not isinstance(ids, list):
+            why = "an answer without output_ids"
+            if not gen.finished:
+                if isinstance(out, dict) and "error" in out:
+                    raise WorkerRejected(400, _error_message(answer.decode("utf-8", "replace")))
+                self.pool.report_failure(leg.worker, why)
+            return why
+        meta = out.get("meta_info")
+        meta = meta if isinstance(meta, dict) else {}
+        reason = meta.get("finish_reason")
+        if not isinstance(reason, dict):
+            reason = {"type": "abort", "message": "the worker's answer has no finish reason"}
+        if reason.get("type") == "abort" and not gen.finished and not last:
+            return "aborted by the worker"  # shutdown, KV exhausted: try another one
+        gen.legs += 1
+        gen.workers.append(leg.worker)
+        self.metrics.on_leg(leg.worker)
+        gen.output_ids = ids
+        gen.meta = meta
+        text = out.get("text")
+        gen.text = text if isinstance(text, str) else None
+        gen.last_chunk = self._clock()
+        if not gen.finished:
+            if reason.get("type") == "length":
+                reason = {"type": "length", "length": gen.spec.max_new_tokens}
+            gen.finish_reason = reason
+        if ids:
+            self.metrics.generated_tokens += len(ids)
+            self.policy.on_progress(gen.rid, len(ids), self._policy_clock())  # it proposes no move
+        return None
 
     # ---- chunks -------------------------------------------------------------------
 
