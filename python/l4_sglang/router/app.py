@@ -50,6 +50,7 @@ log = logging.getLogger("l4_sglang.router")
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 _BODY_TIMEOUT = web.AppKey("body_timeout", float)
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 FALLBACK_CHAT_MAX_TOKENS = 128
@@ -112,8 +113,9 @@ def _finite_or_none(x: float | None) -> float | None:
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+    # Headers given whole: aiohttp's content_type/charset setters parse and rebuild them.
     return web.Response(
-        body=body, status=status, content_type="application/json", charset="utf-8", headers=headers
+        body=body, status=status, headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS
     )
 
 
@@ -140,12 +142,15 @@ async def _read_json(request: web.Request) -> Any:
     limit = request.config_dict[_MAX_BODY]
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    timeout = request.config_dict.get(_BODY_TIMEOUT)
-    try:
-        async with asyncio.timeout(timeout):
-            raw = await request.read()
-    except TimeoutError:
-        raise _BodyTimeout(f"The request body was not received within {timeout:g} s.") from None
+    if request.content.is_eof():  # the whole body came with the head: no timer to arm
+        raw = await request.read()
+    else:
+        timeout = request.config_dict.get(_BODY_TIMEOUT)
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise _BodyTimeout(f"The request body was not received within {timeout:g} s.") from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:

@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,7 +223,7 @@ class Forwarder:
     # ---- the public face -------------------------------------------------------
 
     def new(self, spec: GenerationSpec, arrival: float) -> Generation:
-        return Generation(rid=uuid.uuid4().hex, spec=spec, arrival=arrival)
+        return Generation(rid=os.urandom(16).hex(), spec=spec, arrival=arrival)  # as uuid4().hex, cheaper
 
     async def run(self, gen: Generation, routed: str | None = None) -> AsyncIterator[list[int]]:
         """Yields the ids each worker chunk adds (maybe none, e.g. on the finishing chunk).
