@@ -126,19 +126,25 @@ def _flag_value(flags: Sequence[str], names: Sequence[str]) -> str | None:
     return found
 
 
+def _positive_int_flag(flags: Sequence[str], names: Sequence[str]) -> int | None:
+    """The flag's value as an integer >= 1 (None when absent); LaunchError names the flag."""
+    raw = _flag_value(flags, names)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise LaunchError(f"{names[0]} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise LaunchError(f"{names[0]} must be >= 1, got {value}")
+    return value
+
+
 def gpus_per_instance(flags: Sequence[str]) -> int:
     """tp x pp x dp from the SGLang flags (1 each when absent)."""
     n = 1
     for names in (("--tp-size", "--tp"), ("--pp-size", "--pp"), ("--dp-size", "--dp")):
-        raw = _flag_value(flags, names)
-        if raw is not None:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise LaunchError(f"{names[0]} must be an integer, got {raw!r}") from None
-            if value < 1:
-                raise LaunchError(f"{names[0]} must be >= 1, got {value}")
-            n *= value
+        n *= _positive_int_flag(flags, names) or 1
     return n
 
 
@@ -168,8 +174,7 @@ def check_shared_memory(flags: Sequence[str], instances_per_gpu: int) -> str | N
     minutes of start-up."""
     if instances_per_gpu == 1:
         return None
-    raw = _flag_value(flags, ["--max-total-tokens"])
-    if raw is None:
+    if _positive_int_flag(flags, ["--max-total-tokens"]) is None:
         raise LaunchError(
             f"--instances-per-gpu {instances_per_gpu} shares each GPU between {instances_per_gpu} "
             "SGLang instances: pass --max-total-tokens T, each instance's KV pool in tokens (two "
@@ -177,12 +182,6 @@ def check_shared_memory(flags: Sequence[str], instances_per_gpu: int) -> str | N
             "(0.85): SGLang sizes each instance from the memory free when it starts, so a split fraction "
             "(0.85 / K) is refused by the instance that starts second"
         )
-    try:
-        tokens = int(raw)
-    except ValueError:
-        raise LaunchError(f"--max-total-tokens must be an integer, got {raw!r}") from None
-    if tokens < 1:
-        raise LaunchError(f"--max-total-tokens must be >= 1, got {tokens}")
     fraction = _flag_value(flags, ["--mem-fraction-static"])
     if fraction is not None:
         try:
