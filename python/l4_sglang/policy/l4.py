@@ -331,6 +331,8 @@ class L4(Policy):
         return [w for w in self._stages[k] if self.book.is_healthy(w)]
 
     def _nearest_healthy_stage(self, k: int) -> int | None:
+        if self._healthy(k):  # the usual case, without sorting the stages
+            return k
         for s in sorted(range(len(self._stages)), key=lambda i: (abs(i - k), -i)):
             if self._healthy(s):
                 return s
@@ -427,6 +429,9 @@ class L4(Policy):
             raise NoWorkerAvailable(f"{self.NAME}: no healthy worker in any stage")
         workers = self._healthy(k)
         worker = self._affine(req, workers)
+        if worker is None and len(workers) == 1:  # nothing to weigh (the pick count still advances)
+            self._picks += 1
+            worker = workers[0]
         if worker is None:
             loads = [self.book.load(w) for w in workers]
             d = self.config.candidates or len(workers) if self._planned else len(workers)
