@@ -51,6 +51,8 @@ log = logging.getLogger("l4_sglang.router")
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""json.dumps with these arguments builds an encoder per call."""
 _BODY_TIMEOUT = web.AppKey("body_timeout", float)
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 FALLBACK_CHAT_MAX_TOKENS = 128
@@ -112,7 +114,7 @@ def _finite_or_none(x: float | None) -> float | None:
 
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+    body = _ENCODE(obj).encode("utf-8", "backslashreplace")
     # Headers given whole: aiohttp's content_type/charset setters parse and rebuild them.
     return web.Response(
         body=body, status=status, headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS
@@ -120,7 +122,7 @@ def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None)
 
 
 def _sse(obj: Any) -> bytes:
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODE(obj)
     return b"data: " + text.encode("utf-8", "backslashreplace") + b"\n\n"
 
 
