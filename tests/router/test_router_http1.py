@@ -111,6 +111,22 @@ def test_an_answer_to_the_connections_end_is_read_whole_and_not_reused(answer):
     run(go())
 
 
+def test_informational_answers_are_skipped_and_204_has_no_body():
+    async def go():
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+        server = Scripted(fixed(hints + LENGTH), split=5)
+        async with server as url:
+            assert await WorkerHttp().post(url, "/generate", b"{}") == (200, JSON)
+        server = Scripted(fixed(b"HTTP/1.1 204 No Content\r\n\r\n"))
+        async with server as url:
+            http = WorkerHttp()
+            assert await http.post(url, "/generate", b"{}") == (204, b"")
+            assert await http.post(url, "/generate", b"{}") == (204, b"")
+        assert server.connections == 1
+
+    run(go())
+
+
 def test_connection_close_and_error_statuses():
     async def go():
         answer = b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy"

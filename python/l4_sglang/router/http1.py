@@ -93,6 +93,9 @@ class _Conn(asyncio.Protocol):
         if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
             raise WorkerConnectionError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
         self._status = int(status[1])
+        if 100 <= self._status < 200:  # informational (103 Early Hints): the answer follows
+            del self.buf[: end + 4]
+            return self._parse_head()
         if status[0] == b"HTTP/1.0":
             self.reusable = False
         for line in lines[1:]:
@@ -107,6 +110,8 @@ class _Conn(asyncio.Protocol):
                 self._chunked = value.endswith(b"chunked")
             elif name == b"connection" and b"close" in value:
                 self.reusable = False
+        if self._status in (204, 304):
+            self._length, self._chunked = 0, False  # never a body
         if self._chunked:
             self._length = None
         elif self._length is None:
