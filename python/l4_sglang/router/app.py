@@ -141,13 +141,14 @@ class _BodyTimeout(Exception):
 
 
 async def _read_json(request: web.Request) -> Any:
-    limit = request.config_dict[_MAX_BODY]
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    app = request.app  # its own keys: request.config_dict builds a chain of every app per request
+    limit, size = app[_MAX_BODY], request.content_length
+    if size is not None and size > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
     if request.content.is_eof():  # the whole body came with the head: no timer to arm
         raw = await request.read()
     else:
-        timeout = request.config_dict.get(_BODY_TIMEOUT)
+        timeout = app[_BODY_TIMEOUT]
         try:
             async with asyncio.timeout(timeout):
                 raw = await request.read()
