@@ -6,6 +6,12 @@ asked four ways: directly, through our router (`round_robin`, and `l4`), and
 through `python -m smg launch --policy round_robin`. Every target runs as its
 own process; the client is this process.
 
+Our router sends these as plain (non-streaming) worker requests: they are
+short and neither policy can move them here (l4 has one stage of one
+worker). `--streamed-legs` runs our routers with `--plain-max-new-tokens 0`
+instead, which measures the streamed legs that a request the policy may
+move (or a client stream) takes.
+
 - latency: sequential requests on one keep-alive connection, the targets
   interleaved one request at a time (so drift hits all alike); median and
   p99 per target, and what each router adds to the direct median;
@@ -17,7 +23,7 @@ so the numbers are relative: read the ratios. Nothing here asserts on
 wall-clock numbers.
 
     python -m pytest benchmarks/test_router_overhead.py -s
-    python benchmarks/test_router_overhead.py [--quick]
+    python benchmarks/test_router_overhead.py [--quick] [--streamed-legs]
 """
 
 from __future__ import annotations
@@ -139,7 +145,7 @@ def rate(url: str, n: int, concurrency: int = CONCURRENCY) -> float:
     return asyncio.run(_rate(url, n, concurrency))
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, streamed_legs: bool = False) -> dict:
     n_lat, n_rate = (150, 600) if quick else (400, 2000)
     started: list[subprocess.Popen] = []
     try:
@@ -152,6 +158,8 @@ def run(quick: bool = False) -> dict:
         for policy in ("round_robin", "l4"):
             port = _free_port()
             args = ["-m", "l4_sglang.launch_router", "--worker-urls", wurl, "--port", str(port)]
+            if streamed_legs:
+                args += ["--plain-max-new-tokens", "0"]
             proc = _start([*args, "--policy", policy, "--log-level", "warning"])
             started.append(proc)
             targets.append(Target(f"ours ({policy})", f"http://127.0.0.1:{port}", proc))
@@ -179,6 +187,7 @@ def run(quick: bool = False) -> dict:
 
     direct = statistics.median(lat["direct"])
     report: dict = {"machine_cpus": os.cpu_count(), "requests_latency": n_lat, "requests_rate": n_rate}
+    report["worker_legs"] = "streamed" if streamed_legs else "plain"
     rows = {}
     for name, xs in lat.items():
         xs = sorted(xs)
@@ -196,7 +205,10 @@ def run(quick: bool = False) -> dict:
         r["added_vs_smg"] = r["added_median_ms"] / smg_added if smg_added > 0 else float("inf")
         r["rate_vs_smg"] = r["rate_rps"] / rows["smg (round_robin)"]["rate_rps"]
 
-    print(f"\nrouter overhead: tiny /generate (4 ids in, 4 out), one emulated worker, {os.cpu_count()} CPUs")
+    print(
+        f"\nrouter overhead: tiny /generate (4 ids in, 4 out), one emulated worker, {os.cpu_count()} CPUs, "
+        f"our worker legs {report['worker_legs']}"
+    )
     print(
         f"{'target':<20} {'median ms':>10} {'p99 ms':>8} {'added ms':>9} {'req/s':>8} "
         f"{'added/smg':>10} {'rate/smg':>9}"
@@ -217,4 +229,4 @@ def test_router_overhead():
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=1))
+    print(json.dumps(run(quick="--quick" in sys.argv, streamed_legs="--streamed-legs" in sys.argv), indent=1))
