@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from l4_sglang.router.forwarding import prefix_hashes
+from l4_sglang.router.native import BadRequest, check_ids
 from l4_sglang.router.tokens import (
     PLAIN_CHAT_PROMPT,
     BuiltinTokenizer,
@@ -213,3 +214,25 @@ def test_stages_json_has_no_infinity():
     assert _finite_or_none(float("inf")) is None
     assert _finite_or_none(1.5) == 1.5
     assert _finite_or_none(None) is None
+
+
+@pytest.mark.parametrize(
+    "ids, ok",
+    [
+        ([0, 5, 2**31 - 1], True),
+        (list(range(10_000)), True),
+        ([1, True], False),
+        ([1, 2.0], False),
+        ([1, -1], False),
+        ([1, 2**31], False),
+        ([1, "2"], False),
+        ([1, None], False),
+        ([], False),
+    ],
+)
+def test_token_ids_are_checked(ids, ok):
+    if ok:
+        assert check_ids(ids, "input_ids") is ids
+    else:
+        with pytest.raises(BadRequest, match="input_ids"):
+            check_ids(ids, "input_ids")
