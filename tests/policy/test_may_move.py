@@ -12,6 +12,7 @@ import math
 import pytest
 
 from l4_sglang.policy import POLICIES, RequestInfo, make_policy
+from l4_sglang.policy import l4 as l4_module
 from l4_sglang.policy.base import Migration, Policy
 
 NEVER_MOVE = {"round_robin", "random", "power_of_two", "least_load", "static_buckets"}
@@ -22,7 +23,7 @@ def test_every_policy_answers(model, name):
     p = make_policy(name, model, None)
     for w in ("a", "b", "c", "d"):
         p.add_worker(w, 0.0)
-    p.route(RequestInfo("r", 100, max_new_tokens=4), 0.0)
+    p.route(RequestInfo("r", 100, max_new_tokens=64), 0.0)
     assert p.may_move("r") is (name not in NEVER_MOVE)
 
 
@@ -71,11 +72,35 @@ def test_l4_one_worker_moves_nothing(model):
     assert not p.may_move("r") and not p.may_move("open") and not p.may_move("unknown")
 
 
-def test_l4_a_stage_of_several_workers_may_balance_any_request(drive):
+def test_l4_a_stage_of_several_workers_may_balance_all_but_the_shortest(drive):
     p = drive("l4", 10.0).policy  # warm-up: one stage of 8 workers
     assert len(p.layout().stages) == 1
-    p.route(RequestInfo("short", 100, max_new_tokens=4), 10.0)
-    assert p.may_move("short")
+    floor = p.config.pair_min_remaining
+    p.route(RequestInfo("short", 100, max_new_tokens=floor - 1), 10.0)
+    p.route(RequestInfo("enough", 100, max_new_tokens=floor), 10.0)
+    p.route(RequestInfo("open", 100), 10.0)
+    assert not p.may_move("short")
+    assert p.may_move("enough") and p.may_move("open")
+
+
+def test_l4_in_stage_balance_leaves_requests_near_their_end(drive, monkeypatch):
+    # What the in-stage pairing is offered: every running request with pair_min_remaining tokens
+    # or more to go, none with fewer.
+    offered = []
+
+    def capture(models, loads, lists, *args):
+        offered.extend(iid for per_worker in lists for iid, _, _ in per_worker)
+        return None
+
+    monkeypatch.setattr(l4_module, "pick_migration", capture)
+    p = drive("l4", 10.0).policy
+    p.route(RequestInfo("near-end", 100, max_new_tokens=p.config.pair_min_remaining - 1), 10.0)
+    p.route(RequestInfo("long", 100, max_new_tokens=500), 10.0)
+    for rid in ("near-end", "long"):
+        p.on_progress(rid, 1, 10.1)  # decoding: 1 token out
+    p.tick(10.0 + 2 * p.config.balance_interval_s)
+    iids = {p.book.requests[r].iid: r for r in ("near-end", "long")}
+    assert {iids[i] for i in offered if i in iids} == {"long"}
 
 
 def test_l4_single_worker_stages_move_what_can_cross_the_bound(drive):

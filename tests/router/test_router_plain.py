@@ -112,19 +112,21 @@ def test_streams_and_long_requests_stay_streamed(pair):
 
 
 @pytest.mark.parametrize(
-    "n, settings, plain",
+    "n, settings, new, plain",
     [
-        (1, {"policy": "l4"}, True),  # one stage of one worker: nothing to move to
-        (2, {"policy": "l4"}, False),  # a stage of two: a balance move may pick it
-        (2, {"policy": "llumnix"}, False),
-        (2, {"policy": "llumnix", "policy_overrides": {"migration": False}}, True),
-        (2, {"policy": "least_load"}, True),
-        (1, {"policy": "round_robin", "plain_max_new_tokens": 0}, False),
-        (1, {"policy": "round_robin", "plain_max_new_tokens": 8}, True),
+        (1, {"policy": "l4"}, 8, True),  # one stage of one worker: nothing to move to
+        (2, {"policy": "l4"}, 64, False),  # a stage of two: a balance move may pick it
+        (2, {"policy": "l4"}, 8, True),  # ... unless it asks for fewer than --l4-pair-min-remaining
+        (2, {"policy": "l4", "policy_overrides": {"pair_min_remaining": 0}}, 8, False),
+        (2, {"policy": "llumnix"}, 8, False),
+        (2, {"policy": "llumnix", "policy_overrides": {"migration": False}}, 8, True),
+        (2, {"policy": "least_load"}, 8, True),
+        (1, {"policy": "round_robin", "plain_max_new_tokens": 0}, 8, False),
+        (1, {"policy": "round_robin", "plain_max_new_tokens": 8}, 8, True),
     ],
 )
-def test_the_policy_and_the_setting_decide(n, settings, plain):
-    body = {"input_ids": [9, 8, 7], "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}
+def test_the_policy_and_the_setting_decide(n, settings, new, plain):
+    body = {"input_ids": [9, 8, 7], "sampling_params": {"max_new_tokens": new, "ignore_eos": True}}
     with workers(n) as ws, _router(ws, **settings) as router:
         want = post_json(ws[0].url + "/generate", body)
         with recording(router) as sent:

@@ -65,7 +65,10 @@ What it does with each event (DESIGN.md "L4, as we build it"):
   to the DP's neighbouring boundary, so no stage collapses. Boundaries return
   to bin edges when the DP's next layout is applied (a DP run that is not
   applied leaves them where they drifted). Inside each stage, `pick_migration`
-  pairs the busiest and idlest workers (`pair_min_gap`, `pair_margin`).
+  pairs the busiest and idlest workers (`pair_min_gap`, `pair_margin`),
+  leaving alone requests with fewer than `pair_min_remaining` tokens to go:
+  their recompute cannot pay back, and the router can then send a request
+  asking for fewer as one plain worker request (`may_move`).
 - **Workers.** An added worker joins the stage with the most predicted work
   per worker; a removed worker leaves its stage, and a stage left without
   workers merges into its upper neighbour (the last into its lower one). Either
@@ -174,6 +177,9 @@ class L4Config(PolicyConfig):
     )
     pair_min_gap: float = _knob(0.2, "relative work gap between two workers of a stage worth a migration")
     pair_margin: float = _knob(1.0, "an in-stage migration's gain must exceed this times its cost")
+    pair_min_remaining: int = _knob(
+        32, "in-stage migrations leave alone requests with fewer tokens left to generate than this"
+    )
     prefix_affinity: bool = _knob(True, "send a known first prefix block to the worker that last had it")
     slo_ttft_s: float = _knob(_QOE.slo_ttft_s, "TTFT SLO of the DP's QoE, seconds")
     slo_tpot_s: float = _knob(_QOE.slo_tpot_s, "TPOT SLO of the DP's QoE, seconds")
@@ -205,6 +211,7 @@ class L4Config(PolicyConfig):
             "move_margin": at_least_0,
             "pair_min_gap": at_least_0,
             "pair_margin": at_least_0,
+            "pair_min_remaining": (">= 0", lambda x: x >= 0),
             "slo_ttft_s": positive,
             "slo_tpot_s": positive,
             "slo_penalty_s": at_least_0,
@@ -504,12 +511,14 @@ class L4(Policy):
 
     def may_move(self, rid: str) -> bool:
         """Yes while a move is possible: a stage of two or more workers (a balance move may pick
-        it), or a peak length (prompt + max_new_tokens) that may cross its stage's bound."""
+        it, unless it asks for fewer than `pair_min_remaining` tokens), or a peak length (prompt +
+        max_new_tokens) that may cross its stage's bound."""
         b = self.book.requests.get(rid)
         k = self._where.get(b.worker) if b is not None else None
         if not self.config.migration or b is None or k is None:
             return False
-        if len(self._healthy(k)) > 1:
+        short = b.info.max_new_tokens is not None and b.info.max_new_tokens < self.config.pair_min_remaining
+        if len(self._healthy(k)) > 1 and not short:
             return True
         if k == len(self._stages) - 1:
             return False
@@ -701,7 +710,11 @@ class L4(Policy):
             if len(workers) < 2:
                 continue
             loads = [self.book.load(w, with_remaining=True) for w in workers]
-            lists = [[(b.iid, b.context, self.remaining(b)) for b in self.book.running(w)] for w in workers]
+            floor = self.config.pair_min_remaining
+            lists = [
+                [(b.iid, b.context, n) for b in self.book.running(w) if (n := self.remaining(b)) >= floor]
+                for w in workers
+            ]
             models = [self.model_of(w) for w in workers] if self._models else self.cost_model
             m = pick_migration(
                 models,
