@@ -133,11 +133,13 @@ def test_a_worker_killed_under_load_loses_no_request_and_comes_back(tmp_path):
             seen = {}
 
             def kill_mid_stream():
-                # Once the requests are spread and decoding, kill the busiest worker.
+                # Once the requests are spread and decoding, kill the busiest worker. 24 of the 60
+                # at once (not more: on a busy 2-core machine the clients send slowly enough that
+                # early streams end before the last start).
                 def busiest():
                     running = {w.url: _running(w.url) for w in ws}
                     top = max(ws, key=lambda w: running[w.url])
-                    return top if sum(running.values()) >= 40 and running[top.url] >= 5 else None
+                    return top if sum(running.values()) >= 24 and running[top.url] >= 5 else None
 
                 seen["victim"] = victim = poll(busiest, timeout=60)
                 seen["running"] = _running(victim.url)
