@@ -1434,13 +1434,19 @@ mod tests {
         }
     }
 
-    fn brute_force(model: &CostModel, w: &Workload, n: usize, q: QoeConfig) -> f64 {
-        let bins = w.bins();
-        let mut best = f64::INFINITY;
-        for mask in 0u32..(1 << (bins - 1)) {
+    /// Every way to cut `bins` bins into contiguous stages, as cut lists `[0, ..., bins]`.
+    fn cut_sets(bins: usize) -> impl Iterator<Item = Vec<usize>> {
+        (0u32..(1 << (bins - 1))).map(move |mask| {
             let mut cuts = vec![0];
             cuts.extend((1..bins).filter(|b| mask & (1 << (b - 1)) != 0));
             cuts.push(bins);
+            cuts
+        })
+    }
+
+    fn brute_force(model: &CostModel, w: &Workload, n: usize, q: QoeConfig) -> f64 {
+        let mut best = f64::INFINITY;
+        for cuts in cut_sets(w.bins()) {
             let k = cuts.len() - 1;
             if k > n {
                 continue;
@@ -1606,13 +1612,9 @@ mod tests {
     /// Least cost over every mixed layout: every cut set, every composition
     /// of the instances, every class per stage using each class exactly.
     fn brute_force_classes(classes: &[InstanceClass], w: &Workload, q: QoeConfig) -> (f64, f64) {
-        let bins = w.bins();
         let n: usize = classes.iter().map(|c| c.count).sum();
         let (mut best, mut least_excess) = (f64::INFINITY, f64::INFINITY);
-        for mask in 0u32..(1 << (bins - 1)) {
-            let mut cuts = vec![0];
-            cuts.extend((1..bins).filter(|b| mask & (1 << (b - 1)) != 0));
-            cuts.push(bins);
+        for cuts in cut_sets(w.bins()) {
             let k = cuts.len() - 1;
             if k > n {
                 continue;
