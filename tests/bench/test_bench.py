@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bench_cli import run_cli as _run_cli
 
 from l4_sglang.bench import oracle_e2e_s
 from l4_sglang.core import CostModel
@@ -18,7 +17,7 @@ from l4_sglang.sim import simulate
 from l4_sglang.workload import LengthMixture, poisson
 
 ROOT = Path(__file__).resolve().parents[2]
-TRACE = Path("/work/shared/data/traces/mooncake/conversation_trace.jsonl")
+TRACE = ROOT.parent / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
 POLS = ["l4", "round_robin"]
 RATES = ["0.5", "1"]
 KEYS = [
@@ -43,18 +42,7 @@ KEYS = [
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    # The subprocess imports l4_sglang as the tests do: the installed package (a clean clone has
-    # no built core under python/).
-    env = dict(os.environ)
-    env["MPLBACKEND"] = "Agg"
-    return subprocess.run(
-        [sys.executable, "-m", "l4_sglang.bench", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    return _run_cli(*args, timeout=120)
 
 
 @pytest.fixture(scope="module")

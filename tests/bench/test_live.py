@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_cli import run_cli
 
 from l4_sglang.bench import oracle_e2e_s
 from l4_sglang.bench.live import LiveSettings, prompt_ids, replay
@@ -24,7 +25,6 @@ from l4_sglang.worker.prefix_cache import BLOCK_SIZE
 from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
 from l4_sglang.worker.tokenizer import VOCAB_SIZE
 
-ROOT = Path(__file__).resolve().parents[2]
 SCALE = 0.2
 KEYS = [
     "completed",
@@ -91,18 +91,6 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MPLBACKEND="Agg")
-    return subprocess.run(
-        [sys.executable, "-m", "l4_sglang.bench", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
 
 
 @pytest.fixture(scope="module")
