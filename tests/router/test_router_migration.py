@@ -6,13 +6,16 @@ exactly the tokens the first worker would have produced. A scripted policy
 proposes the moves, so where and how often they happen is under the test's control.
 """
 
+import asyncio
 import http.client
 import itertools
 import json
 import signal
 import threading
+import time
 import urllib.parse
 
+import aiohttp
 import openai
 import pytest
 from router_http import (
@@ -30,6 +33,9 @@ from router_http import (
 )
 
 from l4_sglang.router import BackgroundRouter, RouterSettings
+from l4_sglang.router.forwarding import Forwarder, GenerationSpec
+from l4_sglang.router.metrics import RouterMetrics
+from l4_sglang.router.tokens import BuiltinTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +230,49 @@ def _up(url):
         return call("GET", url + "/health", timeout=1)[0] == 200
     except OSError:
         return False
+
+
+def test_a_request_cancelled_just_as_its_worker_answers_leaves_nothing_running(three):
+    """The client leaves in the instant between the worker's answer and the router reading it:
+    the answer must still be closed, or its worker generates on for nobody (a CI flake once)."""
+    home = three[1].url
+
+    class CancelOnAnswer:
+        """A session whose POST, once answered, cancels the task that waits for it, before it wakes."""
+
+        def __init__(self, real: aiohttp.ClientSession, waiter: asyncio.Task) -> None:
+            self.real, self.waiter = real, waiter
+
+        def post(self, *args, **kwargs):
+            async def answered():
+                resp = await self.real.post(*args, **kwargs)
+                asyncio.get_running_loop().call_soon(self.waiter.cancel)  # runs before the wake-up
+                return resp
+
+            return answered()
+
+    async def scenario() -> int:
+        async with aiohttp.ClientSession() as real:
+            policy = Scripted(home=home)
+            policy.add_worker(home, 0.0)
+            session = lambda: CancelOnAnswer(real, asyncio.current_task())  # noqa: E731
+            fwd = Forwarder(policy, None, BuiltinTokenizer(), RouterMetrics(), session, time.monotonic)
+            spec = GenerationSpec(prompt_ids=[1, 2, 3], max_new_tokens=100000, sampling={"ignore_eos": True})
+            gen = fwd.new(spec, 0.0)
+            task = asyncio.create_task(fwd.complete(gen))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            fwd.end(gen)
+            await fwd.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # while `real` still holds its connections open
+                loads = await (await real.get(home + "/v1/loads")).json()
+                if loads["aggregate"]["total_reqs"] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            return loads["aggregate"]["total_reqs"]
+
+    assert asyncio.run(scenario()) == 0
 
 
 def test_a_client_that_goes_away_aborts_its_request_on_the_worker(three):

@@ -423,6 +423,10 @@ class Forwarder:
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise LegFailed(f"{type(e).__name__}: {e}") from None
         except asyncio.CancelledError:
+            if post.done() and not post.cancelled() and post.exception() is None:
+                # The worker answered just as the request was cancelled: close the answer, or
+                # its connection stays open and the worker goes on generating for nobody.
+                post.result().close()
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the request itself is being cancelled
