@@ -46,8 +46,23 @@ def linear_time(p: dict, tokens: float, requests: float) -> float:
     return (
         p["overhead_s"]
         + max(p["linear_floor_s"], p["linear_per_token_s"] * tokens)
+        + _heavy(p, tokens)
         + p["per_request_s"] * requests
     )
+
+
+def _heavy(p: dict, tokens):
+    """Extra linear-layer time of the tokens past linear_heavy_from_tokens (0 in older calibrations)."""
+    excess = np.maximum(0.0, np.asarray(tokens, dtype=np.float64) - p.get("linear_heavy_from_tokens", 0.0))
+    return p.get("linear_heavy_per_token_s", 0.0) * excess
+
+
+def prefill_attention(p: dict, new_tokens: int, context: int) -> float:
+    """Causal pairs within the chunk, plus pairs over the cached prefix (at their own price if given)."""
+    context_pair = p.get("prefill_context_pair_s")
+    if context_pair is None:
+        context_pair = p["prefill_pair_s"]
+    return p["prefill_pair_s"] * new_tokens * (new_tokens + 1) / 2 + context_pair * new_tokens * context
 
 
 def decode_attention_time(p: dict, kv_tokens: float, max_kv: float) -> float:
@@ -66,14 +81,12 @@ def single_item_step_time(p: dict, new_tokens: int, context: int) -> float:
     if new_tokens <= 1:
         kv = context + new_tokens
         return decode_step_time(p, 1.0, kv, kv)
-    attention = p["prefill_pair_s"] * (new_tokens * context + new_tokens * (new_tokens + 1) / 2)
-    return linear_time(p, new_tokens, 1.0) + attention
+    return linear_time(p, new_tokens, 1.0) + prefill_attention(p, new_tokens, context)
 
 
 def prefill_chunk_time(p: dict, new_tokens: int, context: int) -> float:
     """One prefill chunk alone: the extend kernel, even for a single token."""
-    attention = p["prefill_pair_s"] * (new_tokens * context + new_tokens * (new_tokens + 1) / 2)
-    return linear_time(p, new_tokens, 1.0) + attention
+    return linear_time(p, new_tokens, 1.0) + prefill_attention(p, new_tokens, context)
 
 
 def prefill_time(p: dict, prompt: float) -> float:
@@ -104,7 +117,7 @@ def decode_step_curve(p: dict, n, kv: float, max_kv: float):
     """
     n = np.asarray(n, dtype=np.float64)
     linear = p["overhead_s"] + np.maximum(p["linear_floor_s"], p["linear_per_token_s"] * n)
-    linear = linear + p["per_request_s"] * n
+    linear = linear + _heavy(p, n) + p["per_request_s"] * n
     total_kv = n * kv
     attention = p["decode_kv_s"] * (
         total_kv + p["het_alpha"] * np.maximum(0.0, p["het_width"] * max_kv - total_kv)

@@ -6,14 +6,27 @@
 //!
 //! ```text
 //! step = overhead
-//!      + max(linear_floor, per_token * sum(new_tokens))      linear layers (roofline)
+//!      + max(linear_floor, per_token * n)                    linear layers (roofline)
+//!      + heavy_per_token * max(0, n - heavy_from)            long steps' extra per token
 //!      + per_request * n_items                               sampling, bookkeeping
 //!      + decode_attention(decode items)                      new_tokens == 1
-//!      + prefill_pair * sum(new * context + new * (new + 1) / 2)   prefill items
+//!      + sum over prefill items of
+//!          prefill_pair * new * (new + 1) / 2                 causal, within the chunk
+//!        + prefill_context_pair * new * context              over the cached prefix
 //!
+//! n = sum(new_tokens)
 //! decode_attention = decode_kv * (S + het_alpha * max(0, het_width * L - S))
 //!   S = sum of KV tokens read (context + 1 per item), L = the longest of them.
 //! ```
+//!
+//! The heavy term: on every real SGLang calibration (H100, H200; FlashInfer
+//! and Triton) a step of 8K tokens (8 prompts of 1K) costs ~23 us per token,
+//! while a few hundred tokens cost much less each; lone prompts alone cannot
+//! tell the two apart, batched prompts do. `heavy * heavy_from <= overhead`
+//! (checked) keeps tokens per second from falling as a step grows. The
+//! context term: Triton's extend kernel pays about twice per cached-prefix
+//! pair what it pays per causal pair (FlashInfer about the same); absent, it
+//! equals `prefill_pair`.
 //!
 //! The decode term is a wave model of the attention kernel: the GPU works on
 //! about `het_width` requests' worth of KV at once, so a batch costs its total
@@ -39,6 +52,12 @@ pub struct CostModelParams {
     pub linear_floor_s: f64,
     /// Linear-layer time per token computed in the step (compute bound).
     pub linear_per_token_s: f64,
+    /// Extra time per token beyond `linear_heavy_from_tokens` in one step.
+    #[serde(default)]
+    pub linear_heavy_per_token_s: f64,
+    /// Step size (tokens) past which `linear_heavy_per_token_s` applies.
+    #[serde(default)]
+    pub linear_heavy_from_tokens: f64,
     /// Per request in the batch: sampling, logits, metadata.
     pub per_request_s: f64,
     /// Decode attention per KV token read.
@@ -47,8 +66,11 @@ pub struct CostModelParams {
     pub het_width: f64,
     /// Weight of the length-mix (heterogeneity) term in [0, 1], 0 switches it off.
     pub het_alpha: f64,
-    /// Prefill attention per (query token, key token) pair.
+    /// Prefill attention per (query token, key token) pair within the chunk (causal part).
     pub prefill_pair_s: f64,
+    /// Prefill attention per (query token, cached context token) pair; absent: `prefill_pair_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_context_pair_s: Option<f64>,
     /// KV cache capacity of one instance in tokens.
     pub kv_capacity_tokens: f64,
     /// Most requests one instance runs at once.
@@ -132,6 +154,24 @@ impl CostModel {
             ));
         }
         check_non_negative("prefill_pair_s", p.prefill_pair_s)?;
+        if let Some(c) = p.prefill_context_pair_s {
+            check_non_negative("prefill_context_pair_s", c)?;
+        }
+        check_non_negative("linear_heavy_per_token_s", p.linear_heavy_per_token_s)?;
+        check_non_negative("linear_heavy_from_tokens", p.linear_heavy_from_tokens)?;
+        // Past the mark a step costs overhead - heavy * from + (slopes) * n: a negative
+        // intercept would make tokens per second fall as the step grows, which no GPU does.
+        if p.linear_heavy_per_token_s * p.linear_heavy_from_tokens > p.overhead_s * (1.0 + 1e-9) {
+            return Err(CoreError::invalid(
+                "linear_heavy_per_token_s",
+                format!(
+                    "linear_heavy_per_token_s * linear_heavy_from_tokens ({}) must not exceed \
+                     overhead_s ({}): throughput would fall as a step grows",
+                    p.linear_heavy_per_token_s * p.linear_heavy_from_tokens,
+                    p.overhead_s
+                ),
+            ));
+        }
         check_positive("kv_capacity_tokens", p.kv_capacity_tokens)?;
         check_positive("max_running_requests", p.max_running_requests)?;
         check_positive("chunked_prefill_size", p.chunked_prefill_size)?;
@@ -170,7 +210,14 @@ impl CostModel {
         }
         p.overhead_s
             + p.linear_floor_s.max(p.linear_per_token_s * tokens)
+            + p.linear_heavy_per_token_s * (tokens - p.linear_heavy_from_tokens).max(0.0)
             + p.per_request_s * requests
+    }
+
+    fn context_pair_s(&self) -> f64 {
+        self.params
+            .prefill_context_pair_s
+            .unwrap_or(self.params.prefill_pair_s)
     }
 
     /// Decode attention time of a batch summary.
@@ -182,7 +229,7 @@ impl CostModel {
 
     /// Prefill attention time of `new` query tokens over `context` cached ones.
     pub fn prefill_attention_time(&self, new: f64, context: f64) -> f64 {
-        self.params.prefill_pair_s * (new * context + new * (new + 1.0) / 2.0)
+        self.params.prefill_pair_s * new * (new + 1.0) / 2.0 + self.context_pair_s() * new * context
     }
 
     /// Predicted duration of one step running exactly `batch`.
@@ -226,11 +273,12 @@ impl CostModel {
         let full_chunks = (prompt / chunk).floor();
         let rest = prompt - full_chunks * chunk;
         // Chunk c (0-based) computes `chunk` tokens over c * chunk cached ones;
-        // the sum of their attention pairs over c, in closed form.
-        let pairs_full = chunk * chunk * full_chunks * (full_chunks - 1.0) / 2.0
-            + full_chunks * chunk * (chunk + 1.0) / 2.0;
-        let mut time =
-            self.params.prefill_pair_s * pairs_full + full_chunks * self.linear_time(chunk, 1.0);
+        // the sums of their attention pairs over c, in closed form.
+        let context_pairs = chunk * chunk * full_chunks * (full_chunks - 1.0) / 2.0;
+        let causal_pairs = full_chunks * chunk * (chunk + 1.0) / 2.0;
+        let mut time = self.params.prefill_pair_s * causal_pairs
+            + self.context_pair_s() * context_pairs
+            + full_chunks * self.linear_time(chunk, 1.0);
         if rest > 0.0 {
             time += self.linear_time(rest, 1.0)
                 + self.prefill_attention_time(rest, full_chunks * chunk);
@@ -294,9 +342,20 @@ impl CostModel {
         } else {
             f64::INFINITY
         };
-        let mut cuts = [0.0, floor_cut.min(n_cap), het_cut.min(n_cap), n_cap];
+        let heavy_cut = if p.linear_heavy_per_token_s > 0.0 {
+            p.linear_heavy_from_tokens
+        } else {
+            f64::INFINITY
+        };
+        let mut cuts = [
+            0.0,
+            floor_cut.min(n_cap),
+            het_cut.min(n_cap),
+            heavy_cut.min(n_cap),
+            n_cap,
+        ];
         cuts.sort_by(|a, b| a.total_cmp(b));
-        let mut pieces = [Piece::default(); 3];
+        let mut pieces = [Piece::default(); 4];
         for (piece, w) in pieces.iter_mut().zip(cuts.windows(2)) {
             let mid = (w[0] + w[1]) / 2.0;
             let (below_floor, below_het) = (mid < floor_cut, mid < het_cut);
@@ -306,6 +365,10 @@ impl CostModel {
                 a += p.linear_floor_s;
             } else {
                 b += p.linear_per_token_s;
+            }
+            if mid > heavy_cut {
+                a -= p.linear_heavy_per_token_s * p.linear_heavy_from_tokens;
+                b += p.linear_heavy_per_token_s;
             }
             if below_het {
                 a += p.decode_kv_s * p.het_alpha * p.het_width * max_kv;
@@ -330,11 +393,12 @@ struct Piece {
     b: f64,
 }
 
-/// `step(n) = a + b n` on each of up to three pieces covering `[0, n_cap]`.
-/// Every piece has `a > 0`, so throughput `n / step(n)` rises with `n`.
+/// `step(n) = a + b n` on each of up to four pieces covering `[0, n_cap]`.
+/// Every piece has `a >= 0` (the heavy term's check), so throughput
+/// `n / step(n)` never falls as `n` grows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeCurve {
-    pieces: [Piece; 3],
+    pieces: [Piece; 4],
     n_cap: f64,
 }
 
@@ -349,7 +413,7 @@ impl DecodeCurve {
             .pieces
             .iter()
             .find(|p| n <= p.hi && p.hi > p.lo)
-            .unwrap_or(&self.pieces[2]);
+            .unwrap_or(&self.pieces[3]);
         piece.a + piece.b * n
     }
 
@@ -388,6 +452,19 @@ pub(crate) mod tests {
             "../../python/l4_sglang/data/costmodels/llama3-8b-h100-default.json"
         ))
         .unwrap()
+    }
+
+    /// The default H100 model with its floor moved into the step overhead, and
+    /// the heavy-step and cached-prefix terms switched on (heavy * from =
+    /// 5.12 ms <= overhead 5.5 ms).
+    fn h100_heavy() -> CostModel {
+        let mut p = h100().params;
+        p.overhead_s = 0.0055;
+        p.linear_floor_s = 0.0;
+        p.linear_heavy_per_token_s = 1e-5;
+        p.linear_heavy_from_tokens = 512.0;
+        p.prefill_context_pair_s = Some(2.0 * p.prefill_pair_s);
+        CostModel::new(p).unwrap()
     }
 
     fn decode_batch(contexts: &[u64]) -> Vec<BatchItem> {
@@ -439,7 +516,12 @@ pub(crate) mod tests {
 
     #[test]
     fn prefill_time_matches_stepwise_sum() {
-        let m = h100();
+        for m in [h100(), h100_heavy()] {
+            prefill_time_matches_stepwise_sum_of(&m);
+        }
+    }
+
+    fn prefill_time_matches_stepwise_sum_of(m: &CostModel) {
         let chunk = m.params.chunked_prefill_size as u64;
         for prompt in [
             2u64,
@@ -469,7 +551,12 @@ pub(crate) mod tests {
 
     #[test]
     fn prefill_time_never_falls() {
-        let m = h100();
+        for m in [h100(), h100_heavy()] {
+            prefill_time_never_falls_of(&m);
+        }
+    }
+
+    fn prefill_time_never_falls_of(m: &CostModel) {
         let chunk = m.params.chunked_prefill_size as u64;
         let mut last = 0.0;
         let edges = [
@@ -496,9 +583,84 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn operating_point_solves_its_equation() {
+    fn heavy_term_prices_tokens_past_its_mark() {
+        let heavy = h100_heavy();
+        let mut p = heavy.params.clone();
+        p.linear_heavy_per_token_s = 0.0;
+        let plain = CostModel::new(p).unwrap();
+        // 8 prompts of 1K in one step: 7,680 tokens past the mark (512) at 10 us each.
+        let eight = vec![
+            BatchItem {
+                new_tokens: 1024,
+                context: 0
+            };
+            8
+        ];
+        let extra = heavy.step_time(&eight) - plain.step_time(&eight);
+        assert!((extra - 7680.0 * 1e-5).abs() < 1e-9, "{extra}");
+        // Decode batches too: the linear layers see tokens, whatever kind.
+        let small = decode_batch(&[500; 500]);
+        assert_eq!(heavy.step_time(&small), plain.step_time(&small));
+        let large = decode_batch(&[500; 2048]);
+        let extra = heavy.step_time(&large) - plain.step_time(&large);
+        assert!((extra - 1536.0 * 1e-5).abs() < 1e-12, "{extra}");
+    }
+
+    #[test]
+    fn decode_curve_is_the_step_time_and_throughput_never_falls() {
+        for m in [h100(), h100_heavy()] {
+            for (mean, max) in [(500.0, 500.0), (2_000.0, 60_000.0)] {
+                let curve = m.decode_curve(mean, max);
+                let mut last = 0.0;
+                for n in (1..=2_000).map(f64::from) {
+                    if n > curve.n_cap() {
+                        break;
+                    }
+                    let step = m.decode_step_time(&DecodeSummary {
+                        requests: n,
+                        kv_tokens: n * mean,
+                        max_kv: max.max(mean),
+                    });
+                    assert!((curve.step(n) - step).abs() <= 1e-12, "n {n}");
+                    let throughput = n / step;
+                    assert!(throughput >= last * (1.0 - 1e-12), "n {n}");
+                    last = throughput;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cached_prefix_pairs_default_to_the_causal_price() {
         let m = h100();
+        let mut p = m.params.clone();
+        p.prefill_context_pair_s = Some(p.prefill_pair_s);
+        let explicit = CostModel::new(p).unwrap();
+        let item = [BatchItem {
+            new_tokens: 4096,
+            context: 20_000,
+        }];
+        assert_eq!(m.step_time(&item), explicit.step_time(&item));
+        assert_eq!(m.prefill_time(50_000.0), explicit.prefill_time(50_000.0));
+        // Twice the prefix price: exactly the prefix part doubles.
+        let doubled = h100_heavy().prefill_attention_time(4096.0, 20_000.0)
+            - m.prefill_attention_time(4096.0, 20_000.0);
+        let prefix_part = m.params.prefill_pair_s * 4096.0 * 20_000.0;
+        assert!((doubled - prefix_part).abs() <= 1e-12 * prefix_part.max(1.0));
+        // Omitted when unset, so older calibrations round-trip unchanged.
+        assert!(!m.to_json().contains("prefill_context_pair_s"));
+    }
+
+    #[test]
+    fn operating_point_solves_its_equation() {
+        for m in [h100(), h100_heavy()] {
+            operating_point_solves_its_equation_of(&m);
+        }
+    }
+
+    fn operating_point_solves_its_equation_of(m: &CostModel) {
         for (rate, busy, mean, max) in [
+            (16_700.0, 1.0, 200.0, 200.0), // past the heavy mark (949 requests) when it is on
             (100.0, 1.0, 2_000.0, 4_000.0),
             (2_000.0, 0.7, 500.0, 1_000.0),
             (50.0, 0.9, 60_000.0, 120_000.0),
@@ -541,5 +703,10 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cost_model"), "{err}");
+        // A heavy term whose step would deliver fewer tokens per second as it grows.
+        let mut p = h100_heavy().params;
+        p.linear_heavy_per_token_s = 2e-5;
+        let err = CostModel::new(p).unwrap_err().to_string();
+        assert!(err.contains("linear_heavy_per_token_s"), "{err}");
     }
 }

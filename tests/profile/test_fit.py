@@ -18,21 +18,56 @@ def synthetic_points(model: CostModel, rng: np.random.Generator) -> list[fit.Poi
                 peak = min(mean * spread, 130_000)
                 kv = n * mean + (peak - mean)
                 points.append(fit.Point("decode", "syn", model.decode_step_time(n, kv, peak), n, kv, peak))
-    for prompt in (512, 2048, 8192, 20_000, 32768, 98304):
+    for prompt in (256, 512, 2048, 4096, 8192, 20_000, 32768, 98304):
         points.append(fit.Point("prefill", "syn", model.prefill_time(prompt), prompt=prompt))
+    for prompt, n in ((1024, 8), (2048, 4), (512, 16)):
+        points.append(fit.Point("batch", "syn", model.step_time([(prompt, 0)] * n), n, prompt=prompt))
     rng.shuffle(points)
     return points
 
 
-def test_fit_recovers_a_known_model():
-    truth = CostModel.load("llama3-8b-h200-flashinfer")
-    points = synthetic_points(truth, np.random.default_rng(0))
-    theta, width, knee = fit.solve(points, truth.params["chunked_prefill_size"])
+def _refit(truth: CostModel, points: list[fit.Point]) -> CostModel:
+    theta, width, knee, heavy_from = fit.solve(points, truth.params["chunked_prefill_size"])
     info = {"max_total_num_tokens": truth.params["kv_capacity_tokens"], "chunked_prefill_size": 8192}
-    params = fit.to_params(theta, width, knee, "refit", info, truth.params["max_running_requests"])
-    refit = CostModel.from_json(json.dumps(params))
+    running = truth.params["max_running_requests"]
+    params = fit.to_params(theta, width, knee, heavy_from, "refit", info, running)
+    return CostModel.from_json(json.dumps(params))
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_fit_recovers_a_known_model(heavy):
+    params = CostModel.load("llama3-8b-h200-flashinfer").params
+    if heavy:  # floor in the step overhead, 10 us more per token past 512, prefix pairs at twice the price
+        params |= {
+            "overhead_s": 0.0055,
+            "linear_per_token_s": 1.2e-5,
+            "linear_floor_s": 0.0,
+            "linear_heavy_per_token_s": 1e-5,
+            "linear_heavy_from_tokens": 512.0,
+            "prefill_context_pair_s": 2 * params["prefill_pair_s"],
+        }
+    truth = CostModel.from_json(json.dumps(params))
+    points = synthetic_points(truth, np.random.default_rng(0))
+    refit = _refit(truth, points)
     errs = [abs(fit.predict(refit, p) / p.seconds - 1) for p in points]
     assert np.median(errs) < 0.02 and max(errs) < 0.10
+    # The 8 x 1K step, priced above the lone-prompt slope when the heavy term is on, comes out right.
+    eight = [(1024, 0)] * 8
+    assert refit.step_time(eight) == pytest.approx(truth.step_time(eight), rel=0.03)
+    if heavy:
+        assert refit.params["linear_heavy_per_token_s"] > 0
+
+
+def test_batch_points_read_prefill_steps_from_groups_of_first_tokens():
+    # 32 prompts of 1K: one alone, then groups of 8 every 0.19 s (one prefill step of 8 x 1K each).
+    ttft = [0.06] + [0.06 + 0.19 * g + 0.0005 * i for g in range(1, 4) for i in range(8)] + [0.85] * 7
+    scenario = {"name": "decode_32x1024", "kind": "decode", "prompts": [1024] * 32, "ttft_s": ttft}
+    (point,) = fit.batch_points([scenario], 8192)
+    assert (point.kind, point.requests, point.prompt) == ("batch", 8, 1024)
+    assert point.seconds == pytest.approx(0.19 - 7 * 0.0005, abs=1e-9)
+    # Prompts that do not fill the chunk exactly, or mixed prompts, give no point.
+    assert fit.batch_points([scenario | {"prompts": [1000] * 32}], 8192) == []
+    assert fit.batch_points([scenario | {"prompts": [1024] * 31 + [512]}], 8192) == []
 
 
 def test_fit_recovers_a_request_overhead_when_asked():
@@ -46,9 +81,9 @@ def test_fit_recovers_a_request_overhead_when_asked():
         else p
         for p in points
     ]
-    theta, _, _ = fit.solve(points, 8192, request_overhead=True)
+    theta, _, _, _ = fit.solve(points, 8192, request_overhead=True)
     assert theta[6] == pytest.approx(0.007, rel=0.05)
-    theta_off, _, _ = fit.solve(points, 8192)
+    theta_off, _, _, _ = fit.solve(points, 8192)
     assert theta_off[6] == 0.0
 
 

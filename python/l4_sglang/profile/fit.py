@@ -6,20 +6,27 @@ Points:
   the homogeneous 1K-token sweeps (step = running / gen throughput over ten
   pure decode steps);
 - prefill: time to first token of a lone prompt with `max_new_tokens` 1 (the
-  median of its repeats).
+  median of its repeats);
+- batch: one prefill step of several whole prompts, read from a decode
+  scenario whose equal prompts fill the chunk exactly (8 x 1K): SGLang
+  prefills them chunk by chunk, so first tokens come in groups and the gap
+  between groups is one such step (the median gap).
 
-Given the heterogeneity width W and the roofline knee n_c (where linear
-layers stop being weight-bound), every point is linear in
+Given the heterogeneity width W, the roofline knee n_c (where linear layers
+stop being weight-bound) and the heavy-step mark n_h, every point is linear in
 theta = (overhead, per-token linear, per-request, decode_kv, decode_kv * alpha,
-prefill_pair, request_overhead):
+prefill_pair, request_overhead, prefill_context_pair, heavy per-token):
 
-    decode  = o + tau * max(n_c, n) + r * n + k * S + k alpha * max(0, W L - S)
-    TTFT    = q + sum over chunks of [o + tau * max(n_c, chunk) + r + pi * pairs]
+    decode  = o + tau * max(n_c, n) + h * max(0, n - n_h) + r * n + k * S + k alpha * max(0, W L - S)
+    batch   = o + tau * max(n_c, n) + h * max(0, n - n_h) + r * m + pi * causal pairs
+    TTFT    = q + sum over chunks of [o + tau * max(n_c, chunk) + h * max(0, chunk - n_h) + r
+                                      + pi * causal pairs + pi_ctx * cached-prefix pairs]
 
-(q: host-side latency of a request, HTTP and scheduling, paid once).
-
-so a grid over (W, n_c) with a non-negative least-squares solve in relative
-error finds the fit. A seeded share of the points is held out of the fit and
+(q: host-side latency of a request, HTTP and scheduling, paid once; m prompts
+of n tokens in all), so a grid over (W, n_c, n_h) with a non-negative
+least-squares solve in relative error finds the fit, under h * n_h <= o (past
+n_h a step must not deliver fewer tokens per second as it grows; on that
+bound, o = h * n_h). A seeded share of the points is held out of the fit and
 reported, never used.
 """
 
@@ -46,13 +53,14 @@ KERNEL_NAMES = {"flashinfer": "FlashInfer 0.6.12 (tensor-core decode)", "triton"
 
 @dataclass(frozen=True)
 class Point:
-    kind: str  # "decode" or "prefill"
+    kind: str  # "decode", "prefill" or "batch"
     source: str
     seconds: float
     requests: float = 0.0
     kv_tokens: float = 0.0
     max_kv: float = 0.0
     prompt: float = 0.0
+    """Prompt tokens (prefill: the prompt; batch: each of its `requests` prompts)."""
 
 
 def _contexts_at(scenario: dict, at: float) -> list[float]:
@@ -76,6 +84,32 @@ def scenario_points(scenarios: list[dict]) -> list[Point]:
     return points
 
 
+def batch_points(scenarios: list[dict], chunk: float, same_group_s: float = 0.004) -> list[Point]:
+    """Prefill steps of whole equal prompts that fill the chunk exactly, one median point per
+    scenario: first tokens within `same_group_s` of each other came from the same step."""
+    points = []
+    for s in scenarios:
+        prompts = set(s["prompts"])
+        if s["kind"] != "decode" or len(prompts) != 1 or not s.get("ttft_s"):
+            continue
+        prompt = prompts.pop()
+        if prompt <= 1 or chunk % prompt:
+            continue
+        per_step = int(chunk // prompt)
+        groups: list[list[float]] = []
+        for t in sorted(s["ttft_s"]):
+            if groups and t - groups[-1][-1] < same_group_s:
+                groups[-1].append(t)
+            else:
+                groups.append([t])
+        gaps = [b[0] - a[-1] for a, b in itertools.pairwise(groups) if len(b) == per_step]
+        if len(gaps) >= 3:
+            points.append(
+                Point("batch", f"{s['name']}_step", float(np.median(gaps)), per_step, prompt=prompt)
+            )
+    return points
+
+
 def log_points(log_text: str, max_mean_kv: float = 1500.0) -> list[Point]:
     """Pure decode intervals of the homogeneous 1K sweeps, one median point per batch size."""
     rows = [tuple(float(x) for x in m.groups()) for m in LOG_LINE.finditer(log_text)]
@@ -93,27 +127,35 @@ def log_points(log_text: str, max_mean_kv: float = 1500.0) -> list[Point]:
     ]  # fmt: skip
 
 
-def _pairs_and_chunks(prompt: float, chunk: float, knee: float) -> tuple[float, float, float]:
-    """(number of chunks, sum of max(knee, chunk tokens), sum of attention pairs)."""
-    chunks, linear, pairs, done = 0, 0.0, 0.0, 0.0
+def _chunk_sums(prompt: float, chunk: float, knee: float, heavy_from: float) -> list[float]:
+    """Over the chunks of a lone prompt: [chunks, sum max(knee, tokens), sum max(0, tokens -
+    heavy_from), causal pairs, cached-prefix pairs]."""
+    sums, done = [0.0] * 5, 0.0
     while done < prompt:
         new = min(chunk, prompt - done)
-        chunks += 1
-        linear += max(knee, new)
-        pairs += new * done + new * (new + 1) / 2
+        for i, v in enumerate(
+            (1.0, max(knee, new), max(0.0, new - heavy_from), new * (new + 1) / 2, new * done)
+        ):
+            sums[i] += v
         done += new
-    return chunks, linear, pairs
+    return sums
 
 
-def design(points: list[Point], width: float, knee: float, chunk: float) -> np.ndarray:
+def design(points: list[Point], width: float, knee: float, chunk: float, heavy_from: float) -> np.ndarray:
+    """Columns: theta's order (module docstring)."""
     rows = []
     for p in points:
         if p.kind == "decode":
             excess = max(0.0, width * p.max_kv - p.kv_tokens)
-            rows.append([1.0, max(knee, p.requests), p.requests, p.kv_tokens, excess, 0.0, 0.0])
+            heavy = max(0.0, p.requests - heavy_from)
+            rows.append([1.0, max(knee, p.requests), p.requests, p.kv_tokens, excess, 0.0, 0.0, 0.0, heavy])
+        elif p.kind == "batch":
+            n, m = p.requests * p.prompt, p.requests
+            causal = m * p.prompt * (p.prompt + 1) / 2
+            rows.append([1.0, max(knee, n), m, 0.0, 0.0, causal, 0.0, 0.0, max(0.0, n - heavy_from)])
         else:
-            k, linear, pairs = _pairs_and_chunks(p.prompt, chunk, knee)
-            rows.append([k, linear, k, 0.0, 0.0, pairs, 1.0])
+            k, linear, heavy, causal, cached = _chunk_sums(p.prompt, chunk, knee, heavy_from)
+            rows.append([k, linear, k, 0.0, 0.0, causal, 1.0, cached, heavy])
     return np.array(rows)
 
 
@@ -135,58 +177,74 @@ def solve(
     chunk: float,
     fixed_het: tuple[float, float] | None = None,
     request_overhead: bool = False,
-) -> tuple[np.ndarray, float, float]:
-    """Best (theta, W, knee) in relative squared error over a grid; `fixed_het`
+) -> tuple[np.ndarray, float, float, float]:
+    """Best (theta, W, knee, heavy mark) in relative squared error over a grid; `fixed_het`
     = (W, alpha) pins the length-mix term when the points cannot identify it.
     The request-overhead term is fitted only when asked: it needs several
     short-prompt TTFTs (16 to 512 tokens) to be told apart from the linear floor."""
     y = np.array([p.seconds for p in points])
-    if not request_overhead:
-        theta, width, knee = _solve(points, y, chunk, fixed_het, drop_overhead=True)
-        return theta, width, knee
-    return _solve(points, y, chunk, fixed_het, drop_overhead=False)
+    return _solve(points, y, chunk, fixed_het, drop_overhead=not request_overhead)
 
 
-def _solve(points, y, chunk, fixed_het, drop_overhead: bool) -> tuple[np.ndarray, float, float]:
-    best = (math.inf, None, 0.0, 0.0)
+KNEES = (32, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
+HEAVY_FROM = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+
+
+def _bounded_lstsq(a: np.ndarray, heavy_from: float) -> np.ndarray:
+    """nonnegative_lstsq under h * n_h <= o (columns 8 and 0): if the free solve breaks it, the
+    best fit lies on the bound, where o = h * n_h and one column carries both."""
+    theta = nonnegative_lstsq(a, np.ones(len(a)))
+    if theta[8] * heavy_from <= theta[0]:
+        return theta
+    tied = np.delete(a, 0, axis=1)
+    tied[:, 7] += heavy_from * a[:, 0]
+    t = nonnegative_lstsq(tied, np.ones(len(a)))
+    return np.concatenate([[t[7] * heavy_from], t])
+
+
+def _with_alpha(a: np.ndarray, alpha: float, heavy_from: float) -> np.ndarray:
+    """theta with decode_kv * alpha = alpha * decode_kv for the given solve of `a` (alpha pinned)."""
+    merged = np.column_stack([a[:, :3], a[:, 3] + alpha * a[:, 4], a[:, 5:]])
+    t = _bounded_lstsq(np.column_stack([merged[:, :4], np.zeros(len(a)), merged[:, 4:]]), heavy_from)
+    return np.concatenate([t[:4], [alpha * t[3]], t[5:]])
+
+
+def _solve(points, y, chunk, fixed_het, drop_overhead: bool) -> tuple[np.ndarray, float, float, float]:
+    best = (math.inf, None, 0.0, 0.0, 0.0)
     widths = [fixed_het[0]] if fixed_het else np.geomspace(1.0, 256.0, 49)
-    for width in widths:
-        for knee in (32, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768):
-            a = design(points, width, knee, chunk) / y[:, None]
-            if drop_overhead:
-                a[:, 6] = 0.0  # a zero column: nonnegative_lstsq leaves its weight at 0
-            if fixed_het:
-                alpha = fixed_het[1]
-                merged = np.column_stack([a[:, :3], a[:, 3] + alpha * a[:, 4], a[:, 5:]])
-                t = nonnegative_lstsq(merged, np.ones(len(points)))
-                theta = np.array([t[0], t[1], t[2], t[3], alpha * t[3], t[4], t[5]])
-                err = float(np.sum((a @ theta - 1.0) ** 2))
-                if err < best[0]:
-                    best = (err, theta, float(width), float(knee))
-                continue
-            theta = nonnegative_lstsq(a, np.ones(len(points)))
+    for width, knee, heavy_from in itertools.product(widths, KNEES, HEAVY_FROM):
+        a = design(points, width, knee, chunk, heavy_from) / y[:, None]
+        if drop_overhead:
+            a[:, 6] = 0.0  # a zero column: nonnegative_lstsq leaves its weight at 0
+        if fixed_het:
+            theta = _with_alpha(a, fixed_het[1], heavy_from)
+        else:
+            theta = _bounded_lstsq(a, heavy_from)
             if theta[4] > theta[3]:  # alpha above 1: fit with alpha = 1 instead
-                merged = np.column_stack([a[:, :3], a[:, 3] + a[:, 4], a[:, 5:]])
-                t = nonnegative_lstsq(merged, np.ones(len(points)))
-                theta = np.array([t[0], t[1], t[2], t[3], t[3], t[4], t[5]])
-            err = float(np.sum((a @ theta - 1.0) ** 2))
-            if err < best[0]:
-                best = (err, theta, float(width), float(knee))
-    return best[1], best[2], best[3]
+                theta = _with_alpha(a, 1.0, heavy_from)
+        err = float(np.sum((a @ theta - 1.0) ** 2))
+        if err < best[0]:
+            best = (err, theta, float(width), float(knee), float(heavy_from))
+    return best[1], best[2], best[3], best[4]
 
 
-def to_params(theta, width: float, knee: float, name: str, info: dict, max_running: float) -> dict:
-    o, tau, r, k, k_alpha, pi, q = (float(x) for x in theta)
+def to_params(
+    theta, width: float, knee: float, heavy_from: float, name: str, info: dict, max_running: float
+) -> dict:
+    o, tau, r, k, k_alpha, pi, q, pi_ctx, heavy = (float(x) for x in theta)
     return {
         "name": name,
         "overhead_s": o,
         "linear_floor_s": tau * knee,
         "linear_per_token_s": tau,
+        "linear_heavy_per_token_s": heavy,
+        "linear_heavy_from_tokens": heavy_from if heavy > 0 else 0.0,
         "per_request_s": r,
         "decode_kv_s": k,
         "het_width": width,
         "het_alpha": (k_alpha / k) if k > 0 else 0.0,
         "prefill_pair_s": pi,
+        "prefill_context_pair_s": pi_ctx,
         "kv_capacity_tokens": float(info.get("max_total_num_tokens") or 0),
         "max_running_requests": max_running,
         "chunked_prefill_size": float(info.get("chunked_prefill_size") or 8192),
@@ -197,6 +255,8 @@ def to_params(theta, width: float, knee: float, name: str, info: dict, max_runni
 def predict(model: CostModel, p: Point) -> float:
     if p.kind == "decode":
         return model.decode_step_time(p.requests, p.kv_tokens, p.max_kv)
+    if p.kind == "batch":
+        return model.step_time([(int(p.prompt), 0)] * int(p.requests))
     return model.params.get("request_overhead_s", 0.0) + model.prefill_time(p.prompt)
 
 
@@ -237,7 +297,7 @@ def holdout_indices(points: list[Point], share: float, seed: int) -> set[int]:
     measures interpolation, not extrapolation past the measured range."""
     rng = np.random.default_rng(seed)
     held: set[int] = set()
-    for kind in ("prefill", "decode"):
+    for kind in ("prefill", "decode", "batch"):
         mine = sorted(
             (i for i, p in enumerate(points) if p.kind == kind),
             key=lambda i: (points[i].prompt, points[i].kv_tokens, points[i].requests),
@@ -267,17 +327,17 @@ def fit_folder(
         # Jobs before the warm-up batch: their first scenario held the server's first request
         # (one-time costs: 39 ms for 16 tokens on H200 FlashInfer, 24 ms for 64), not a measurement.
         scenarios = scenarios[1:]
-    points = scenario_points(scenarios) + log_points(log)
+    chunk = float(info.get("chunked_prefill_size") or 8192)
+    points = scenario_points(scenarios) + log_points(log) + batch_points(scenarios, chunk)
     held = holdout_indices(points, holdout, seed)
     train = [p for i, p in enumerate(points) if i not in held]
     test = [p for i, p in enumerate(points) if i in held]
-    chunk = float(info.get("chunked_prefill_size") or 8192)
     fixed = None
     if het_from is not None:
         donor = json.loads(het_from.read_text())
         fixed = (float(donor["het_width"]), float(donor["het_alpha"]))
-    theta, width, knee = solve(train, chunk, fixed, request_overhead)
-    params = to_params(theta, width, knee, name, info, max_running)
+    theta, width, knee, heavy_from = solve(train, chunk, fixed, request_overhead)
+    params = to_params(theta, width, knee, heavy_from, name, info, max_running)
     model = CostModel.from_json(json.dumps(params))
     fit_err, held_err = errors(model, train), errors(model, test)
     summary = {
@@ -296,7 +356,8 @@ def fit_folder(
         "model": "Llama-3-8B shapes, random weights (--load-format dummy), bf16, TP 1",
         "date": meta.get("date") or time.strftime("%Y-%m-%d"),
         "method": "python -m l4_sglang.profile job, then fit: relative least squares over the steady "
-        f"decode step of controlled batches and lone-prompt TTFTs; {summary['held_out']} of "
+        "decode step of controlled batches, lone-prompt TTFTs and prefill steps of 8 x 1K prompts "
+        f"(gaps between groups of first tokens); {summary['held_out']} of "
         f"{summary['points']} points held out (seed {seed}; a share of each kind, drawn from inside "
         "its measured range) and never used by the fit",
         "fit": summary,
