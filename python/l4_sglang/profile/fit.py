@@ -291,15 +291,23 @@ def kernel_summary(folder: Path) -> dict | None:
     }
 
 
+def _holdout_kind(p: Point) -> str:
+    """Mixed-length decode batches (one request over 4x the mean KV) count apart: they alone
+    identify the length-mix term, so the hold-out must never take all of them."""
+    if p.kind == "decode" and p.requests > 0 and p.max_kv > 4 * p.kv_tokens / p.requests:
+        return "decode-mixed"
+    return p.kind
+
+
 def holdout_indices(points: list[Point], share: float, seed: int) -> set[int]:
-    """A seeded `share` of each kind's points (prefill, decode), drawn from the interior of that
-    kind's range: the smallest and largest of each kind stay in the fit, so the held-out error
-    measures interpolation, not extrapolation past the measured range."""
+    """A seeded `share` of each kind's points (prefill, decode, mixed decode, batch), drawn from
+    the interior of that kind's range: the smallest and largest of each kind stay in the fit, so
+    the held-out error measures interpolation, not extrapolation past the measured range."""
     rng = np.random.default_rng(seed)
     held: set[int] = set()
-    for kind in ("prefill", "decode", "batch"):
+    for kind in ("prefill", "decode", "decode-mixed", "batch"):
         mine = sorted(
-            (i for i, p in enumerate(points) if p.kind == kind),
+            (i for i, p in enumerate(points) if _holdout_kind(p) == kind),
             key=lambda i: (points[i].prompt, points[i].kv_tokens, points[i].requests),
         )
         interior = mine[1:-1]
