@@ -203,10 +203,14 @@ def _bounded_lstsq(a: np.ndarray, heavy_from: float) -> np.ndarray:
 
 
 def _with_alpha(a: np.ndarray, alpha: float, heavy_from: float) -> np.ndarray:
-    """theta with decode_kv * alpha = alpha * decode_kv for the given solve of `a` (alpha pinned)."""
-    merged = np.column_stack([a[:, :3], a[:, 3] + alpha * a[:, 4], a[:, 5:]])
-    t = _bounded_lstsq(np.column_stack([merged[:, :4], np.zeros(len(a)), merged[:, 4:]]), heavy_from)
-    return np.concatenate([t[:4], [alpha * t[3]], t[5:]])
+    """theta with decode_kv * alpha = alpha * decode_kv for the given solve of `a` (alpha pinned):
+    the length-mix column folds into decode_kv's, and its own, zeroed, gets weight 0."""
+    folded = a.copy()
+    folded[:, 3] += alpha * folded[:, 4]
+    folded[:, 4] = 0.0
+    theta = _bounded_lstsq(folded, heavy_from)
+    theta[4] = alpha * theta[3]
+    return theta
 
 
 def _solve(points, y, chunk, fixed_het, drop_overhead: bool) -> tuple[np.ndarray, float, float, float]:
