@@ -149,9 +149,9 @@ def test_abort_request_ends_a_plain_request_with_what_it_has():
         with recording(router) as sent:
             t = threading.Thread(target=lambda: result.update(out=post_json(router.url + "/generate", body)))
             t.start()
-            poll(
-                lambda: get_json(ws[0].url + "/v1/loads")["aggregate"]["total_running_reqs"] == 1, timeout=20
-            )
+            # Abort only once a decode step has run (KV past the 3 prompt tokens): aborted any
+            # earlier, SGLang rightly answers with no tokens at all.
+            poll(lambda: get_json(ws[0].url + "/v1/loads")["aggregate"]["total_used_tokens"] > 3, timeout=20)
             poll(lambda: call("POST", router.url + "/abort_request", {"rid": "p-1"})[0] == 200)
             t.join(20)
         assert len(sent) == 1
