@@ -18,6 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--budget-s", type=float, default=480, help="stop starting scenarios after this")
     job.add_argument("--start-timeout-s", type=float, default=400)
+    job.add_argument(
+        "--lone-rounds",
+        type=int,
+        default=0,
+        help="instead of the plan: this many shuffled rounds of the lone prompts, then each back to back",
+    )
     job.add_argument("extra", nargs="*", help="more SGLang server flags, after --")
     fit = sub.add_parser("fit", help="fit cost-model parameters to a job's results")
     fit.add_argument("results", nargs="+", help="job output folders")

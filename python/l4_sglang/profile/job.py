@@ -69,6 +69,25 @@ def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, dea
     return results
 
 
+def run_lone_rounds(url: str, rounds: int, out: Path, seed: int) -> list[dict]:
+    """The lone prompts only: shuffled rounds, then each size back to back as the plan sends
+    them (`prefill_P_block`), on the same server, to see what order does to a TTFT."""
+    asyncio.run(scenarios.run_batch(url, "warmup", "warmup", [64, 64, 512, 2048], 8, seed - 1))
+    t0 = time.monotonic()
+    shuffled = asyncio.run(scenarios.run_lone_rounds(url, scenarios.LONE_SIZES, rounds, seed))
+    results = [r.to_dict() for r in shuffled]
+    for i, p in enumerate(scenarios.LONE_SIZES):
+        name = f"prefill_{p}_block"
+        r = asyncio.run(scenarios.run_batch(url, name, "prefill", [p] * rounds, 1, seed + 1 + i))
+        results.append(r.to_dict())
+    (out / "scenarios.json").write_text(json.dumps(results))
+    for r in results:
+        ms = sorted(round(x * 1e3, 1) for x in r["ttft_s"])
+        print(f"{r['name']:20s} TTFT ms sorted {ms}", flush=True)
+    print(f"{len(results)} lone-prompt results in {time.monotonic() - t0:.1f} s", flush=True)
+    return results
+
+
 def main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +116,10 @@ def main(args) -> int:
         (out / "server_info.json").write_text(json.dumps(info))
         max_kv = int(info.get("max_total_num_tokens") or 400_000)
         context = int(info.get("context_length") or 131072)
-        results = run_scenarios(url, max_kv, context, out, args.seed, deadline)
+        if args.lone_rounds:
+            results = run_lone_rounds(url, args.lone_rounds, out, args.seed)
+        else:
+            results = run_scenarios(url, max_kv, context, out, args.seed, deadline)
         meta = {
             "backend": args.backend,
             "gpu": os.popen("nvidia-smi --query-gpu=name --format=csv,noheader").read().strip(),
@@ -107,6 +129,7 @@ def main(args) -> int:
             "date": time.strftime("%Y-%m-%d"),
             "scenarios": len(results),
             "warmup": True,
+            "lone_rounds": args.lone_rounds,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
         return 0

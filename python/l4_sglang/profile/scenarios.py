@@ -43,6 +43,8 @@ class ScenarioResult:
     steady_step_s: float | None = None
     steady_requests: int = 0
     ttft_s: list[float] = field(default_factory=list)
+    # Lone-prompt rounds only: the order of every round (sizes), the same in each size's result.
+    order: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,6 +153,37 @@ async def run_interference(url: str, seed: int, decoders: int, ctx: int, long_pr
 
 
 PREFILL_REPEATS = 5
+LONE_SIZES = (16, 64, 256, 512, 2048)
+
+
+async def run_lone_rounds(url: str, sizes: tuple[int, ...], rounds: int, seed: int) -> list[ScenarioResult]:
+    """Lone prompts, each on an idle server, every round in a fresh shuffled order.
+
+    The plan sends each size back to back; this tells a size's own TTFT apart
+    from the place it holds in the run. One result per size, named as the
+    plan's lone prompts (`prefill_P`), so fit and replay read it unchanged;
+    `order` holds each round's order.
+    """
+    rng = random.Random(seed)
+    traces: dict[int, list[RequestTrace]] = {p: [] for p in sizes}
+    order: list[list[int]] = []
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await flush(session, url)
+        for _ in range(rounds):
+            sizes_now = rng.sample(sizes, len(sizes))
+            order.append(sizes_now)
+            for p in sizes_now:
+                trace = RequestTrace(p, 1)
+                await stream_one(session, url, random_ids(rng, p), 1, trace)
+                traces[p].append(trace)
+    results = []
+    for p in sizes:
+        r = ScenarioResult(f"prefill_{p}", "prefill", [p] * rounds, 1, traces[p])
+        r.ttft_s = [t.chunks[0] - t.sent for t in traces[p] if t.chunks]
+        r.order = order
+        results.append(r)
+    return results
 
 
 def plan(max_kv_tokens: int, context_length: int = 131072) -> list[tuple[str, str, list[int], int]]:
