@@ -3,6 +3,9 @@ each round in its own order, then each size back to back, in the format fit and 
 
 import json
 
+import numpy as np
+import pytest
+
 from l4_sglang.profile import fit, job, replay, scenarios
 from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
 
@@ -39,3 +42,35 @@ def test_replay_sets_the_real_spread_beside_the_mean():
     assert row["emulated_ttft_inside_real_range"] is True
     rows = replay.compare([lone("prefill_16", [0.02, 0.021])], [lone("prefill_16", [0.03])])
     assert rows[0]["emulated_ttft_inside_real_range"] is False
+
+
+def _lone(name, size, ttfts):
+    requests = [{"prompt_tokens": size, "sent": 0.0, "chunks": [t]} for t in ttfts]
+    return {
+        "name": name,
+        "kind": "prefill",
+        "prompts": [size] * len(ttfts),
+        "ttft_s": ttfts,
+        "requests": requests,
+    }
+
+
+def test_a_lone_rounds_job_pools_each_size_and_replaces_the_jobs_lone_prompts(tmp_path):
+    lone = [_lone("prefill_16", 16, [0.02, 0.03]), _lone("prefill_16_block", 16, [0.01, 0.04, 0.05])]
+    pooled = fit.pooled_lone_prompts([*lone, _lone("prefill_64", 64, [0.02])])
+    assert [(s["name"], s["ttft_s"]) for s in pooled] == [
+        ("prefill_16", [0.02, 0.03, 0.01, 0.04, 0.05]),
+        ("prefill_64", [0.02]),
+    ]
+    assert [p.seconds for p in fit.scenario_points(pooled)] == [0.03, 0.02]  # one median point per size
+    (tmp_path / "scenarios.json").write_text(json.dumps(lone))
+    (tmp_path / "meta.json").write_text(json.dumps({"gpu": "H100", "backend": "triton"}))
+    job_scenarios = [_lone("prefill_16", 16, [0.9]), _lone("prefill_8192", 8192, [0.3])]
+    merged, sizes = fit._with_lone_prompts(job_scenarios, {"gpu": "H100", "backend": "triton"}, tmp_path)
+    assert sizes == [16]
+    assert sorted((s["prompts"][0], float(np.median(s["ttft_s"]))) for s in merged) == [
+        (16, 0.03),
+        (8192, 0.3),
+    ]
+    with pytest.raises(SystemExit, match="backend 'triton' is not the job's 'flashinfer'"):
+        fit._with_lone_prompts(job_scenarios, {"gpu": "H100", "backend": "flashinfer"}, tmp_path)

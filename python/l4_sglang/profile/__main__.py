@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--holdout", type=float, default=0.3)
     fit.add_argument("--het-from", help="take het_width/het_alpha from this calibration JSON")
     fit.add_argument(
+        "--lone-from",
+        help="a `job --lone-rounds` folder (same GPU and backend) whose lone-prompt TTFTs replace the job's",
+    )
+    fit.add_argument(
         "--request-overhead",
         action="store_true",
         help="also fit request_overhead_s (needs the short-prompt TTFTs of the current job plan)",

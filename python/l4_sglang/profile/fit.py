@@ -321,6 +321,36 @@ def holdout_indices(points: list[Point], share: float, seed: int) -> set[int]:
     return held
 
 
+def pooled_lone_prompts(scenarios: list[dict]) -> list[dict]:
+    """One lone-prompt scenario per prompt size, holding every repeat of that size (a
+    `--lone-rounds` job measures each size twice: shuffled rounds and back to back)."""
+    by_size: dict[int, dict] = {}
+    for s in scenarios:
+        if s["kind"] != "prefill" or not s["ttft_s"]:
+            continue
+        size = s["prompts"][0]
+        pooled = by_size.setdefault(
+            size, {"name": f"prefill_{size}", "kind": "prefill", "prompts": [], "ttft_s": [], "requests": []}
+        )
+        for key in ("prompts", "ttft_s", "requests"):
+            pooled[key] = pooled[key] + s[key]
+    return [by_size[size] for size in sorted(by_size)]
+
+
+def _with_lone_prompts(scenarios: list[dict], meta: dict, lone_from: Path) -> tuple[list[dict], list[int]]:
+    """The job's scenarios with its lone prompts replaced by those of `lone_from`, where it has them."""
+    lone_meta = json.loads((lone_from / "meta.json").read_text())
+    for key in ("gpu", "backend"):
+        if lone_meta.get(key) != meta.get(key):
+            raise SystemExit(
+                f"--lone-from {lone_from}: {key} {lone_meta.get(key)!r} is not the job's {meta.get(key)!r}"
+            )
+    lone = pooled_lone_prompts(json.loads((lone_from / "scenarios.json").read_text()))
+    sizes = {s["prompts"][0] for s in lone}
+    kept = [s for s in scenarios if not (s["kind"] == "prefill" and s["prompts"][0] in sizes)]
+    return kept + lone, sorted(sizes)
+
+
 def fit_folder(
     folder: Path,
     name: str,
@@ -328,6 +358,7 @@ def fit_folder(
     seed: int = 0,
     het_from: Path | None = None,
     request_overhead: bool = False,
+    lone_from: Path | None = None,
 ) -> tuple[dict, dict]:
     meta = json.loads((folder / "meta.json").read_text())
     info = json.loads((folder / "server_info.json").read_text())
@@ -339,6 +370,9 @@ def fit_folder(
         # Jobs before the warm-up batch: their first scenario held the server's first request
         # (one-time costs: 39 ms for 16 tokens on H200 FlashInfer, 24 ms for 64), not a measurement.
         scenarios = scenarios[1:]
+    lone_sizes: list[int] = []
+    if lone_from is not None:
+        scenarios, lone_sizes = _with_lone_prompts(scenarios, meta, lone_from)
     chunk = float(info.get("chunked_prefill_size") or 8192)
     points = scenario_points(scenarios) + log_points(log) + batch_points(scenarios, chunk)
     held = holdout_indices(points, holdout, seed)
@@ -374,6 +408,14 @@ def fit_folder(
         "its measured range) and never used by the fit",
         "fit": summary,
     }
+    if lone_from is not None:
+        lone_meta = json.loads((lone_from / "meta.json").read_text())
+        params["provenance"]["lone_prompts_from"] = (
+            f"the lone-prompt TTFTs of {', '.join(map(str, lone_sizes))} tokens come from a later job on "
+            f"the same GPU and backend ({lone_meta.get('date')}, "
+            f"{lone_meta.get('lone_rounds')} shuffled rounds and as many back to back per size, median of "
+            "each size's repeats) in place of this job's"
+        )
     if fixed is not None:
         params["provenance"]["het_from"] = (
             f"het_width and het_alpha taken from {donor['name']} (same attention kernels): this job's "
@@ -392,7 +434,12 @@ def main(args) -> int:
         raise SystemExit("fit takes one job folder (one GPU and backend) at a time")
     het_from = Path(args.het_from) if args.het_from else None
     params, summary = fit_folder(
-        folders[0], args.name, args.holdout, het_from=het_from, request_overhead=args.request_overhead
+        folders[0],
+        args.name,
+        args.holdout,
+        het_from=het_from,
+        request_overhead=args.request_overhead,
+        lone_from=Path(args.lone_from) if args.lone_from else None,
     )
     Path(args.out).write_text(json.dumps(params, indent=1) + "\n")
     print(

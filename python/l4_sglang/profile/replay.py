@@ -46,7 +46,7 @@ def compare(real: list[dict], emulated: list[dict]) -> list[dict]:
             a, b = get(r), get(e)
             row[f"real_{key}"], row[f"emulated_{key}"] = a, b
             row[f"{key}_rel_diff"] = (b / a - 1.0) if a and b else None
-        if len(r["ttft_s"]) > 1:
+        if r["kind"] == "prefill" and len(r["ttft_s"]) > 1:
             # Real SGLang's own spread over repeats of the same prompt, for the reader to weigh a miss.
             lo, hi = min(r["ttft_s"]), max(r["ttft_s"])
             row["real_ttft_min_s"], row["real_ttft_max_s"] = lo, hi
