@@ -1,6 +1,8 @@
-"""The router's small HTTP/1.1 client for plain worker requests, against scripted servers:
-every way an answer may be delimited, split anywhere; keep-alive reuse; a kept connection the
-server closed; a request ended from outside; answers it must refuse."""
+"""The router's small HTTP/1.1 client for worker requests, against scripted servers: every way an
+answer may be delimited, split anywhere; keep-alive reuse; a kept connection the server closed; a
+request ended from outside; answers it must refuse. Then streamed answers: SSE events handed on as
+they arrive, whatever the chunks and packets; their end, a dropped connection, a non-200 answer,
+an oversize line, a stream closed from our side."""
 
 from __future__ import annotations
 
@@ -9,15 +11,24 @@ from collections.abc import Callable
 
 import pytest
 
+from l4_sglang.router import http1
 from l4_sglang.router.http1 import Exchange, WorkerConnectionError, WorkerHttp
 
 
 class Scripted:
     """A TCP server: each request head+body read is answered by `answer(request_bytes)`, written
-    in pieces of `split` bytes; `close_after` closes the connection after answering."""
+    in pieces of `split` bytes; `close_after` closes the connection after answering, `hold_after`
+    waits for the client to close it. `closed_by_client` counts the connections the client closed."""
 
-    def __init__(self, answer: Callable[[bytes], bytes], split: int = 0, close_after: bool = False):
-        self.answer, self.split, self.close_after = answer, split, close_after
+    def __init__(
+        self,
+        answer: Callable[[bytes], bytes],
+        split: int = 0,
+        close_after: bool = False,
+        hold_after: bool = False,
+    ):
+        self.answer, self.split, self.close_after, self.hold_after = answer, split, close_after, hold_after
+        self.closed_by_client = 0
         self.connections = 0
         self.requests: list[bytes] = []
         self.writers: list[asyncio.StreamWriter] = []
@@ -53,7 +64,11 @@ class Scripted:
                 if self.close_after:
                     writer.close()
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
+                if self.hold_after:
+                    await reader.read()
+                    raise ConnectionError
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client closed the connection
+            self.closed_by_client += 1
             writer.close()
 
 
@@ -215,5 +230,310 @@ def test_an_unreachable_worker_is_an_oserror():
         await server.wait_closed()
         with pytest.raises(OSError):
             await WorkerHttp().post(f"http://127.0.0.1:{port}", "/generate", b"{}")
+
+    run(go())
+
+
+# ---- streamed answers ----------------------------------------------------------------
+
+EVENTS = [b'{"output_ids":[1]}', b'{"output_ids":[1,2],"meta_info":{"x":"a\\nb"}}', b"{}"]
+SSE = b"".join(b"data: %s\n\n" % e for e in EVENTS) + b"data: [DONE]\n\n"
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    """`body` as a chunked 200 event stream, cut into chunks of `size` bytes (lines split across them)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+class Events:
+    """A `StreamEvents` that records what it is handed; `end` must come once, last."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.ends: list[Exception | None] = []
+        self.ended = asyncio.Event()
+
+    def event(self, payload: bytes) -> None:
+        assert not self.ends, "an event after the end"
+        self.payloads.append(payload)
+
+    def end(self, error: Exception | None) -> None:
+        self.ends.append(error)
+        self.ended.set()
+
+    async def wait(self) -> Exception | None:
+        await self.ended.wait()
+        await asyncio.sleep(0.02)  # anything wrongly handed on after the end would come now
+        assert len(self.ends) == 1, self.ends
+        return self.ends[0]
+
+
+async def stream(http: WorkerHttp, url: str, exchange: Exchange | None = None) -> tuple[int, bytes, Events]:
+    events = Events()
+    status, body = await http.post_stream(url, "/generate", b"{}", exchange or Exchange(), events)
+    return status, body, events
+
+
+async def settled(http: WorkerHttp) -> None:
+    """Until no connection is still reading a streamed body (one goes back idle at its body's end)."""
+    while http._streams:
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 4096])
+@pytest.mark.parametrize("split", [0, 1, 3, 7])
+def test_a_chunked_event_stream_is_handed_on_whatever_its_chunks_and_packets(chunk, split):
+    async def go():
+        server = Scripted(fixed(chunked(SSE, chunk)), split=split)
+        async with server as url:
+            http = WorkerHttp({"Authorization": "Bearer k"})
+            for _ in range(2):
+                status, body, events = await stream(http, url)
+                assert (status, body) == (200, b"")
+                assert await events.wait() is None
+                assert events.payloads == EVENTS
+                await settled(http)
+            http.close()
+        assert server.connections == 1  # each answer ended cleanly: the connection was reused
+        assert b"authorization: bearer k" in server.requests[0].lower()
+
+    run(go())
+
+
+@pytest.mark.parametrize("split", [0, 1, 4])
+def test_a_line_split_across_chunks_and_packets_is_one_event(split):
+    async def go():
+        big = b'{"output_ids":[%s]}' % b",".join(b"%d" % i for i in range(3000))  # ~14 KB, one line
+        body = b"data: " + big + b"\r\n\r\n: a comment\nevent: x\ndata:[DONE]\n\n"
+        answer = chunked(body, 1000)
+        async with Scripted(fixed(answer), split=split or 0) as url:
+            status, _, events = await stream(WorkerHttp(), url)
+            assert status == 200
+            assert await events.wait() is None
+            assert events.payloads == [big]
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SSE), SSE),
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + SSE,
+    ],
+    ids=["length", "to-close"],
+)
+def test_an_event_stream_delimited_by_length_or_the_connections_end(answer):
+    async def go():
+        async with Scripted(fixed(answer), split=5, close_after=b"close" in answer) as url:
+            status, _, events = await stream(WorkerHttp(), url)
+            assert status == 200
+            assert await events.wait() is None
+            assert events.payloads == EVENTS
+
+    run(go())
+
+
+def test_a_stream_without_done_ends_at_its_body_and_events_after_done_are_dropped():
+    async def go():
+        no_done = SSE.replace(b"data: [DONE]\n\n", b"")
+        async with Scripted(fixed(chunked(no_done + b'data: {"tail"', 7))) as url:  # a last partial line
+            _, _, events = await stream(WorkerHttp(), url)
+            assert await events.wait() is None
+            assert events.payloads == EVENTS
+        async with Scripted(fixed(chunked(SSE + b'data: {"late":1}\n\n', 7))) as url:
+            _, _, events = await stream(WorkerHttp(), url)
+            assert await events.wait() is None
+            assert events.payloads == EVENTS
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "cut", [0, 1, 2, 3], ids=["in-a-chunk", "in-a-size-line", "before-the-end", "length"]
+)
+def test_a_connection_dropped_mid_stream_ends_it_broken(cut):
+    async def go():
+        if cut == 3:
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SSE) + 10, SSE[:-16])
+        else:
+            whole = chunked(SSE[:-16], 9)  # no [DONE]
+            answer = [whole[:-40], whole[: whole.rindex(b"\r\n0") + 3], whole[:-5]][cut]
+        server = Scripted(fixed(answer), split=3, close_after=True)
+        async with server as url:
+            http = WorkerHttp()
+            status, _, events = await stream(http, url)
+            assert status == 200
+            error = await events.wait()
+            assert isinstance(error, WorkerConnectionError), error
+            assert events.payloads == EVENTS[: len(events.payloads)] and events.payloads
+            server.close_after = False
+            server.answer = fixed(chunked(SSE, 9))
+            _, _, events = await stream(http, url)
+            assert await events.wait() is None
+        assert server.connections == 2  # the broken one was not reused
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "answer, status, body",
+    [
+        (
+            b'HTTP/1.1 400 Bad Request\r\nContent-Length: 17\r\n\r\n{"error":"nope"}\n',
+            400,
+            b'{"error":"nope"}\n',
+        ),
+        (
+            b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nbu\r\n2\r\nsy\r\n0\r\n\r\n",
+            503,
+            b"busy",
+        ),
+    ],
+)
+def test_a_non_200_answer_to_a_stream_is_read_whole_and_hands_on_nothing(answer, status, body):
+    async def go():
+        server = Scripted(fixed(answer), split=4)
+        async with server as url:
+            http = WorkerHttp()
+            for _ in range(2):
+                got, text, events = await stream(http, url)
+                assert (got, text) == (status, body)
+                assert events.payloads == [] and events.ends == []
+        assert server.connections == 1
+        assert not http._streams
+
+    run(go())
+
+
+@pytest.mark.parametrize("where", ["endless", "whole"])
+def test_an_oversize_event_line_breaks_the_stream(monkeypatch, where):
+    monkeypatch.setattr(http1, "MAX_LINE_BYTES", 100)
+
+    async def go():
+        if where == "endless":  # a line that never ends, in small chunks and packets
+            answer, split = chunked(b"data: {}\n\ndata: " + b"x" * 400, 50)[:-5], 50
+        else:  # a whole line, too long, in one packet
+            answer, split = chunked(b"data: {}\n\ndata: " + b"x" * 200 + b"\n\n" + SSE, 4096), 0
+        server = Scripted(fixed(answer), split=split, hold_after=True)
+        async with server as url:
+            _, _, events = await stream(WorkerHttp(), url)
+            error = await events.wait()
+            assert isinstance(error, WorkerConnectionError) and "too long" in str(error)
+            assert events.payloads == [b"{}"]
+            for _ in range(200):  # the connection was closed
+                if server.closed_by_client:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.closed_by_client == 1
+
+    run(go())
+
+
+def test_a_chunk_size_line_without_end_is_refused():
+    async def go():
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        async with Scripted(fixed(head + b"1" * (http1.MAX_HEAD_BYTES + 10)), hold_after=True) as url:
+            _, _, events = await stream(WorkerHttp(), url)
+            assert isinstance(await events.wait(), WorkerConnectionError)
+
+    run(go())
+
+
+def test_closing_the_exchange_mid_stream_closes_the_connection_and_hands_on_nothing_more():
+    async def go():
+        server = Scripted(fixed(chunked(SSE.replace(b"data: [DONE]\n\n", b""), 9)[:-5]), hold_after=True)
+        async with server as url:
+            http = WorkerHttp()
+            exchange = Exchange()
+            _, _, events = await stream(http, url, exchange)
+            while len(events.payloads) < len(EVENTS):
+                await asyncio.sleep(0.005)
+            exchange.close()
+            for _ in range(200):
+                if server.closed_by_client:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.closed_by_client == 1  # the worker sees it: it aborts the request
+            assert events.ends == [] and not http._streams
+            exchange.close()  # again: nothing happens
+
+    run(go())
+
+
+def test_closing_the_exchange_after_its_stream_ended_leaves_the_reused_connection_alone():
+    async def go():
+        unended = chunked(SSE.replace(b"data: [DONE]\n\n", b""), 9)[:-5]
+        answers = [chunked(SSE, 9), unended]
+        server = Scripted(lambda _: answers.pop(0))  # then waits for a next request, or the close
+        async with server as url:
+            http = WorkerHttp()
+            first = Exchange()
+            _, _, events = await stream(http, url, first)
+            await events.wait()
+            await settled(http)
+            second = Exchange()
+            _, _, events = await stream(http, url, second)  # on the same connection, still streaming
+            while len(events.payloads) < len(EVENTS):
+                await asyncio.sleep(0.005)
+            first.close()  # a late close of the first stream must not cut the second
+            await asyncio.sleep(0.05)
+            assert server.closed_by_client == 0 and events.ends == [] and http._streams
+            second.close()
+            for _ in range(200):
+                if server.closed_by_client:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.closed_by_client == 1
+        assert server.connections == 1
+
+    run(go())
+
+
+def test_a_stream_cancelled_after_its_answer_ended_leaves_its_connection_to_others(monkeypatch):
+    waiting: list[asyncio.Future] = []
+
+    class CancelAfterAnswer(http1._Conn):
+        """Cancels the task waiting for the head once the whole answer is in, before it wakes."""
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if waiting and self.waiter is None:  # ended, and the connection went back idle
+                waiting.pop().cancel()
+
+    monkeypatch.setattr(http1, "_Conn", CancelAfterAnswer)
+
+    async def go():
+        server = Scripted(fixed(chunked(SSE, 4096)))  # the whole answer in one write
+        async with server as url:
+            http = WorkerHttp()
+            task = asyncio.ensure_future(stream(http, url))
+            waiting.append(task)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not waiting
+            _, _, events = await stream(http, url)
+            assert await events.wait() is None and events.payloads == EVENTS
+        assert server.connections == 1  # the cancelled request did not close the connection it gave back
+
+    run(go())
+
+
+def test_an_exchange_closed_while_connecting_ends_the_request_and_connects_time_out(monkeypatch):
+    async def go():
+        async def never(*args, **kwargs):
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never)
+        exchange = Exchange()
+        task = asyncio.ensure_future(stream(WorkerHttp(), "http://127.0.0.1:9", exchange))
+        await asyncio.sleep(0.05)
+        exchange.close()
+        with pytest.raises(WorkerConnectionError, match="closed"):
+            await task
+        with pytest.raises(TimeoutError):
+            await stream(WorkerHttp(connect_timeout=0.05), "http://127.0.0.1:9")
 
     run(go())

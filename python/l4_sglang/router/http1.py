@@ -1,15 +1,26 @@
-"""A small HTTP/1.1 client for the router's non-streaming worker requests.
+"""A small HTTP/1.1 client for the router's worker requests, plain and streamed.
 
 aiohttp's client costs more CPU per tiny request than all of the router's
-own work on it (about 0.13 ms on a 2-core VM), so plain requests (a whole
-JSON answer, no stream) go through this instead: one asyncio protocol per
-keep-alive connection, an idle list per worker, one request at a time per
-connection, answers delimited by Content-Length, chunked encoding or the
-connection's end. Streams, health checks and aborts stay on aiohttp.
+own work on it (about 0.13 ms on a 2-core VM), so `/generate` goes through
+this instead: one asyncio protocol per keep-alive connection, an idle list
+per worker, one request at a time per connection, answers delimited by
+Content-Length, chunked encoding or the connection's end. Health checks and
+aborts stay on aiohttp.
 
-`Exchange.close()` from elsewhere on the loop ends a request in flight (the
-waiting `post` raises ConnectionError): the forwarder uses it when the
-worker is ejected.
+`post` returns a whole answer. `post_stream` returns at the head of a 200
+answer, and its body goes on with no task of its own: the protocol splits
+the SSE lines as bytes arrive and hands each `data:` payload to the caller's
+`StreamEvents`, then one `end` (None at `[DONE]` or the body's clean end,
+else what broke it). Any other status is read whole, as by `post`. A
+connection goes back to the idle list only once its answer ended cleanly.
+Heads, chunk-size lines and event lines are bounded, so a hostile worker
+cannot make the router buffer without bound.
+
+`Exchange.close()` from elsewhere on the loop ends a request, from its
+connect to the end of a streamed body: a waiting `post` raises
+ConnectionError, a stream gets no more events, and the worker sees its
+connection close (so it aborts the request). The forwarder uses it to drop
+a leg, and when the worker is ejected.
 """
 
 from __future__ import annotations
@@ -18,10 +29,14 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+"""Longest head, chunk-size line or trailer section of an answer."""
 MAX_BODY_BYTES = 256 * 1024**2
+MAX_LINE_BYTES = MAX_BODY_BYTES
+"""Longest SSE line of a streamed answer: a cumulative chunk carries the whole output so far."""
 MAX_IDLE_PER_WORKER = 256
 """Idle keep-alive connections kept per worker (more are closed as they come back)."""
 
@@ -30,20 +45,43 @@ class WorkerConnectionError(ConnectionError):
     """The connection broke, or the answer was not HTTP/1.x this client understands."""
 
 
-class _Conn(asyncio.Protocol):
-    """One connection: feeds the bytes of one answer at a time to a future."""
+class StreamEvents(Protocol):
+    """Where a streamed answer goes; called from the connection's callbacks, on the loop."""
 
-    def __init__(self) -> None:
+    def event(self, payload: bytes) -> None:
+        """One `data:` payload, `[DONE]` excepted."""
+
+    def end(self, error: Exception | None) -> None:
+        """Once, last: None at `[DONE]` or the body's clean end, else the error that broke it."""
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: reads one answer at a time, whole into `waiter`, or (a streamed 200) to `events`."""
+
+    def __init__(self, home: WorkerHttp, base_url: str) -> None:
+        self.home = home
+        self.base_url = base_url
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future | None = None
+        """Set from `start` to the answer's end; a streamed 200 resolves it at the head."""
+        self.exchange: Exchange | None = None
+        """The request this connection serves, until it goes back to the idle list."""
+        self.events: StreamEvents | None = None
+        """Where a streamed body goes; None once told its end (or when none is wanted)."""
+        self.streaming = False
+        self.answered = False
+        """Some of the answer has arrived."""
         self.buf = bytearray()
         self.reusable = True
         self.lost = False
         self._status = 0
-        self._length: int | None = None  # body bytes; None: chunked or until the end
+        self._in_body = False
         self._chunked = False
-        self._body_at = -1  # where the body starts in buf (-1: head not complete)
+        self._left: int | None = None
+        """Body bytes to come (None: until the connection's end); chunked: of this chunk and its CRLF."""
         self._chunks: list[bytes] = []
+        self._size = 0
+        self._line = bytearray()  # a streamed body's partial last line
 
     # asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -52,49 +90,68 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.reusable = False
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.waiter is None:
             return
-        if self._body_at >= 0 and self._length is None and not self._chunked:
-            self._finish(bytes(self.buf[self._body_at :]))  # the body ran to the connection's end
+        if self._in_body and not self._chunked and self._left is None:
+            self._body_ended()  # the body ran to the connection's end
         else:
-            waiter.set_exception(WorkerConnectionError(f"connection lost: {exc or 'closed by the worker'}"))
+            self._broke(WorkerConnectionError(f"connection lost: {exc or 'closed by the worker'}"))
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
-            self.reusable = False  # bytes nobody asked for: do not trust this connection again
+        if self.waiter is None:
+            self._distrust()  # bytes nobody asked for
             return
+        self.answered = True
         self.buf += data
         try:
-            if self._body_at < 0 and not self._parse_head():
+            if not self._in_body and not self._parse_head():
                 return
             self._parse_body()
         except WorkerConnectionError as e:
-            self.reusable = False
-            self.waiter.set_exception(e)
-            if self.transport is not None:
-                self.transport.close()
+            self._broke(e)
+
+    # one answer
+    def start(self, waiter: asyncio.Future, exchange: Exchange, events: StreamEvents | None) -> None:
+        self.waiter, self.exchange, self.events = waiter, exchange, events
+        self.streaming = self.answered = self._in_body = self._chunked = False
+        self.buf.clear()
+        self._line.clear()
+        self._status, self._left, self._chunks, self._size = 0, None, [], 0
+
+    def abandon(self) -> None:
+        """Our side gives up on the answer: no more events, and the worker sees the connection close."""
+        self.events = None
+        self._broke(WorkerConnectionError("the request was closed"))
+
+    def _distrust(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def _broke(self, error: WorkerConnectionError) -> None:
+        self._distrust()
+        if self.streaming:
+            self._end_stream(error)
+            return
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
 
     # parsing
-    def start(self, waiter: asyncio.Future) -> None:
-        self.waiter = waiter
-        self.buf.clear()
-        self._status, self._length, self._chunked, self._body_at = 0, None, False, -1
-        self._chunks = []
-
     def _parse_head(self) -> bool:
-        end = self.buf.find(b"\r\n\r\n")
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(self.buf) > MAX_HEAD_BYTES:
+            if len(buf) > MAX_HEAD_BYTES:
                 raise WorkerConnectionError("the answer's head is too long")
             return False
-        lines = bytes(self.buf[:end]).split(b"\r\n")
+        lines = bytes(buf[:end]).split(b"\r\n")
+        del buf[: end + 4]
         status = lines[0].split(None, 2)
         if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
             raise WorkerConnectionError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
         self._status = int(status[1])
         if 100 <= self._status < 200:  # informational (103 Early Hints): the answer follows
-            del self.buf[: end + 4]
             return self._parse_head()
         if status[0] == b"HTTP/1.0":
             self.reusable = False
@@ -105,84 +162,176 @@ class _Conn(asyncio.Protocol):
             if name == b"content-length":
                 if not value.isdigit() or int(value) > MAX_BODY_BYTES:
                     raise WorkerConnectionError(f"bad Content-Length {value[:40]!r}")
-                self._length = int(value)
+                self._left = int(value)
             elif name == b"transfer-encoding":
                 self._chunked = value.endswith(b"chunked")
             elif name == b"connection" and b"close" in value:
                 self.reusable = False
         if self._status in (204, 304):
-            self._length, self._chunked = 0, False  # never a body
+            self._left, self._chunked = 0, False  # never a body
         if self._chunked:
-            self._length = None
-        elif self._length is None:
+            self._left = 0  # a chunk-size line comes first
+        elif self._left is None:
             self.reusable = False  # delimited by the connection's end
-        self._body_at = end + 4
+        self._in_body = True
+        if self.events is not None and self._status == 200:
+            self.streaming = True  # the body is ours to hand on now, and the connection ours to give back
+            self.home._streams.add(self)
+            assert self.waiter is not None
+            if not self.waiter.done():
+                self.waiter.set_result((200, b""))
         return True
 
     def _parse_body(self) -> None:
-        if self._length is not None:
-            end = self._body_at + self._length
-            if len(self.buf) >= end:
-                if len(self.buf) > end:
-                    self.reusable = False
-                self._finish(bytes(self.buf[self._body_at : end]))
-            return
+        """Hand on the body bytes that have arrived (`_take`); at the body's end, `_body_ended`."""
+        buf = self.buf
         if not self._chunked:
-            if len(self.buf) - self._body_at > MAX_BODY_BYTES:
-                raise WorkerConnectionError("the answer is too large")
-            return
-        # Chunked: consume whole chunks from the front of the body.
-        pos = self._body_at
-        while True:
-            eol = self.buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            size_text = bytes(self.buf[pos:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise WorkerConnectionError(f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:  # then trailers (usually none), ended by a blank line
-                if self.buf[eol + 2 : eol + 4] == b"\r\n":
-                    end = eol + 4
-                else:
-                    end = self.buf.find(b"\r\n\r\n", eol + 2)
-                    if end < 0:
-                        break
-                    end += 4
-                if len(self.buf) > end:
-                    self.reusable = False
-                self._finish(b"".join(self._chunks))
+            if self._left is None:  # until the connection's end
+                if buf:
+                    self._take(bytes(buf))
+                    buf.clear()
                 return
-            if len(self.buf) < eol + 2 + size + 2:
-                break
-            self._chunks.append(bytes(self.buf[eol + 2 : eol + 2 + size]))
-            pos = eol + 2 + size + 2
-        del self.buf[self._body_at : pos]
-        if sum(map(len, self._chunks)) > MAX_BODY_BYTES:
+            n = min(len(buf), self._left)
+            if n:
+                self._take(bytes(buf[:n]))
+                del buf[:n]
+                self._left -= n
+            if self._left == 0:
+                if buf:
+                    self.reusable = False
+                self._body_ended()
+            return
+        while self.waiter is not None:
+            left = self._left
+            assert left is not None
+            if left > 2:  # a chunk's data
+                n = min(len(buf), left - 2)
+                if not n:
+                    return
+                self._take(bytes(buf[:n]))
+            elif left:  # the CRLF after it
+                n = min(len(buf), left)
+                if not n:
+                    return
+            elif not self._chunk_head():
+                return
+            else:
+                continue
+            del buf[:n]
+            self._left = left - n
+
+    def _chunk_head(self) -> bool:
+        """Read a chunk-size line (True); or the last chunk and its trailers: the body ends (False).
+        False too when the line is not all here yet."""
+        buf = self.buf
+        eol = buf.find(b"\r\n")
+        if eol < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                raise WorkerConnectionError("a chunk-size line is too long")
+            return False
+        size_text = bytes(buf[:eol]).split(b";", 1)[0].strip()
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise WorkerConnectionError(f"bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size:
+            del buf[: eol + 2]
+            self._left = size + 2
+            return True
+        # The last chunk, then trailers (usually none) ended by a blank line.
+        if buf[eol + 2 : eol + 4] == b"\r\n":
+            end = eol + 4
+        else:
+            end = buf.find(b"\r\n\r\n", eol + 2)
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise WorkerConnectionError("the answer's trailers are too long")
+                return False
+            end += 4
+        if len(buf) > end:
+            self.reusable = False
+        buf.clear()
+        self._body_ended()
+        return False
+
+    def _take(self, data: bytes) -> None:
+        if self.streaming:
+            self._split_events(data)
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > MAX_BODY_BYTES:
             raise WorkerConnectionError("the answer is too large")
 
-    def _finish(self, body: bytes) -> None:
+    def _body_ended(self) -> None:
+        if self.streaming:
+            self._end_stream(None)
+            return
         waiter, self.waiter = self.waiter, None
+        body = b"".join(self._chunks)
+        self._chunks = []
         if waiter is not None and not waiter.done():
             waiter.set_result((self._status, body))
 
+    # a streamed body
+    def _split_events(self, data: bytes) -> None:
+        """Whole SSE lines -> `data:` payloads to `events`; a partial last line waits in `_line`."""
+        pending = self._line
+        start = 0
+        while (eol := data.find(b"\n", start)) >= 0:
+            if pending:
+                pending += memoryview(data)[start:eol]
+                line = bytes(pending)
+                pending.clear()
+            else:
+                line = data[start:eol]
+            start = eol + 1
+            if len(line) > MAX_LINE_BYTES:
+                raise WorkerConnectionError("an event line is too long")
+            if line.startswith(b"data:") and self.events is not None:
+                self._event(line[5:].strip())
+        if start < len(data):
+            if len(pending) + len(data) - start > MAX_LINE_BYTES:
+                raise WorkerConnectionError("an event line is too long")
+            pending += memoryview(data)[start:]
+
+    def _event(self, payload: bytes) -> None:
+        events = self.events
+        assert events is not None
+        if payload == b"[DONE]":
+            self.events = None  # what follows is read (the connection is reused) but not handed on
+            events.end(None)
+        else:
+            events.event(payload)
+
+    def _end_stream(self, error: Exception | None) -> None:
+        """The streamed answer is over: tell its events (unless told), then give the connection back."""
+        events, self.events = self.events, None
+        self.waiter = None
+        self.streaming = False
+        if error is not None:
+            self.reusable = False
+        if events is not None:
+            events.end(error)
+        self.home._release(self)
+
 
 class Exchange:
-    """One request in flight; `close()` ends it from outside (the `post` raises ConnectionError)."""
+    """One request, from its connect to the end of its answer; `close()` ends it from outside."""
 
-    __slots__ = ("_conn", "closed")
+    __slots__ = ("_conn", "_connecting", "closed")
 
     def __init__(self) -> None:
         self._conn: _Conn | None = None
+        self._connecting: asyncio.Future | None = None
         self.closed = False
 
     def close(self) -> None:
         self.closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
         conn = self._conn
-        if conn is not None and conn.transport is not None:
-            conn.reusable = False
-            conn.transport.close()
+        if conn is not None and conn.exchange is self:  # (else it answered and went back to the idle list)
+            conn.abandon()
 
 
 class WorkerHttp:
@@ -193,6 +342,8 @@ class WorkerHttp:
         self._extra = extra.encode("latin-1")
         self._connect_timeout = connect_timeout
         self._idle: dict[str, deque[_Conn]] = {}
+        self._streams: set[_Conn] = set()
+        """Connections reading a streamed body (they come back by themselves at its end)."""
         self._targets: dict[str, tuple[str, int, ssl.SSLContext | None, bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
 
@@ -208,12 +359,28 @@ class WorkerHttp:
             self._targets[base_url] = found
         return found
 
-    async def _connect(self, base_url: str) -> _Conn:
+    async def _open(self, base_url: str) -> _Conn:
         host, port, tls, _ = self._target(base_url)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(_Conn, host, port, ssl=tls)
+            _, conn = await loop.create_connection(lambda: _Conn(self, base_url), host, port, ssl=tls)
         return conn
+
+    async def _connect(self, base_url: str, exchange: Exchange) -> _Conn:
+        """A new connection, as a task that `exchange.close()` cancels."""
+        connecting = asyncio.ensure_future(self._open(base_url))
+        exchange._connecting = connecting
+        try:
+            return await connecting
+        except asyncio.CancelledError:
+            if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+                connecting.result()._distrust()  # it connected just as we were cancelled
+            task = asyncio.current_task()
+            if exchange.closed and not (task is not None and task.cancelling()):
+                raise WorkerConnectionError("the request was closed") from None
+            raise
+        finally:
+            exchange._connecting = None
 
     def _take_idle(self, base_url: str) -> _Conn | None:
         idle = self._idle.get(base_url)
@@ -228,6 +395,23 @@ class WorkerHttp:
     ) -> tuple[int, bytes]:
         """(status, body) of `POST base_url + path`; OSError or TimeoutError if the worker cannot be
         reached or the connection breaks. A reused connection found closed is retried once afresh."""
+        conn, status, answer = await self._send(base_url, path, body, exchange or Exchange(), None)
+        self._release(conn)
+        return status, answer
+
+    async def post_stream(
+        self, base_url: str, path: str, body: bytes, exchange: Exchange, events: StreamEvents
+    ) -> tuple[int, bytes]:
+        """As `post`, for an event stream: a 200 answer returns (200, b"") at its head, and its body
+        goes on to `events` as it arrives (`exchange.close()` ends it); any other is read whole."""
+        conn, status, answer = await self._send(base_url, path, body, exchange, events)
+        if status != 200:
+            self._release(conn)
+        return status, answer
+
+    async def _send(
+        self, base_url: str, path: str, body: bytes, exchange: Exchange, events: StreamEvents | None
+    ) -> tuple[_Conn, int, bytes]:
         _, _, _, host = self._target(base_url)
         head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
             path.encode(),
@@ -238,47 +422,46 @@ class WorkerHttp:
         conn = self._take_idle(base_url)
         reused = conn is not None
         while True:
-            if exchange is not None and exchange.closed:
+            if exchange.closed:
                 raise WorkerConnectionError("the request was closed")
             if conn is None:
-                conn = await self._connect(base_url)
-            if exchange is not None:
-                exchange._conn = conn
+                conn = await self._connect(base_url, exchange)
+            exchange._conn = conn
             waiter = asyncio.get_running_loop().create_future()
-            conn.start(waiter)
+            conn.start(waiter, exchange, events)
             assert conn.transport is not None
             conn.transport.write(data)
             try:
                 status, answer = await waiter
             except WorkerConnectionError:
                 # A keep-alive connection the worker closed as we reused it: nothing was answered.
-                if reused and not conn.buf and not (exchange is not None and exchange.closed):
+                if reused and not conn.answered and not exchange.closed:
                     reused, conn = False, None
                     continue
                 raise
             except BaseException:
-                conn.reusable = False
-                if conn.transport is not None:
-                    conn.transport.close()
+                if conn.exchange is exchange:  # (a streamed answer may have ended and gone back already)
+                    conn.abandon()
                 raise
-            finally:
-                if exchange is not None:
-                    exchange._conn = None
-            self._release(base_url, conn)
-            return status, answer
+            return conn, status, answer
 
-    def _release(self, base_url: str, conn: _Conn) -> None:
+    def _release(self, conn: _Conn) -> None:
+        conn.exchange = None
+        self._streams.discard(conn)
         if not conn.reusable or conn.lost or conn.transport is None or conn.transport.is_closing():
             if conn.transport is not None:
                 conn.transport.close()
             return
-        idle = self._idle.setdefault(base_url, deque())
+        idle = self._idle.setdefault(conn.base_url, deque())
         if len(idle) >= MAX_IDLE_PER_WORKER:
             conn.transport.close()
             return
         idle.append(conn)
 
     def close(self) -> None:
+        """Close every connection: idle ones, and those still reading a streamed body."""
+        for conn in list(self._streams):
+            conn.abandon()
         for idle in self._idle.values():
             for conn in idle:
                 if conn.transport is not None:
