@@ -32,8 +32,8 @@ from router_http import (
     workers,
 )
 
-from l4_sglang.router import BackgroundRouter, RouterSettings
-from l4_sglang.router.forwarding import Forwarder, GenerationSpec
+from l4_sglang.router import BackgroundRouter, RouterSettings, http1
+from l4_sglang.router.forwarding import Forwarder, Generation, GenerationSpec
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.tokens import BuiltinTokenizer
 
@@ -232,47 +232,96 @@ def _up(url):
         return False
 
 
-def test_a_request_cancelled_just_as_its_worker_answers_leaves_nothing_running(three):
+def test_a_request_cancelled_just_as_its_worker_answers_leaves_nothing_running(three, monkeypatch):
     """The client leaves in the instant between the worker's answer and the router reading it:
     the answer must still be closed, or its worker generates on for nobody (a CI flake once)."""
     home = three[1].url
+    waiting: list[asyncio.Task] = []
 
-    class CancelOnAnswer:
-        """A session whose POST, once answered, cancels the task that waits for it, before it wakes."""
+    class CancelOnAnswer(http1._Conn):
+        """A connection that cancels the task waiting for its answer once the head is in, before it wakes."""
 
-        def __init__(self, real: aiohttp.ClientSession, waiter: asyncio.Task) -> None:
-            self.real, self.waiter = real, waiter
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if waiting and self.waiter is not None and self.waiter.done():
+                waiting.pop().cancel()
 
-        def post(self, *args, **kwargs):
-            async def answered():
-                resp = await self.real.post(*args, **kwargs)
-                asyncio.get_running_loop().call_soon(self.waiter.cancel)  # runs before the wake-up
-                return resp
-
-            return answered()
+    monkeypatch.setattr(http1, "_Conn", CancelOnAnswer)
 
     async def scenario() -> int:
-        async with aiohttp.ClientSession() as real:
-            policy = Scripted(home=home)
-            policy.add_worker(home, 0.0)
-            session = lambda: CancelOnAnswer(real, asyncio.current_task())  # noqa: E731
-            fwd = Forwarder(policy, None, BuiltinTokenizer(), RouterMetrics(), session, time.monotonic)
-            spec = GenerationSpec(prompt_ids=[1, 2, 3], max_new_tokens=100000, sampling={"ignore_eos": True})
-            gen = fwd.new(spec, 0.0)
-            task = asyncio.create_task(fwd.complete(gen))
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            fwd.end(gen)
-            await fwd.close()
+        policy = Scripted(home=home)
+        policy.add_worker(home, 0.0)
+        fwd = Forwarder(policy, None, BuiltinTokenizer(), RouterMetrics(), lambda: None, time.monotonic)
+        spec = GenerationSpec(prompt_ids=[1, 2, 3], max_new_tokens=100000, sampling={"ignore_eos": True})
+        gen = fwd.new(spec, 0.0)
+        task = asyncio.create_task(fwd.complete(gen))
+        waiting.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not waiting  # it was cancelled as the answer came, not before
+        fwd.end(gen)  # (no leg was made: it sends no abort)
+        async with aiohttp.ClientSession() as probe:
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # while `real` still holds its connections open
-                loads = await (await real.get(home + "/v1/loads")).json()
+            while time.monotonic() < deadline:  # while `fwd` still holds its connections open
+                loads = await (await probe.get(home + "/v1/loads")).json()
                 if loads["aggregate"]["total_reqs"] == 0:
                     break
                 await asyncio.sleep(0.02)
-            return loads["aggregate"]["total_reqs"]
+        await fwd.close()
+        return loads["aggregate"]["total_reqs"]
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_worker_ejected_just_as_it_answers_a_new_leg_is_left_for_another(three, monkeypatch):
+    """The pool ejects the worker in the instant between its answer's head and the router reading
+    it: the leg is given up (its connection closed) and the request goes on elsewhere, not hanging
+    on a stream that was cut."""
+    home, other = three[1].url, three[2].url
+    eject: list[Forwarder] = []
+
+    class EjectOnAnswer(http1._Conn):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if eject and self.base_url == home and self.waiter is not None and self.waiter.done():
+                fwd = eject.pop()
+                fwd.policy.remove_worker(home, 0.0)
+                fwd.fail_worker(home)
+
+    class Pool:
+        def __init__(self) -> None:
+            self.failed: list[tuple[str, str]] = []
+
+        def report_failure(self, url: str, why: str) -> None:
+            self.failed.append((url, why))
+
+    monkeypatch.setattr(http1, "_Conn", EjectOnAnswer)
+
+    async def scenario() -> tuple[Generation, Pool, int]:
+        policy = Scripted(home=home)
+        policy.add_worker(home, 0.0)
+        policy.add_worker(other, 0.0)
+        pool = Pool()
+        fwd = Forwarder(policy, pool, BuiltinTokenizer(), RouterMetrics(), lambda: None, time.monotonic)
+        eject.append(fwd)
+        spec = GenerationSpec(prompt_ids=[1, 2, 3], max_new_tokens=5, sampling={"ignore_eos": True})
+        gen = fwd.new(spec, 0.0)
+        await asyncio.wait_for(fwd.complete(gen), 10)
+        fwd.end(gen)
+        async with aiohttp.ClientSession() as probe:
+            loads = await (await probe.get(home + "/v1/loads")).json()
+            deadline = time.monotonic() + 10
+            while loads["aggregate"]["total_reqs"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                loads = await (await probe.get(home + "/v1/loads")).json()
+        await fwd.close()
+        return gen, pool, loads["aggregate"]["total_reqs"]
+
+    gen, pool, left_on_home = asyncio.run(scenario())
+    assert not eject  # the ejection came as the answer did
+    assert gen.workers == [other] and len(gen.output_ids) == 5 and gen.finish_reason["type"] == "length"
+    assert pool.failed == [(home, f"worker {home} was ejected before it answered")]
+    assert left_on_home == 0  # the cut leg's connection was closed: its worker stopped
 
 
 def test_a_client_that_goes_away_aborts_its_request_on_the_worker(three):

@@ -183,7 +183,7 @@ def test_worker_chunks_cumulative_or_incremental(incremental):
     fwd = Forwarder(Scripted(), None, BuiltinTokenizer(), RouterMetrics(), lambda: None, lambda: 0.0)
     gen = fwd.new(GenerationSpec(prompt_ids=[1, 2], max_new_tokens=4), 0.0)
     gen.legs = 1
-    leg = Leg(worker="w", rid=gen.rid, resp=None)
+    leg = Leg(worker="w", rid=gen.rid)
     ids = [11, 12, 13, 14]
     seen = []
     for n in range(1, 5):

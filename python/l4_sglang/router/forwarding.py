@@ -3,14 +3,15 @@
 The router talks to a worker with `POST /generate` and `input_ids`, as a
 rule with `"stream": true`, so it sees every generated id. A request runs as
 one or more *legs*, each one worker request with its own rid (`<rid>`, then
-`<rid>-2`, `<rid>-3`, ...). A leg's reader task parses the worker's SSE lines
-into a queue; `Forwarder.run` consumes it, appends the new ids to the
-request's output and reports progress to the policy.
+`<rid>-2`, `<rid>-3`, ...). A leg's connection (`http1.WorkerHttp.post_stream`)
+splits the worker's SSE lines as they arrive and puts their payloads in the
+leg's queue, with no task of its own; `Forwarder.run` consumes it, appends
+the new ids to the request's output and reports progress to the policy.
 
 Plain legs (`Forwarder.complete`): a client request that does not stream,
 asks for at most `plain_max_new_tokens` and that the policy will not move
 (`policy.may_move`) goes to its worker as one non-streaming request through
-`http1.WorkerHttp`: no stream, reader task or queue, which is most of what
+`WorkerHttp.post`: no stream to split and no queue, which is most of what
 the router spends on a short request. Its answer (ids, text, meta_info) is
 taken whole. If the connection breaks, the worker is ejected (or hangs) or
 the worker aborts it, the request is routed again and starts afresh; the
@@ -52,7 +53,7 @@ from typing import Any
 import aiohttp
 
 from l4_sglang.policy.base import Migration, NoWorkerAvailable, Policy, RequestInfo
-from l4_sglang.router.http1 import Exchange, WorkerHttp
+from l4_sglang.router.http1 import Exchange, WorkerConnectionError, WorkerHttp
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.tokens import Tokenizer
 from l4_sglang.router.workers import WorkerPool
@@ -120,17 +121,24 @@ _STREAMED = "answered with an event stream"
 
 @dataclass(eq=False)
 class Leg:
+    """A streamed worker request; its connection feeds `queue` (as `http1.StreamEvents`)."""
+
     worker: str
     rid: str
-    resp: aiohttp.ClientResponse
+    exchange: Exchange = field(default_factory=Exchange)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    task: asyncio.Task | None = None
     received: int = 0
     """Ids this leg has delivered."""
     incremental: bool | None = None
     """The worker streams only new ids per chunk (SGLang --incremental-streaming-output)."""
     finished: bool = False
     """The worker sent this leg's finishing chunk."""
+
+    def event(self, payload: bytes) -> None:
+        self.queue.put_nowait(payload)
+
+    def end(self, error: Exception | None) -> None:
+        self.queue.put_nowait(_Signal("ended") if error is None else _Signal("broke", error))
 
 
 @dataclass(eq=False, slots=True)
@@ -206,19 +214,15 @@ class Forwarder:
         self._clock = clock
         # The policy reasons in model seconds (real seconds / worker time scale); timestamps stay real.
         self._policy_clock = policy_clock or clock
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, connect=connect_timeout
-        )
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         self.plain_max_new_tokens = plain_max_new_tokens
         self._http = WorkerHttp(headers, connect_timeout)
         self._streams_only: set[str] = set()
         """Workers that answered a plain request with an event stream: they get streamed legs."""
         self.jobs: dict[str, Generation] = {}
-        self._background: set[asyncio.Task] = set()
         self._aborts: set[asyncio.Task] = set()
-        self._opening: dict[str, set[asyncio.Task]] = {}
-        """Per worker, the POSTs opening a leg there that have no response yet."""
+        self._opening: dict[str, set[Exchange]] = {}
+        """Per worker, the legs opening there that have no answer yet."""
 
     # ---- the public face -------------------------------------------------------
 
@@ -293,12 +297,8 @@ class Forwarder:
             plain.exchange.close()
             self._send_abort(plain.worker, plain.rid)
         leg, gen.leg = gen.leg, None
-        if leg is not None:
-            if leg.finished and leg.task is not None:
-                self._background.add(leg.task)  # let it read to the end: the connection is reused
-                leg.task.add_done_callback(self._background.discard)
-            else:
-                self._drop_leg(leg, abort=True)
+        if leg is not None and not leg.finished:  # a finished one reads to its end: its connection is reused
+            self._drop_leg(leg, abort=True)
         if not gen.booked:
             return
         gen.booked = False
@@ -331,8 +331,8 @@ class Forwarder:
     def fail_worker(self, worker: str) -> None:
         """The pool ejected `worker`: resume every request whose current leg runs there, and give
         up on the legs still waiting for its answer (their requests are routed again)."""
-        for post in list(self._opening.get(worker, ())):
-            post.cancel()
+        for opening in list(self._opening.get(worker, ())):
+            opening.close()
         for gen in self.jobs.values():
             plain = gen.plain
             if plain is not None and plain.worker == worker and not plain.answered:
@@ -342,12 +342,12 @@ class Forwarder:
                 leg.queue.put_nowait(_Signal("ejected", ConnectionError(f"worker {worker} was ejected")))
 
     async def close(self, abort_timeout: float = 2.0) -> None:
-        """Send the aborts still pending (at most `abort_timeout` s), then stop the readers."""
+        """Send the aborts still pending (at most `abort_timeout` s), then close the connections."""
         if self._aborts:
             await asyncio.wait(list(self._aborts), timeout=abort_timeout)
-        for task in [*self._background, *self._aborts]:
+        for task in self._aborts:
             task.cancel()
-        for task in [*self._background, *self._aborts]:
+        for task in list(self._aborts):
             with contextlib.suppress(BaseException):
                 await task
         self._http.close()
@@ -411,86 +411,33 @@ class Forwarder:
 
     async def _open_leg(self, gen: Generation, worker: str) -> Leg:
         rid = gen.rid if gen.legs == 0 else f"{gen.rid}-{gen.legs + 1}"
-        data = self._leg_body(gen, rid, stream=True)
-        session, headers = self._session(), self._headers
-        post = asyncio.ensure_future(
-            session.post(worker + "/generate", data=data, headers=headers, timeout=self._timeout)
-        )
+        leg = Leg(worker=worker, rid=rid)
         opening = self._opening.setdefault(worker, set())
-        opening.add(post)
+        opening.add(leg.exchange)
         try:
-            resp = await post
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            body = self._leg_body(gen, rid, stream=True)
+            status, answer = await self._http.post_stream(worker, "/generate", body, leg.exchange, leg)
+            if leg.exchange.closed:  # ejected as it answered: that stream is cut and tells the leg nothing
+                raise WorkerConnectionError("the request was closed")
+        except (OSError, TimeoutError) as e:
+            if leg.exchange.closed:
+                raise LegFailed(f"worker {worker} was ejected before it answered") from None
             raise LegFailed(f"{type(e).__name__}: {e}") from None
-        except asyncio.CancelledError:
-            if post.done() and not post.cancelled() and post.exception() is None:
-                # The worker answered just as the request was cancelled: close the answer, or
-                # its connection stays open and the worker goes on generating for nobody.
-                post.result().close()
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the request itself is being cancelled
-            raise LegFailed(f"worker {worker} was ejected before it answered") from None
         finally:
-            opening.discard(post)
+            opening.discard(leg.exchange)
             if not opening and self._opening.get(worker) is opening:
                 del self._opening[worker]
-        if resp.status != 200:
-            try:
-                text = (await resp.read()).decode("utf-8", "replace")
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                text = ""
-            finally:
-                resp.release()
-            if 400 <= resp.status < 500:
-                raise WorkerRejected(resp.status, _error_message(text))
-            raise LegFailed(f"HTTP {resp.status}")
-        leg = Leg(worker=worker, rid=rid, resp=resp)
-        leg.task = asyncio.get_running_loop().create_task(self._pump(leg), name=f"l4-leg-{rid}")
+        if status != 200:
+            if 400 <= status < 500:
+                raise WorkerRejected(status, _error_message(answer.decode("utf-8", "replace")))
+            raise LegFailed(f"HTTP {status}")
         gen.legs += 1
         gen.workers.append(worker)
         self.metrics.on_leg(worker)
         return leg
 
-    @staticmethod
-    async def _pump(leg: Leg) -> None:
-        """Worker SSE -> the leg's queue: `data:` payloads as bytes, then a _Signal at the end."""
-        queue = leg.queue
-        pieces: list[bytes] = []
-        ended = False
-        try:
-            async for data in leg.resp.content.iter_any():
-                start = 0
-                while True:
-                    i = data.find(b"\n", start)
-                    if i < 0:
-                        if start < len(data):
-                            pieces.append(data[start:])
-                        break
-                    line = data[start:i]
-                    start = i + 1
-                    if pieces:
-                        pieces.append(line)
-                        line = b"".join(pieces)
-                        pieces = []
-                    if line.startswith(b"data:"):
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
-                            ended = True
-                            queue.put_nowait(_Signal("ended"))
-                        elif not ended:
-                            queue.put_nowait(payload)
-            if not ended:
-                queue.put_nowait(_Signal("ended"))
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-            queue.put_nowait(_Signal("broke", e))
-        finally:
-            leg.resp.release()
-
     def _drop_leg(self, leg: Leg, abort: bool) -> None:
-        if leg.task is not None and not leg.task.done():
-            leg.task.cancel()
-        leg.resp.close()
+        leg.exchange.close()  # the worker sees its connection close
         if abort:
             self._send_abort(leg.worker, leg.rid)
 
