@@ -1,6 +1,6 @@
 """Hostile and broken clients: each bad request gets a clear 4xx JSON error (OpenAI's shape on /v1)
 or a clean cancel, while a stream running beside them is unaffected; oversized bodies, trickled
-heads and bodies, clients that leave mid-stream. (test_router_errors.py holds the plain table.)"""
+heads and bodies, clients that leave or stall mid-stream. (test_router_errors.py holds the plain table.)"""
 
 import http.client
 import json
@@ -232,3 +232,34 @@ def test_an_openai_client_leaving_mid_stream_aborts_its_request_on_the_worker():
             # ... and the router goes on serving.
             out = client.completions.create(model=MODEL, prompt="still here", max_tokens=3)
             assert out.usage.completion_tokens == 3
+
+
+def test_a_client_that_stalls_mid_stream_holds_back_its_worker_and_then_gets_every_token(monkeypatch):
+    """A client that stops reading: the router stops reading the worker once a leg holds
+    LEG_QUEUE_HIGH chunks (no unbounded buffering), and reads on once the client does."""
+    from l4_sglang.router import forwarding
+
+    resumed = []
+    caught_up = forwarding.Leg.caught_up
+    monkeypatch.setattr(forwarding.Leg, "caught_up", lambda leg: resumed.append(1) or caught_up(leg))
+    new = 2000  # cumulative ids: ~20 MB of events, far more than the sockets' buffers hold
+    params = {"max_new_tokens": new, "ignore_eos": True}
+    body = json.dumps({"input_ids": [5, 6, 7], "stream": True, "sampling_params": params}).encode()
+    with workers(1, time_scale=0.05) as ws:
+        settings = RouterSettings(worker_urls=(ws[0].url,), port=0, policy="round_robin")
+        with BackgroundRouter(settings) as router:
+            host, port = router.url.removeprefix("http://").split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.sock = socket.socket()
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            conn.sock.settimeout(30)
+            conn.sock.connect((host, int(port)))
+            conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
+            time.sleep(2)  # the worker is done by now: its chunks wait in the router or in TCP
+            raw = conn.getresponse().read()
+            conn.close()
+    events = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    assert events[-1] == b"[DONE]"
+    last = json.loads(events[-2])
+    assert len(last["output_ids"]) == new and last["meta_info"]["finish_reason"]["type"] == "length"
+    assert resumed  # the leg was paused (it held LEG_QUEUE_HIGH chunks) and read on once drained

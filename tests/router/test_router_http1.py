@@ -537,3 +537,37 @@ def test_an_exchange_closed_while_connecting_ends_the_request_and_connects_time_
             await stream(WorkerHttp(connect_timeout=0.05), "http://127.0.0.1:9")
 
     run(go())
+
+
+def test_a_leg_nobody_reads_stops_reading_its_worker_then_hands_on_everything_in_order():
+    """A slow client must not make the router buffer a worker's whole stream: past LEG_QUEUE_HIGH
+    unread chunks the leg's connection stops reading (the worker's writes back up in TCP), and
+    once the reader catches up every chunk still comes, in order, then the end."""
+    from l4_sglang.router.forwarding import LEG_QUEUE_HIGH, Leg
+
+    n = 4000
+    events = [b'{"output_ids":[%d],"pad":"%s"}' % (i, b"x" * 2000) for i in range(n)]
+    body = b"".join(b"data: %s\n\n" % e for e in events) + b"data: [DONE]\n\n"
+
+    async def go():
+        async with Scripted(fixed(chunked(body, 2048))) as url:
+            http = WorkerHttp()
+            leg = Leg(worker=url, rid="r")
+            status, _ = await http.post_stream(url, "/generate", b"{}", leg.exchange, leg)
+            assert status == 200
+            await asyncio.sleep(0.3)  # time enough to read all 8 MB if nothing held it back
+            held = leg.queue.qsize()
+            # At most one read (asyncio takes up to 256 KiB at a time) past the mark, of 4,000.
+            assert leg.paused and LEG_QUEUE_HIGH <= held <= LEG_QUEUE_HIGH + 256 * 1024 // len(events[0])
+            got = []
+            while True:
+                item = await leg.queue.get()
+                if leg.paused:
+                    leg.caught_up()
+                if not isinstance(item, bytes):
+                    break
+                got.append(item)
+            assert got == events and item.name == "ended" and not leg.paused
+            http.close()
+
+    run(go())

@@ -1,7 +1,8 @@
 """The L4 router: an aiohttp server speaking SGLang's and OpenAI's APIs in front of SGLang workers.
 
 Modules, one job each: `app` (routes, lifecycle), `forwarding` (one request's
-life: send, stream, migrate, stitch), `workers` (worker registry, health and
+life: send, stream, migrate, stitch), `http1` (the small HTTP/1.1 client
+of the /generate legs, streamed and plain), `workers` (worker registry, health and
 load polling, circuit breaker), `tokens` (tokenizer and chat template),
 `native` and `openai` (request and response shapes), `metrics` (Prometheus
 text). Every routing decision comes from the policy object

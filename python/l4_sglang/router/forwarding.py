@@ -66,6 +66,10 @@ PREFIX_BLOCK = 512
 """Tokens per prefix block hashed for `RequestInfo.prefix_hashes`."""
 PREFIX_BLOCKS = 8
 """Leading blocks hashed (affinity only needs the first ones)."""
+LEG_QUEUE_HIGH = 256
+"""Worker chunks a leg holds unread before its connection stops reading..."""
+LEG_QUEUE_LOW = 32
+"""...and how few before it reads again."""
 
 
 class WorkerRejected(Exception):
@@ -133,9 +137,21 @@ class Leg:
     """The worker streams only new ids per chunk (SGLang --incremental-streaming-output)."""
     finished: bool = False
     """The worker sent this leg's finishing chunk."""
+    paused: bool = False
+    """The connection stopped reading: the queue was full (a slow client)."""
 
     def event(self, payload: bytes) -> None:
         self.queue.put_nowait(payload)
+        if not self.paused and self.queue.qsize() >= LEG_QUEUE_HIGH:
+            # A client that reads slower than its worker writes would make the router hold every
+            # chunk (with cumulative ids, memory growing with the square of the output): stop
+            # reading, so TCP pushes back on the worker, until the consumer has caught up.
+            self.paused = self.exchange.pause_reading()
+
+    def caught_up(self) -> None:
+        if self.queue.qsize() <= LEG_QUEUE_LOW:
+            self.paused = False
+            self.exchange.resume_reading()
 
     def end(self, error: Exception | None) -> None:
         self.queue.put_nowait(_Signal("ended") if error is None else _Signal("broke", error))
@@ -242,6 +258,8 @@ class Forwarder:
             leg = gen.leg
             assert leg is not None
             item = await leg.queue.get()
+            if leg.paused:
+                leg.caught_up()
             if gen.leg is not leg:
                 continue  # a migration swapped legs while we waited
             if isinstance(item, _Signal):

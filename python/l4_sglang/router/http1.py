@@ -333,6 +333,20 @@ class Exchange:
         if conn is not None and conn.exchange is self:  # (else it answered and went back to the idle list)
             conn.abandon()
 
+    def pause_reading(self) -> bool:
+        """Stop reading the streamed answer (TCP backpressure on the worker); False if nothing to pause."""
+        conn = self._conn
+        if conn is None or conn.exchange is not self or conn.transport is None or conn.transport.is_closing():
+            return False
+        conn.transport.pause_reading()
+        return True
+
+    def resume_reading(self) -> None:
+        conn = self._conn
+        transport = conn.transport if conn is not None and conn.exchange is self else None
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
+
 
 class WorkerHttp:
     """Keep-alive connections to workers, for `POST` requests with a JSON body."""
