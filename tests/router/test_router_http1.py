@@ -571,3 +571,28 @@ def test_a_leg_nobody_reads_stops_reading_its_worker_then_hands_on_everything_in
             http.close()
 
     run(go())
+
+
+def test_a_connection_paused_in_the_read_that_ended_its_stream_reads_again_once_idle():
+    """The leg's mark and the stream's end in one read: the connection goes back idle paused;
+    it must read again there, or the next request on it waits forever (a hang seen once under load)."""
+    from l4_sglang.router.forwarding import LEG_QUEUE_HIGH, Leg
+
+    events = [b'{"i":%d}' % i for i in range(LEG_QUEUE_HIGH + 40)]
+    body = b"".join(b"data: %s\n\n" % e for e in events) + b"data: [DONE]\n\n"
+
+    async def go():
+        server = Scripted(fixed(chunked(body, len(body))))
+        async with server as url:
+            http = WorkerHttp()
+            for _ in range(2):
+                leg = Leg(worker=url, rid="r")
+                assert (await http.post_stream(url, "/generate", b"{}", leg.exchange, leg))[0] == 200
+                await settled(http)  # the whole answer came in one read: the connection is idle again
+                assert leg.paused
+                got = [leg.queue.get_nowait() for _ in range(len(events))]
+                assert got == events and leg.queue.get_nowait().name == "ended"
+            http.close()
+        assert server.connections == 1  # the second request went on the same connection
+
+    run(go())

@@ -466,6 +466,10 @@ class WorkerHttp:
             if conn.transport is not None:
                 conn.transport.close()
             return
+        if not conn.transport.is_reading():
+            # Paused by its last stream's reader (backpressure) as that stream ended in the same
+            # read: an idle connection must read, or it would miss its close and the next answer.
+            conn.transport.resume_reading()
         idle = self._idle.setdefault(conn.base_url, deque())
         if len(idle) >= MAX_IDLE_PER_WORKER:
             conn.transport.close()
