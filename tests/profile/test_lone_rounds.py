@@ -66,8 +66,8 @@ def test_a_lone_rounds_job_pools_each_size_and_replaces_the_jobs_lone_prompts(tm
     (tmp_path / "scenarios.json").write_text(json.dumps(lone))
     (tmp_path / "meta.json").write_text(json.dumps({"gpu": "H100", "backend": "triton"}))
     job_scenarios = [_lone("prefill_16", 16, [0.9]), _lone("prefill_8192", 8192, [0.3])]
-    merged, sizes = fit._with_lone_prompts(job_scenarios, {"gpu": "H100", "backend": "triton"}, tmp_path)
-    assert sizes == [16]
+    merged, note = fit._with_lone_prompts(job_scenarios, {"gpu": "H100", "backend": "triton"}, tmp_path)
+    assert "lone-prompt TTFTs of 16 tokens come from" in note  # the one size replaced
     assert sorted((s["prompts"][0], float(np.median(s["ttft_s"]))) for s in merged) == [
         (16, 0.03),
         (8192, 0.3),

@@ -333,12 +333,13 @@ def pooled_lone_prompts(scenarios: list[dict]) -> list[dict]:
             size, {"name": f"prefill_{size}", "kind": "prefill", "prompts": [], "ttft_s": [], "requests": []}
         )
         for key in ("prompts", "ttft_s", "requests"):
-            pooled[key] = pooled[key] + s[key]
+            pooled[key].extend(s[key])
     return [by_size[size] for size in sorted(by_size)]
 
 
-def _with_lone_prompts(scenarios: list[dict], meta: dict, lone_from: Path) -> tuple[list[dict], list[int]]:
-    """The job's scenarios with its lone prompts replaced by those of `lone_from`, where it has them."""
+def _with_lone_prompts(scenarios: list[dict], meta: dict, lone_from: Path) -> tuple[list[dict], str]:
+    """The job's scenarios with its lone prompts replaced by those of `lone_from`, where it has
+    them, and the provenance line that says so."""
     lone_meta = json.loads((lone_from / "meta.json").read_text())
     for key in ("gpu", "backend"):
         if lone_meta.get(key) != meta.get(key):
@@ -348,7 +349,13 @@ def _with_lone_prompts(scenarios: list[dict], meta: dict, lone_from: Path) -> tu
     lone = pooled_lone_prompts(json.loads((lone_from / "scenarios.json").read_text()))
     sizes = {s["prompts"][0] for s in lone}
     kept = [s for s in scenarios if not (s["kind"] == "prefill" and s["prompts"][0] in sizes)]
-    return kept + lone, sorted(sizes)
+    note = (
+        f"the lone-prompt TTFTs of {', '.join(map(str, sorted(sizes)))} tokens come from a later job on "
+        f"the same GPU and backend ({lone_meta.get('date')}, "
+        f"{lone_meta.get('lone_rounds')} shuffled rounds and as many back to back per size, median of "
+        "each size's repeats) in place of this job's"
+    )
+    return kept + lone, note
 
 
 def fit_folder(
@@ -370,9 +377,9 @@ def fit_folder(
         # Jobs before the warm-up batch: their first scenario held the server's first request
         # (one-time costs: 39 ms for 16 tokens on H200 FlashInfer, 24 ms for 64), not a measurement.
         scenarios = scenarios[1:]
-    lone_sizes: list[int] = []
+    lone_note = None
     if lone_from is not None:
-        scenarios, lone_sizes = _with_lone_prompts(scenarios, meta, lone_from)
+        scenarios, lone_note = _with_lone_prompts(scenarios, meta, lone_from)
     chunk = float(info.get("chunked_prefill_size") or 8192)
     points = scenario_points(scenarios) + log_points(log) + batch_points(scenarios, chunk)
     held = holdout_indices(points, holdout, seed)
@@ -408,14 +415,8 @@ def fit_folder(
         "its measured range) and never used by the fit",
         "fit": summary,
     }
-    if lone_from is not None:
-        lone_meta = json.loads((lone_from / "meta.json").read_text())
-        params["provenance"]["lone_prompts_from"] = (
-            f"the lone-prompt TTFTs of {', '.join(map(str, lone_sizes))} tokens come from a later job on "
-            f"the same GPU and backend ({lone_meta.get('date')}, "
-            f"{lone_meta.get('lone_rounds')} shuffled rounds and as many back to back per size, median of "
-            "each size's repeats) in place of this job's"
-        )
+    if lone_note is not None:
+        params["provenance"]["lone_prompts_from"] = lone_note
     if fixed is not None:
         params["provenance"]["het_from"] = (
             f"het_width and het_alpha taken from {donor['name']} (same attention kernels): this job's "

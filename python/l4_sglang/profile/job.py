@@ -41,10 +41,14 @@ def server_info(url: str) -> dict:
     return {}
 
 
+def warm_up(url: str, seed: int) -> None:
+    """Not a measurement: the first requests a fresh server serves pay one-time costs."""
+    asyncio.run(scenarios.run_batch(url, "warmup", "warmup", [64, 64, 512, 2048], 8, seed - 1))
+
+
 def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, deadline: float) -> list[dict]:
     results = []
-    # Not a measurement: the first requests a fresh server serves pay one-time costs.
-    asyncio.run(scenarios.run_batch(url, "warmup", "warmup", [64, 64, 512, 2048], 8, seed - 1))
+    warm_up(url, seed)
     for i, (name, kind, prompts, max_new) in enumerate(scenarios.plan(max_kv, context)):
         if time.monotonic() > deadline:
             print(f"skip {name}: job deadline reached", flush=True)
@@ -72,7 +76,7 @@ def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, dea
 def run_lone_rounds(url: str, rounds: int, out: Path, seed: int) -> list[dict]:
     """The lone prompts only: shuffled rounds, then each size back to back as the plan sends
     them (`prefill_P_block`), on the same server, to see what order does to a TTFT."""
-    asyncio.run(scenarios.run_batch(url, "warmup", "warmup", [64, 64, 512, 2048], 8, seed - 1))
+    warm_up(url, seed)
     t0 = time.monotonic()
     shuffled = asyncio.run(scenarios.run_lone_rounds(url, scenarios.LONE_SIZES, rounds, seed))
     results = [r.to_dict() for r in shuffled]

@@ -88,6 +88,11 @@ async def stream_one(
         trace.error = repr(e)
 
 
+def ttfts(traces: list[RequestTrace]) -> list[float]:
+    """Time to first token of each request that got one."""
+    return [t.chunks[0] - t.sent for t in traces if t.chunks]
+
+
 def steady_step(traces: list[RequestTrace]) -> tuple[float | None, int]:
     """Median token gap inside the window where every request is decoding."""
     live = [t for t in traces if len(t.chunks) >= 3 and not t.error]
@@ -129,7 +134,7 @@ async def run_batch(
             await asyncio.gather(*tasks)
     result = ScenarioResult(name, kind, prompts, max_new, traces)
     result.steady_step_s, result.steady_requests = steady_step(traces)
-    result.ttft_s = [t.chunks[0] - t.sent for t in traces if t.chunks]
+    result.ttft_s = ttfts(traces)
     return result
 
 
@@ -148,7 +153,7 @@ async def run_interference(url: str, seed: int, decoders: int, ctx: int, long_pr
         await asyncio.gather(*tasks)
         traces.append(long)
     result = ScenarioResult(f"interference_{decoders}x{ctx}+{long_prompt}", "interference", [], 600, traces)
-    result.ttft_s = [long.chunks[0] - long.sent] if long.chunks else []
+    result.ttft_s = ttfts([long])
     return result
 
 
@@ -180,7 +185,7 @@ async def run_lone_rounds(url: str, sizes: tuple[int, ...], rounds: int, seed: i
     results = []
     for p in sizes:
         r = ScenarioResult(f"prefill_{p}", "prefill", [p] * rounds, 1, traces[p])
-        r.ttft_s = [t.chunks[0] - t.sent for t in traces[p] if t.chunks]
+        r.ttft_s = ttfts(traces[p])
         r.order = order
         results.append(r)
     return results
