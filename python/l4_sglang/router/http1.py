@@ -55,6 +55,15 @@ class StreamEvents(Protocol):
         """Once, last: None at `[DONE]` or the body's clean end, else the error that broke it."""
 
 
+def _find_bounded(buf: bytearray, sep: bytes, start: int, too_long: str) -> int:
+    """Where `sep` is in `buf` (from `start`), or -1 to wait for more; a head-like part that
+    outgrows MAX_HEAD_BYTES without its end is refused, so a worker cannot make us buffer forever."""
+    at = buf.find(sep, start)
+    if at < 0 and len(buf) > MAX_HEAD_BYTES:
+        raise WorkerConnectionError(too_long)
+    return at
+
+
 class _Conn(asyncio.Protocol):
     """One connection: reads one answer at a time, whole into `waiter`, or (a streamed 200) to `events`."""
 
@@ -140,10 +149,8 @@ class _Conn(asyncio.Protocol):
     # parsing
     def _parse_head(self) -> bool:
         buf = self.buf
-        end = buf.find(b"\r\n\r\n")
+        end = _find_bounded(buf, b"\r\n\r\n", 0, "the answer's head is too long")
         if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                raise WorkerConnectionError("the answer's head is too long")
             return False
         lines = bytes(buf[:end]).split(b"\r\n")
         del buf[: end + 4]
@@ -224,10 +231,8 @@ class _Conn(asyncio.Protocol):
         """Read a chunk-size line (True); or the last chunk and its trailers: the body ends (False).
         False too when the line is not all here yet."""
         buf = self.buf
-        eol = buf.find(b"\r\n")
+        eol = _find_bounded(buf, b"\r\n", 0, "a chunk-size line is too long")
         if eol < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                raise WorkerConnectionError("a chunk-size line is too long")
             return False
         size_text = bytes(buf[:eol]).split(b";", 1)[0].strip()
         if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
@@ -241,10 +246,8 @@ class _Conn(asyncio.Protocol):
         if buf[eol + 2 : eol + 4] == b"\r\n":
             end = eol + 4
         else:
-            end = buf.find(b"\r\n\r\n", eol + 2)
+            end = _find_bounded(buf, b"\r\n\r\n", eol + 2, "the answer's trailers are too long")
             if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    raise WorkerConnectionError("the answer's trailers are too long")
                 return False
             end += 4
         if len(buf) > end:
