@@ -60,7 +60,9 @@ def test_sigterm_drains_requests_in_flight(tmp_path):
             kept = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
             kept.request("GET", "/health")
             assert kept.getresponse().read()
-            streams, threads = _start_streams(router.url, 10, 150)
+            # ~5 s of decoding: the drain must still be waiting when the late request comes, even
+            # on a loaded machine (150 tokens took ~1 s and a loaded CI run closed the connection first).
+            streams, threads = _start_streams(router.url, 10, 800)
             assert get_json(ws[0].url + "/v1/loads")["aggregate"]["total_reqs"] == 10
             router.proc.proc.send_signal(signal.SIGTERM)
             poll(lambda: _refused(router.url), timeout=10)  # it stops listening at once
@@ -74,7 +76,7 @@ def test_sigterm_drains_requests_in_flight(tmp_path):
                 t.join(60)
             for events, _ in streams:
                 assert events[-1] == "[DONE]", events[-2:]
-                assert json.loads(events[-2])["meta_info"]["completion_tokens"] == 150
+                assert json.loads(events[-2])["meta_info"]["completion_tokens"] == 800
             assert router.proc.proc.wait(30) == 0
             assert "drained: every request in flight finished" in router.output()
         finally:
