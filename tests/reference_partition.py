@@ -39,13 +39,17 @@ def _round(x: float) -> float:
     return float(math.floor(x + 0.5))
 
 
-def linear_time(p: dict, tokens: float, requests: float) -> float:
-    """Linear layers + per-step overhead + per-request work; 0 for an empty step."""
+def linear_time(p: dict, tokens: float, requests: float, extends: bool = False) -> float:
+    """Linear layers + per-step overhead + per-request work; 0 for an empty step. A step with a
+    prefill item (`extends`) has the extend floor (absent: the decode floor)."""
     if requests <= 0:
         return 0.0
+    floor = p["linear_floor_s"]
+    if extends and p.get("extend_floor_s") is not None:
+        floor = p["extend_floor_s"]
     return (
         p["overhead_s"]
-        + max(p["linear_floor_s"], p["linear_per_token_s"] * tokens)
+        + max(floor, p["linear_per_token_s"] * tokens)
         + _heavy(p, tokens)
         + p["per_request_s"] * requests
     )
@@ -81,12 +85,12 @@ def single_item_step_time(p: dict, new_tokens: int, context: int) -> float:
     if new_tokens <= 1:
         kv = context + new_tokens
         return decode_step_time(p, 1.0, kv, kv)
-    return linear_time(p, new_tokens, 1.0) + prefill_attention(p, new_tokens, context)
+    return linear_time(p, new_tokens, 1.0, extends=True) + prefill_attention(p, new_tokens, context)
 
 
 def prefill_chunk_time(p: dict, new_tokens: int, context: int) -> float:
     """One prefill chunk alone: the extend kernel, even for a single token."""
-    return linear_time(p, new_tokens, 1.0) + prefill_attention(p, new_tokens, context)
+    return linear_time(p, new_tokens, 1.0, extends=True) + prefill_attention(p, new_tokens, context)
 
 
 def prefill_time(p: dict, prompt: float) -> float:

@@ -84,6 +84,7 @@ def test_decode_throughput_rises_with_batch(model):
         ({"chunked_prefill_size": -5}, "chunked_prefill_size"),
         ({"unknown_knob": 1}, "unknown_knob"),
         ({"request_overhead_s": -0.001}, "request_overhead_s"),
+        ({"extend_floor_s": -0.001}, "extend_floor_s"),
         ({"overhead_s": "fast"}, "cost_model"),
     ],
 )

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! step = overhead
-//!      + max(linear_floor, per_token * n)                    linear layers (roofline)
+//!      + max(floor, per_token * n)                           linear layers (roofline)
 //!      + heavy_per_token * max(0, n - heavy_from)            long steps' extra per token
 //!      + per_request * n_items                               sampling, bookkeeping
 //!      + decode_attention(decode items)                      new_tokens == 1
@@ -14,7 +14,7 @@
 //!          prefill_pair * new * (new + 1) / 2                 causal, within the chunk
 //!        + prefill_context_pair * new * context              over the cached prefix
 //!
-//! n = sum(new_tokens)
+//! n = sum(new_tokens); floor = extend_floor for a step with a prefill item, else linear_floor
 //! decode_attention = decode_kv * (S + het_alpha * max(0, het_width * L - S))
 //!   S = sum of KV tokens read (context + 1 per item), L = the longest of them.
 //! ```
@@ -27,6 +27,13 @@
 //! context term: Triton's extend kernel pays about twice per cached-prefix
 //! pair what it pays per causal pair (FlashInfer about the same); absent, it
 //! equals `prefill_pair`.
+//!
+//! The extend floor: on SGLang with Triton attention a lone prompt of 16 to
+//! 512 tokens reaches its first token in the same time (H200: 20.6-21.0 ms
+//! medians of 40 repeats), while 2K tokens take 58 ms: an extend step runs
+//! without CUDA graphs, so below a few hundred tokens it is bound by launching
+//! its kernels, not by the GPU, a floor several times a graphed decode step's.
+//! Absent, it equals `linear_floor`.
 //!
 //! The decode term is a wave model of the attention kernel: the GPU works on
 //! about `het_width` requests' worth of KV at once, so a batch costs its total
@@ -50,6 +57,9 @@ pub struct CostModelParams {
     pub overhead_s: f64,
     /// Linear layers cannot run faster than reading the weights once.
     pub linear_floor_s: f64,
+    /// The floor of a step that holds a prefill (extend) item; absent: `linear_floor_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_floor_s: Option<f64>,
     /// Linear-layer time per token computed in the step (compute bound).
     pub linear_per_token_s: f64,
     /// Extra time per token beyond `linear_heavy_from_tokens` in one step.
@@ -141,6 +151,9 @@ impl CostModel {
         let p = &params;
         check_non_negative("overhead_s", p.overhead_s)?;
         check_non_negative("linear_floor_s", p.linear_floor_s)?;
+        if let Some(f) = p.extend_floor_s {
+            check_non_negative("extend_floor_s", f)?;
+        }
         check_non_negative("linear_per_token_s", p.linear_per_token_s)?;
         check_non_negative("per_request_s", p.per_request_s)?;
         check_non_negative("decode_kv_s", p.decode_kv_s)?;
@@ -203,13 +216,20 @@ impl CostModel {
         Self { params }
     }
 
-    fn linear_time(&self, tokens: f64, requests: f64) -> f64 {
+    fn extend_floor_s(&self) -> f64 {
+        self.params
+            .extend_floor_s
+            .unwrap_or(self.params.linear_floor_s)
+    }
+
+    /// `floor`: the decode floor, or the extend floor for a step with a prefill item.
+    fn linear_time(&self, tokens: f64, requests: f64, floor: f64) -> f64 {
         let p = &self.params;
         if requests <= 0.0 {
             return 0.0;
         }
         p.overhead_s
-            + p.linear_floor_s.max(p.linear_per_token_s * tokens)
+            + floor.max(p.linear_per_token_s * tokens)
             + p.linear_heavy_per_token_s * (tokens - p.linear_heavy_from_tokens).max(0.0)
             + p.per_request_s * requests
     }
@@ -237,6 +257,7 @@ impl CostModel {
         let mut tokens = 0.0;
         let mut decode = DecodeSummary::default();
         let mut prefill_attn = 0.0;
+        let mut extends = false;
         for item in batch {
             let new = item.new_tokens as f64;
             let ctx = item.context as f64;
@@ -247,17 +268,24 @@ impl CostModel {
                 decode.kv_tokens += kv;
                 decode.max_kv = decode.max_kv.max(kv);
             } else {
+                extends = true;
                 prefill_attn += self.prefill_attention_time(new, ctx);
             }
         }
-        self.linear_time(tokens, batch.len() as f64)
+        let floor = if extends {
+            self.extend_floor_s()
+        } else {
+            self.params.linear_floor_s
+        };
+        self.linear_time(tokens, batch.len() as f64, floor)
             + self.decode_attention_time(&decode)
             + prefill_attn
     }
 
     /// Step time of a pure decode batch given by its summary.
     pub fn decode_step_time(&self, d: &DecodeSummary) -> f64 {
-        self.linear_time(d.requests, d.requests) + self.decode_attention_time(d)
+        self.linear_time(d.requests, d.requests, self.params.linear_floor_s)
+            + self.decode_attention_time(d)
     }
 
     /// Time to prefill a prompt of `prompt` tokens alone on an idle instance,
@@ -278,9 +306,9 @@ impl CostModel {
         let causal_pairs = full_chunks * chunk * (chunk + 1.0) / 2.0;
         let mut time = self.params.prefill_pair_s * causal_pairs
             + self.context_pair_s() * context_pairs
-            + full_chunks * self.linear_time(chunk, 1.0);
+            + full_chunks * self.linear_time(chunk, 1.0, self.extend_floor_s());
         if rest > 0.0 {
-            time += self.linear_time(rest, 1.0)
+            time += self.linear_time(rest, 1.0, self.extend_floor_s())
                 + self.prefill_attention_time(rest, full_chunks * chunk);
         }
         time
@@ -467,6 +495,16 @@ pub(crate) mod tests {
         CostModel::new(p).unwrap()
     }
 
+    /// The heavy model with an extend floor of 11 ms (a 512-token knee at 21.5 us per token)
+    /// and a decode floor of 2.8 ms, the shape of the H200 Triton fit.
+    fn h100_extend() -> CostModel {
+        let mut p = h100_heavy().params;
+        p.linear_per_token_s = 2.15e-5;
+        p.linear_floor_s = 0.0028;
+        p.extend_floor_s = Some(0.011);
+        CostModel::new(p).unwrap()
+    }
+
     fn decode_batch(contexts: &[u64]) -> Vec<BatchItem> {
         contexts
             .iter()
@@ -516,7 +554,7 @@ pub(crate) mod tests {
 
     #[test]
     fn prefill_time_matches_stepwise_sum() {
-        for m in [h100(), h100_heavy()] {
+        for m in [h100(), h100_heavy(), h100_extend()] {
             prefill_time_matches_stepwise_sum_of(&m);
         }
     }
@@ -551,7 +589,7 @@ pub(crate) mod tests {
 
     #[test]
     fn prefill_time_never_falls() {
-        for m in [h100(), h100_heavy()] {
+        for m in [h100(), h100_heavy(), h100_extend()] {
             prefill_time_never_falls_of(&m);
         }
     }
@@ -631,6 +669,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn extend_floor_prices_steps_with_a_prefill_item() {
+        let m = h100_extend();
+        let mut p = m.params.clone();
+        p.extend_floor_s = None;
+        let plain = CostModel::new(p).unwrap();
+        let prompt = |n: u64| BatchItem {
+            new_tokens: n,
+            context: 0,
+        };
+        // A 16-token prompt: the extend floor (11 ms) in place of the decode floor (2.8 ms).
+        let extra = m.step_time(&[prompt(16)]) - plain.step_time(&[prompt(16)]);
+        assert!((extra - (0.011 - 0.0028)).abs() < 1e-12, "{extra}");
+        // Past the knee (512 tokens at 21.5 us) the tokens cost the same either way.
+        assert_eq!(
+            m.step_time(&[prompt(2048)]),
+            plain.step_time(&[prompt(2048)])
+        );
+        // A decode batch keeps the decode floor; one prefill item in it lifts the whole step.
+        let decode = decode_batch(&[1000; 8]);
+        assert_eq!(m.step_time(&decode), plain.step_time(&decode));
+        let mut mixed = decode.clone();
+        mixed.push(prompt(64));
+        assert!(m.step_time(&mixed) > plain.step_time(&mixed));
+        assert!(m.prefill_time(100.0) > plain.prefill_time(100.0));
+        assert_eq!(m.prefill_time(4096.0), plain.prefill_time(4096.0));
+        // Unset, it is the decode floor, and omitted so older calibrations round-trip unchanged.
+        assert!(!h100().to_json().contains("extend_floor_s"));
+        assert!(m.to_json().contains("extend_floor_s"));
+    }
+
+    #[test]
     fn cached_prefix_pairs_default_to_the_causal_price() {
         let m = h100();
         let mut p = m.params.clone();
@@ -653,7 +722,7 @@ pub(crate) mod tests {
 
     #[test]
     fn operating_point_solves_its_equation() {
-        for m in [h100(), h100_heavy()] {
+        for m in [h100(), h100_heavy(), h100_extend()] {
             operating_point_solves_its_equation_of(&m);
         }
     }
@@ -708,5 +777,9 @@ pub(crate) mod tests {
         p.linear_heavy_per_token_s = 2e-5;
         let err = CostModel::new(p).unwrap_err().to_string();
         assert!(err.contains("linear_heavy_per_token_s"), "{err}");
+        let mut p = h100().params;
+        p.extend_floor_s = Some(-1e-3);
+        let err = CostModel::new(p).unwrap_err().to_string();
+        assert!(err.contains("extend_floor_s"), "{err}");
     }
 }

@@ -26,11 +26,18 @@ def synthetic_points(model: CostModel, rng: np.random.Generator) -> list[fit.Poi
     return points
 
 
-def _refit(truth: CostModel, points: list[fit.Point]) -> CostModel:
-    theta, width, knee, heavy_from = fit.solve(points, truth.params["chunked_prefill_size"])
+def _refit(
+    truth: CostModel, points: list[fit.Point], request_overhead: bool = False, extend_floor: bool = False
+) -> CostModel:
+    theta, width, knee, heavy_from, extend_knee = fit.solve(
+        points,
+        truth.params["chunked_prefill_size"],
+        request_overhead=request_overhead,
+        extend_floor=extend_floor,
+    )
     info = {"max_total_num_tokens": truth.params["kv_capacity_tokens"], "chunked_prefill_size": 8192}
     running = truth.params["max_running_requests"]
-    params = fit.to_params(theta, width, knee, heavy_from, "refit", info, running)
+    params = fit.to_params(theta, width, knee, heavy_from, "refit", info, running, extend_knee)
     return CostModel.from_json(json.dumps(params))
 
 
@@ -81,10 +88,41 @@ def test_fit_recovers_a_request_overhead_when_asked():
         else p
         for p in points
     ]
-    theta, _, _, _ = fit.solve(points, 8192, request_overhead=True)
+    theta, *_ = fit.solve(points, 8192, request_overhead=True)
     assert theta[6] == pytest.approx(0.007, rel=0.05)
-    theta_off, _, _, _ = fit.solve(points, 8192)
+    theta_off, *_ = fit.solve(points, 8192)
     assert theta_off[6] == 0.0
+
+
+def test_fit_recovers_an_extend_floor_when_asked():
+    # The shape of the H200 Triton fit: lone prompts flat from 16 to 512 tokens (an 11 ms extend
+    # floor), then 21.5 us per token; decode steps on a 2.8 ms floor.
+    truth_params = CostModel.load("llama3-8b-h200-triton").params | {
+        "overhead_s": 0.002,
+        "linear_per_token_s": 2.15e-5,
+        "linear_floor_s": 0.0028,
+        "extend_floor_s": 0.011,
+        "linear_heavy_per_token_s": 0.0,
+        "request_overhead_s": 0.0075,
+    }
+    truth = CostModel.from_json(json.dumps(truth_params))
+    points = synthetic_points(truth, np.random.default_rng(2))
+    points += [fit.Point("prefill", "syn", truth.prefill_time(p), prompt=p) for p in (16, 64, 128)]
+    points = [
+        fit.Point(p.kind, p.source, 0.0075 + truth.prefill_time(p.prompt), prompt=p.prompt)
+        if p.kind == "prefill"
+        else p
+        for p in points
+    ]
+    refit = _refit(truth, points, request_overhead=True, extend_floor=True)
+    assert refit.params["extend_floor_s"] == pytest.approx(0.011, rel=0.1)
+    assert refit.params["linear_floor_s"] < 0.5 * refit.params["extend_floor_s"]
+    errs = [abs(fit.predict(refit, p) / p.seconds - 1) for p in points]
+    assert max(errs) < 0.03
+    # One floor for both kinds of step cannot price short prompts and small decode batches alike.
+    plain = _refit(truth, points, request_overhead=True)
+    assert "extend_floor_s" not in plain.params
+    assert max(abs(fit.predict(plain, p) / p.seconds - 1) for p in points) > 2 * max(errs)
 
 
 def test_log_points_keep_only_pure_decode_intervals():

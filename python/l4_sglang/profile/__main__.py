@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also fit request_overhead_s (needs the short-prompt TTFTs of the current job plan)",
     )
+    fit.add_argument(
+        "--extend-floor",
+        action="store_true",
+        help="also fit extend_floor_s, the floor of a step with a prefill item (needs lone prompts of "
+        "16 to 2,048 tokens; best with --request-overhead and --lone-from)",
+    )
     replay = sub.add_parser("replay", help="replay a job's scenarios on an emulated worker and compare")
     replay.add_argument("real", help="a job output folder")
     replay.add_argument("--cost-model", required=True)

@@ -23,7 +23,10 @@ prefill_pair, request_overhead, prefill_context_pair, heavy per-token):
                                       + pi * causal pairs + pi_ctx * cached-prefix pairs]
 
 (q: host-side latency of a request, HTTP and scheduling, paid once; m prompts
-of n tokens in all), so a grid over (W, n_c, n_h) with a non-negative
+of n tokens in all). With `extend_floor`, batch and TTFT rows take their own
+knee n_e in place of n_c (the extend floor tau * n_e: an extend step runs
+without CUDA graphs, launch-bound below a few hundred tokens), and the grid
+runs over n_e too. So a grid over (W, n_c, n_h[, n_e]) with a non-negative
 least-squares solve in relative error finds the fit, under h * n_h <= o (past
 n_h a step must not deliver fewer tokens per second as it grows; on that
 bound, o = h * n_h). A seeded share of the points is held out of the fit and
@@ -141,8 +144,17 @@ def _chunk_sums(prompt: float, chunk: float, knee: float, heavy_from: float) -> 
     return sums
 
 
-def design(points: list[Point], width: float, knee: float, chunk: float, heavy_from: float) -> np.ndarray:
-    """Columns: theta's order (module docstring)."""
+def design(
+    points: list[Point],
+    width: float,
+    knee: float,
+    chunk: float,
+    heavy_from: float,
+    extend_knee: float | None = None,
+) -> np.ndarray:
+    """Columns: theta's order (module docstring). `extend_knee`: the knee of steps with a prefill
+    item (batch and TTFT rows); None: the decode knee."""
+    ext = knee if extend_knee is None else extend_knee
     rows = []
     for p in points:
         if p.kind == "decode":
@@ -152,9 +164,9 @@ def design(points: list[Point], width: float, knee: float, chunk: float, heavy_f
         elif p.kind == "batch":
             n, m = p.requests * p.prompt, p.requests
             causal = m * p.prompt * (p.prompt + 1) / 2
-            rows.append([1.0, max(knee, n), m, 0.0, 0.0, causal, 0.0, 0.0, max(0.0, n - heavy_from)])
+            rows.append([1.0, max(ext, n), m, 0.0, 0.0, causal, 0.0, 0.0, max(0.0, n - heavy_from)])
         else:
-            k, linear, heavy, causal, cached = _chunk_sums(p.prompt, chunk, knee, heavy_from)
+            k, linear, heavy, causal, cached = _chunk_sums(p.prompt, chunk, ext, heavy_from)
             rows.append([k, linear, k, 0.0, 0.0, causal, 1.0, cached, heavy])
     return np.array(rows)
 
@@ -177,17 +189,21 @@ def solve(
     chunk: float,
     fixed_het: tuple[float, float] | None = None,
     request_overhead: bool = False,
-) -> tuple[np.ndarray, float, float, float]:
-    """Best (theta, W, knee, heavy mark) in relative squared error over a grid; `fixed_het`
-    = (W, alpha) pins the length-mix term when the points cannot identify it.
+    extend_floor: bool = False,
+) -> tuple[np.ndarray, float, float, float, float | None]:
+    """Best (theta, W, knee, heavy mark, extend knee) in relative squared error over a grid;
+    `fixed_het` = (W, alpha) pins the length-mix term when the points cannot identify it.
     The request-overhead term is fitted only when asked: it needs several
-    short-prompt TTFTs (16 to 512 tokens) to be told apart from the linear floor."""
+    short-prompt TTFTs (16 to 512 tokens) to be told apart from the linear floor; so is the
+    extend floor (extend knee None when not), which needs them too."""
     y = np.array([p.seconds for p in points])
-    return _solve(points, y, chunk, fixed_het, drop_overhead=not request_overhead)
+    extend_knees = EXTEND_KNEES if extend_floor else (None,)
+    return _solve(points, y, chunk, fixed_het, not request_overhead, extend_knees)
 
 
 KNEES = (32, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
 HEAVY_FROM = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+EXTEND_KNEES = (32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 1024)
 
 
 def _bounded_lstsq(a: np.ndarray, heavy_from: float) -> np.ndarray:
@@ -213,11 +229,11 @@ def _with_alpha(a: np.ndarray, alpha: float, heavy_from: float) -> np.ndarray:
     return theta
 
 
-def _solve(points, y, chunk, fixed_het, drop_overhead: bool) -> tuple[np.ndarray, float, float, float]:
-    best = (math.inf, None, 0.0, 0.0, 0.0)
+def _solve(points, y, chunk, fixed_het, drop_overhead: bool, extend_knees):
+    best = (math.inf, None, 0.0, 0.0, 0.0, None)
     widths = [fixed_het[0]] if fixed_het else np.geomspace(1.0, 256.0, 49)
-    for width, knee, heavy_from in itertools.product(widths, KNEES, HEAVY_FROM):
-        a = design(points, width, knee, chunk, heavy_from) / y[:, None]
+    for width, knee, heavy_from, ext in itertools.product(widths, KNEES, HEAVY_FROM, extend_knees):
+        a = design(points, width, knee, chunk, heavy_from, ext) / y[:, None]
         if drop_overhead:
             a[:, 6] = 0.0  # a zero column: nonnegative_lstsq leaves its weight at 0
         if fixed_het:
@@ -228,18 +244,27 @@ def _solve(points, y, chunk, fixed_het, drop_overhead: bool) -> tuple[np.ndarray
                 theta = _with_alpha(a, 1.0, heavy_from)
         err = float(np.sum((a @ theta - 1.0) ** 2))
         if err < best[0]:
-            best = (err, theta, float(width), float(knee), float(heavy_from))
-    return best[1], best[2], best[3], best[4]
+            best = (err, theta, float(width), float(knee), float(heavy_from), ext)
+    return best[1:]
 
 
 def to_params(
-    theta, width: float, knee: float, heavy_from: float, name: str, info: dict, max_running: float
+    theta,
+    width: float,
+    knee: float,
+    heavy_from: float,
+    name: str,
+    info: dict,
+    max_running: float,
+    extend_knee: float | None = None,
 ) -> dict:
     o, tau, r, k, k_alpha, pi, q, pi_ctx, heavy = (float(x) for x in theta)
+    extend = {} if extend_knee is None else {"extend_floor_s": tau * extend_knee}
     return {
         "name": name,
         "overhead_s": o,
         "linear_floor_s": tau * knee,
+        **extend,
         "linear_per_token_s": tau,
         "linear_heavy_per_token_s": heavy,
         "linear_heavy_from_tokens": heavy_from if heavy > 0 else 0.0,
@@ -366,6 +391,7 @@ def fit_folder(
     het_from: Path | None = None,
     request_overhead: bool = False,
     lone_from: Path | None = None,
+    extend_floor: bool = False,
 ) -> tuple[dict, dict]:
     meta = json.loads((folder / "meta.json").read_text())
     info = json.loads((folder / "server_info.json").read_text())
@@ -389,8 +415,8 @@ def fit_folder(
     if het_from is not None:
         donor = json.loads(het_from.read_text())
         fixed = (float(donor["het_width"]), float(donor["het_alpha"]))
-    theta, width, knee, heavy_from = solve(train, chunk, fixed, request_overhead)
-    params = to_params(theta, width, knee, heavy_from, name, info, max_running)
+    theta, width, knee, heavy_from, extend_knee = solve(train, chunk, fixed, request_overhead, extend_floor)
+    params = to_params(theta, width, knee, heavy_from, name, info, max_running, extend_knee)
     model = CostModel.from_json(json.dumps(params))
     fit_err, held_err = errors(model, train), errors(model, test)
     summary = {
@@ -417,6 +443,12 @@ def fit_folder(
     }
     if lone_note is not None:
         params["provenance"]["lone_prompts_from"] = lone_note
+    if extend_knee is not None:
+        params["provenance"]["extend_floor"] = (
+            f"steps with a prefill item have their own floor, the linear slope at {extend_knee:g} tokens "
+            f"(decode steps: at {knee:g}): extend steps run without CUDA graphs, so short prompts are "
+            "bound by kernel launches"
+        )
     if fixed is not None:
         params["provenance"]["het_from"] = (
             f"het_width and het_alpha taken from {donor['name']} (same attention kernels): this job's "
@@ -441,6 +473,7 @@ def main(args) -> int:
         het_from=het_from,
         request_overhead=args.request_overhead,
         lone_from=Path(args.lone_from) if args.lone_from else None,
+        extend_floor=args.extend_floor,
     )
     Path(args.out).write_text(json.dumps(params, indent=1) + "\n")
     print(
