@@ -16,6 +16,16 @@ from pathlib import Path
 from l4_sglang.profile import scenarios
 
 
+def host_cpu() -> str:
+    """The host CPU's model name and logical core count, from /proc/cpuinfo ('' where unreadable)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} x{len(names)}" if names else ""
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -127,6 +137,8 @@ def main(args) -> int:
         meta = {
             "backend": args.backend,
             "gpu": os.popen("nvidia-smi --query-gpu=name --format=csv,noheader").read().strip(),
+            # Short prompts' TTFT follows the host CPU (extend steps launch their kernels eagerly).
+            "host_cpu": host_cpu(),
             "sglang_version": info.get("version"),
             "max_total_num_tokens": max_kv,
             "chunked_prefill_size": info.get("chunked_prefill_size"),
