@@ -232,3 +232,84 @@ def test_the_circuit_breaker_counts_checks_and_keeps_the_policy_to_healthy_worke
             assert status == 503 and "No worker available" in text
     finally:
         fake.stop()
+
+
+_FINISHING_CHUNK = {
+    "output_ids": [7, 8],
+    "meta_info": {
+        "id": "x",
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "finish_reason": {"type": "length", "length": 2},
+    },
+}
+
+
+class _NeverEnds:
+    """A worker whose streamed /generate sends its finishing chunk and then neither `data: [DONE]`
+    nor the body's end; it records when the router closes that connection."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.closed = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+            ready.set()
+
+        def main() -> None:
+            self._loop.run_until_complete(start())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), b"0"))  # fmt: skip
+            await reader.readexactly(length)
+            if not head.startswith(b"POST /generate"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                continue
+            event = b"data: " + json.dumps(_FINISHING_CHUNK).encode() + b"\n\n"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await reader.read()  # nothing more is sent; returns when the router closes it
+            self.closed.set()
+            writer.close()
+            return
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def test_a_worker_that_never_ends_a_finished_answer_has_its_connection_closed(monkeypatch):
+    import l4_sglang.router.forwarding as forwarding
+
+    monkeypatch.setattr(forwarding, "FINISHED_LEG_GRACE_S", 0.5)
+    fake = _NeverEnds()
+    try:
+        settings = RouterSettings(worker_urls=(fake.url,), port=0, load_poll_interval=3600)
+        with BackgroundRouter(settings, policy=Scripted()) as router:
+            body = {"text": "a", "stream": True, "sampling_params": {"max_new_tokens": 2}}
+            status, _, text = call("POST", router.url + "/generate", body)
+            # The client's answer ends at the finishing chunk, without waiting for the worker.
+            events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+            assert status == 200 and events[-1] == "[DONE]", text
+            assert json.loads(events[-2])["output_ids"] == [7, 8]
+            assert not fake.closed.wait(0.2)  # not at once: a worker's [DONE] may still be on its way
+            assert fake.closed.wait(5), "the finished leg's connection was left open"
+            assert router.call(lambda: len(router.router.forwarder._http._streams)) == 0
+    finally:
+        fake.stop()

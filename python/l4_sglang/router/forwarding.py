@@ -70,6 +70,9 @@ LEG_QUEUE_HIGH = 256
 """Worker chunks a leg holds unread before its connection stops reading..."""
 LEG_QUEUE_LOW = 32
 """...and how few before it reads again."""
+FINISHED_LEG_GRACE_S = 5.0
+"""How long a finished leg's answer may take to end (SGLang sends `data: [DONE]` right after the
+finishing chunk) before its connection is closed rather than left waiting for reuse."""
 
 
 class WorkerRejected(Exception):
@@ -315,8 +318,12 @@ class Forwarder:
             plain.exchange.close()
             self._send_abort(plain.worker, plain.rid)
         leg, gen.leg = gen.leg, None
-        if leg is not None and not leg.finished:  # a finished one reads to its end: its connection is reused
+        if leg is not None and not leg.finished:
             self._drop_leg(leg, abort=True)
+        elif leg is not None and leg.exchange.answering:
+            # A finished one reads to its end and its connection is reused; a worker that never
+            # ends the answer would hold that connection (and the leg) for good.
+            asyncio.get_running_loop().call_later(FINISHED_LEG_GRACE_S, leg.exchange.close)
         if not gen.booked:
             return
         gen.booked = False

@@ -336,6 +336,12 @@ class Exchange:
         if conn is not None and conn.exchange is self:  # (else it answered and went back to the idle list)
             conn.abandon()
 
+    @property
+    def answering(self) -> bool:
+        """Its answer is still coming in on its connection."""
+        conn = self._conn
+        return conn is not None and conn.exchange is self and not self.closed
+
     def pause_reading(self) -> bool:
         """Stop reading the streamed answer (TCP backpressure on the worker); False if nothing to pause."""
         conn = self._conn
