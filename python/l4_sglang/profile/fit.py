@@ -229,7 +229,9 @@ def _with_alpha(a: np.ndarray, alpha: float, heavy_from: float) -> np.ndarray:
     return theta
 
 
-def _solve(points, y, chunk, fixed_het, drop_overhead: bool, extend_knees):
+def _solve(
+    points, y, chunk, fixed_het, drop_overhead: bool, extend_knees
+) -> tuple[np.ndarray, float, float, float, float | None]:
     best = (math.inf, None, 0.0, 0.0, 0.0, None)
     widths = [fixed_het[0]] if fixed_het else np.geomspace(1.0, 256.0, 49)
     for width, knee, heavy_from, ext in itertools.product(widths, KNEES, HEAVY_FROM, extend_knees):
