@@ -85,7 +85,7 @@ def single_item_step_time(p: dict, new_tokens: int, context: int) -> float:
     if new_tokens <= 1:
         kv = context + new_tokens
         return decode_step_time(p, 1.0, kv, kv)
-    return linear_time(p, new_tokens, 1.0, extends=True) + prefill_attention(p, new_tokens, context)
+    return prefill_chunk_time(p, new_tokens, context)
 
 
 def prefill_chunk_time(p: dict, new_tokens: int, context: int) -> float:

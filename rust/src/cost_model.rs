@@ -304,11 +304,12 @@ impl CostModel {
         // the sums of their attention pairs over c, in closed form.
         let context_pairs = chunk * chunk * full_chunks * (full_chunks - 1.0) / 2.0;
         let causal_pairs = full_chunks * chunk * (chunk + 1.0) / 2.0;
+        let floor = self.extend_floor_s();
         let mut time = self.params.prefill_pair_s * causal_pairs
             + self.context_pair_s() * context_pairs
-            + full_chunks * self.linear_time(chunk, 1.0, self.extend_floor_s());
+            + full_chunks * self.linear_time(chunk, 1.0, floor);
         if rest > 0.0 {
-            time += self.linear_time(rest, 1.0, self.extend_floor_s())
+            time += self.linear_time(rest, 1.0, floor)
                 + self.prefill_attention_time(rest, full_chunks * chunk);
         }
         time

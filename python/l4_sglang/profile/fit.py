@@ -198,7 +198,7 @@ def solve(
     extend floor (extend knee None when not), which needs them too."""
     y = np.array([p.seconds for p in points])
     extend_knees = EXTEND_KNEES if extend_floor else (None,)
-    return _solve(points, y, chunk, fixed_het, not request_overhead, extend_knees)
+    return _solve(points, y, chunk, fixed_het, drop_overhead=not request_overhead, extend_knees=extend_knees)
 
 
 KNEES = (32, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
