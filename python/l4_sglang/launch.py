@@ -34,7 +34,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,14 +41,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from l4_sglang import ports as port_plan
 from l4_sglang.launch_router import add_router_args, settings_from
 
 DEFAULT_EMULATED_MODEL = "meta-llama/Meta-Llama-3-8B"
 EMULATED_CHAT_MAX_TOKENS = 128
 """Chat max_tokens without a client value, emulated backend only: an emulated
 model almost never says EOS, so "up to the context length" would run for hours."""
-OWN_WORKER_FLAGS = ("--host", "--port", "--base-gpu-id")
-"""SGLang flags the launcher sets per instance itself."""
+OWN_WORKER_FLAGS = ("--host", "--port", "--base-gpu-id", "--nccl-port")
+"""SGLang flags the launcher sets per instance itself (distinct ports: see l4_sglang.ports)."""
 
 
 class LaunchError(RuntimeError):
@@ -63,12 +63,6 @@ class WorkerPlan:
     cmd: list[str]
     env: dict[str, str] = field(default_factory=dict)
     """Variables added to the launcher's environment."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def visible_gpus() -> list[str]:
@@ -206,11 +200,13 @@ def sglang_plans(
     host: str = "127.0.0.1",
     python: str = sys.executable,
     instances_per_gpu: int = 1,
+    nccl_ports: Sequence[int] | None = None,
 ) -> list[WorkerPlan]:
     """The `sglang.launch_server` command and GPUs of each instance (no process is started).
 
     Instance i runs on GPU group i // instances_per_gpu (tp x pp x dp GPUs a group): with
-    instances_per_gpu K > 1, K instances share each group."""
+    instances_per_gpu K > 1, K instances share each group. `nccl_ports[i]`, when given, is
+    instance i's `--nccl-port` (its torch.distributed rendezvous)."""
     for own in OWN_WORKER_FLAGS:
         if _flag_value(flags, [own]) is not None or own in flags:
             raise LaunchError(f"{own} is set by the launcher for each instance; leave it out")
@@ -229,7 +225,10 @@ def sglang_plans(
         g = i // instances_per_gpu
         mine = list(gpus[g * per : (g + 1) * per])
         cmd = [python, "-m", "sglang.launch_server", "--model-path", model_path]
-        cmd += ["--host", host, "--port", str(ports[i]), *flags]
+        cmd += ["--host", host, "--port", str(ports[i])]
+        if nccl_ports is not None:
+            cmd += ["--nccl-port", str(nccl_ports[i])]
+        cmd += flags
         plans.append(
             WorkerPlan(
                 f"sglang-{i}", f"http://{host}:{ports[i]}", cmd, {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
@@ -536,7 +535,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend, why = choose_backend(args.backend)
         n = args.num_instances
-        ports = [free_port(args.worker_host) for _ in range(n)]
+        if not port_plan.port_is_free(args.host, args.port):
+            raise LaunchError(
+                f"the router's port {args.host}:{args.port} is taken (another server on it?): "
+                "pass --port with a free one"
+            )
+        instance_ports = port_plan.allocate(
+            n,
+            args.worker_host,
+            dp_attention="--enable-dp-attention" in passthrough,
+            reserved=[args.port],
+        )
+        ports = [ip.http for ip in instance_ports]
         if backend == "emulated":
             print(
                 "=" * 78 + f"\nl4_sglang: EMULATED BACKEND ({why}).\n"
@@ -565,7 +575,14 @@ def main(argv: list[str] | None = None) -> int:
             k = args.instances_per_gpu
             warning = check_shared_memory(passthrough, k)
             plans = sglang_plans(
-                model, n, passthrough, visible_gpus(), ports, args.worker_host, instances_per_gpu=k
+                model,
+                n,
+                passthrough,
+                visible_gpus(),
+                ports,
+                args.worker_host,
+                instances_per_gpu=k,
+                nccl_ports=[ip.nccl for ip in instance_ports],
             )
             if warning:
                 print(f"l4_sglang: WARNING: {warning}", file=sys.stderr, flush=True)
@@ -598,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_name is None:
             args.model_name = model
         settings = settings_from(p, args, [plan.url for plan in plans], args.port, args.host)
-    except LaunchError as e:
+    except (LaunchError, port_plan.PortError) as e:
         print(f"l4_sglang: error: {e}", file=sys.stderr)
         return 2
     return asyncio.run(run(plans, settings, wait, args.smoke_test, model))
