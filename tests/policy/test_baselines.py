@@ -97,6 +97,19 @@ def test_static_buckets_reject_more_buckets_than_workers(model):
     assert p.route(RequestInfo("r", 10), 0.0) == "a"
 
 
+def test_static_buckets_take_a_count_per_bucket(model):
+    names = [f"w{i}" for i in range(5)]
+    p = with_workers(model, "static_buckets", names, {"boundaries": (1000,), "instances": (4, 1)})
+    assert [s.workers for s in p.layout().stages] == [("w0", "w1", "w2", "w3"), ("w4",)]
+    assert {p.route(RequestInfo(f"s{i}", 10), 0.0) for i in range(8)} == {"w0", "w1", "w2", "w3"}
+    assert p.route(RequestInfo("long", 5000), 0.0) == "w4"
+    wrong = with_workers(model, "static_buckets", names, {"boundaries": (1000,), "instances": (3, 1)})
+    with pytest.raises(ValueError, match=r"3\+1 = 4 workers per bucket, have 5"):
+        wrong.route(RequestInfo("r", 10), 0.0)
+    with pytest.raises(ValueError, match="2 buckets need 2 counts"):
+        with_workers(model, "static_buckets", names, {"boundaries": (1000,), "instances": (5,)})
+
+
 def llumnix_with_three_requests(model, snap, overrides=None):
     """w0 holds r-a, r-b, r-c with 50, 5 and 20 generated tokens."""
     p = with_workers(model, "llumnix", ["w0", "w1"], overrides)

@@ -17,6 +17,9 @@ ours), `DIR/summary.json`, `DIR/summary.md` and PNG plots. See `--help`.
   clients; the same JSON keys, summary and plots, `"simulated": false`,
   `"emulated"` from the workers' /server_info, times in model seconds (the
   workers' --time-scale given as --worker-time-scale).
+- `static_oracle` (sim only): the best static length split of the run's whole trace, found by
+  sweeping static_buckets layouts in the simulator (bench/static_oracle.py); reported as a policy,
+  with the split it found and how many layouts it simulated (`static_split`).
 - Stage boundaries over time (l4): the simulator records the policy's
   layout at every change (`SimResult.layouts`); the CLI writes them to
   `DIR/l4[_rate<X>]_stages.json` (time, bounds, instances per stage) and
@@ -27,6 +30,7 @@ ours), `DIR/summary.json`, `DIR/summary.md` and PNG plots. See `--help`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from l4_sglang.bench import static_oracle
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import LayoutSample, SimResult, simulate
@@ -43,6 +48,8 @@ SLO_THRESHOLD = 0.9
 """slo_attainment a rate scale needs to count toward max_rate_at_slo."""
 
 DEFAULT_POLICIES = "l4,round_robin,power_of_two,least_load,llumnix,static_buckets"
+ORACLE = "static_oracle"
+"""Not a routing policy: the best static split of the whole trace, searched in the simulator."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policies",
         default=None,
-        help=f"sim: comma-separated, from: {', '.join(POLICIES)} (default: {DEFAULT_POLICIES}); "
+        help=f"sim: comma-separated, from: {', '.join(POLICIES)}, {ORACLE} (default: {DEFAULT_POLICIES}); "
         "live: one label for the router's results (default: our router's policy name, else 'external')",
     )
     p.add_argument("--instances", type=int, default=None, help="simulated instances (sim mode, required)")
@@ -94,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--rate-scale", type=float, default=None, help="arrival rate multiplier (default 1)")
     rate.add_argument("--rate-sweep", default=None, help="A:B:STEPS, STEPS rate scales from A to B evenly")
     p.add_argument("--no-het", action="store_true", help="cost model without the length-mix term")
+    p.add_argument(
+        "--oracle-buckets",
+        type=int,
+        default=2,
+        choices=(2, 3),
+        help=f"{ORACLE}: the most buckets its search tries (default 2; 3 costs about twice the simulations)",
+    )
     p.add_argument("--slo-ttft-ms", type=float, default=2000.0, help="TTFT SLO (default 2000)")
     p.add_argument("--slo-tpot-ms", type=float, default=100.0, help="TPOT SLO (default 100)")
     cut = p.add_mutually_exclusive_group()
@@ -324,9 +338,12 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
     if args.instances < 1:
         parser.error(f"--instances must be >= 1, got {args.instances}")
     policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
-    bad = [p for p in policies if p not in POLICIES]
+    bad = [p for p in policies if p not in POLICIES and p != ORACLE]
     if bad or not policies:
-        parser.error(f"unknown policy {', '.join(bad) or '(none given)'}; choices: {', '.join(POLICIES)}")
+        choices = ", ".join([*POLICIES, ORACLE])
+        parser.error(f"unknown policy {', '.join(bad) or '(none given)'}; choices: {choices}")
+    if ORACLE in policies and args.instances < 2:
+        parser.error(f"{ORACLE} needs --instances >= 2 (a static split has two buckets at least)")
     return policies
 
 
@@ -372,6 +389,39 @@ def _live_run(scaled, label: str | None, rate: float, args: argparse.Namespace) 
         "wall_s": live.wall_s,
     }
     return live.result, extra
+
+
+def _oracle_run(scaled, model: CostModel, rate: float, args: argparse.Namespace) -> tuple[SimResult, dict]:
+    def show(line: str) -> None:
+        sys.stderr.write(f"\r[{ORACLE} rate {rate:g}] {line}\033[K")
+        sys.stderr.flush()
+
+    found = static_oracle.search(
+        scaled.requests,
+        model,
+        args.instances,
+        seed=args.seed,
+        max_buckets=args.oracle_buckets,
+        progress=None if args.quiet else show,
+    )
+    if not args.quiet:
+        sys.stderr.write("\n")
+    split = {
+        "boundaries": list(found.best.boundaries),
+        "instances": list(found.best.instances),
+        "layouts_simulated": len(found.tried),
+        "tried": [
+            {
+                "boundaries": list(c.boundaries),
+                "instances": list(c.instances),
+                "mean_e2e_s": c.mean_e2e_s,
+                "p99_e2e_s": c.p99_e2e_s,
+                "completed": c.completed,
+            }
+            for c in found.tried
+        ],
+    }
+    return dataclasses.replace(found.best_result, policy=ORACLE), split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
                 s["cost_model"] = model.name
                 meta["instances"] = meta["instances"] or res.instances or None
                 s["instances"] = res.instances or None
+            elif pol == ORACLE:
+                res, split = _oracle_run(scaled, model, rate, args)
+                s = _run_summary(res, rate, args, oracle)
+                s["static_split"] = split
             else:
                 label = f"{pol} rate {rate:g}"
                 res = simulate(

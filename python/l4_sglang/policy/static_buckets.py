@@ -2,8 +2,9 @@
 
 `boundaries` (b1 < b2 < ...) cut prompt lengths into len(boundaries) + 1
 buckets [0, b1), [b1, b2), ..., [b_last, inf). Registered workers, in the
-order they were added, split into as many contiguous groups as evenly as
-possible (the lower buckets get the extra workers). A request goes to the
+order they were added, split into one contiguous group per bucket: of the
+sizes `instances` gives (one count per bucket, summing to the workers), else
+as evenly as possible (the lower buckets get the extra workers). A request goes to the
 bucket of its prompt length, and inside it to the worker with the fewest
 outstanding tokens (as least_load). If no worker of its bucket is healthy it
 goes to the nearest bucket that has one (the upper one on a tie). Requests
@@ -27,6 +28,13 @@ class StaticBucketsConfig(PolicyConfig):
         default=(8192,),
         metadata={"help": "prompt-length boundaries between buckets, increasing (comma-separated)"},
     )
+    instances: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "help": "workers per bucket, one count per bucket summing to the workers (comma-separated; "
+            "default: an even split)"
+        },
+    )
 
     def __post_init__(self):
         b = self.boundaries
@@ -38,6 +46,11 @@ class StaticBucketsConfig(PolicyConfig):
         )
         if not ok:
             raise ValueError(f"invalid boundaries: must be increasing positive integers, got {b!r}")
+        n = self.instances
+        if n and (len(n) != len(b) + 1 or any(not isinstance(x, int) or x < 1 for x in n)):
+            raise ValueError(
+                f"invalid instances: {len(b) + 1} buckets need {len(b) + 1} counts >= 1, got {n!r}"
+            )
 
 
 class StaticBuckets(Policy):
@@ -53,12 +66,19 @@ class StaticBuckets(Policy):
             raise ValueError(
                 f"invalid boundaries: {k} buckets need at least {k} workers, have {len(workers)}"
             )
-        size, extra = divmod(len(workers), k)
+        sizes = self.config.instances
+        if sizes and sum(sizes) != len(workers):
+            raise ValueError(
+                f"invalid instances: {'+'.join(map(str, sizes))} = {sum(sizes)} workers per bucket, "
+                f"have {len(workers)}"
+            )
+        if not sizes:
+            size, extra = divmod(len(workers), k)
+            sizes = tuple(size + (1 if i < extra else 0) for i in range(k))
         out, start = [], 0
-        for i in range(k):
-            end = start + size + (1 if i < extra else 0)
-            out.append(workers[start:end])
-            start = end
+        for n in sizes:
+            out.append(workers[start : start + n])
+            start += n
         return out
 
     def route(self, req: RequestInfo, now: float) -> str:
