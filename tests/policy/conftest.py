@@ -124,3 +124,9 @@ def drive(model) -> Callable[..., Run]:
 def sim() -> Callable[..., Run]:
     """`simulate` itself, to continue a run."""
     return simulate
+
+
+@pytest.fixture
+def resume() -> Callable[..., Run]:
+    """`resume(run, duration, seed=0, **simulate_kwargs)`: drive an existing run further."""
+    return lambda run, duration, seed=0, **kw: simulate(run.policy, duration, seed=seed, run=run, **kw)

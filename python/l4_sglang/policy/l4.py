@@ -12,11 +12,17 @@ What it does with each event (DESIGN.md "L4, as we build it"):
   else max(generated, 256).
 - **Layout.** Stages are contiguous length ranges [0, b1), [b1, b2), ...,
   [b_last, inf), each owning at least one worker; every registered worker is
-  in exactly one stage. Until `min_samples` requests have finished there is
-  one stage of all workers and a new request goes to the least loaded of them
-  (all sampled). Then every `refine_interval_s`, `tick` runs `partition` on the
+  in exactly one stage. Until `min_arrivals` requests have arrived (prompt
+  lengths are known at admission, so a first layout needs no finished request;
+  `min_samples` can also ask for finished ones) there is one stage of all
+  workers and a new request goes to the least loaded of them (all sampled).
+  Then every `refine_interval_s`, `tick` runs `partition` on the
   histogram and prices the current layout with `evaluate_layout` (its
-  boundaries snapped to the nearest bin edges); the DP's layout is applied only
+  boundaries snapped to the nearest bin edges). A proposed boundary that differs
+  from the current one only across an empty length range (less than
+  EMPTY_SHARE of the histogram's arrivals and decode tokens) is kept where it
+  is, and a proposal that then changes no stage's range or size changes no
+  request's destination and is not applied. Otherwise the DP's layout is applied only
   when its relative gain in predicted QoE cost is above `min_gain` (an
   infeasible current layout is always replaced by a feasible one; between two
   infeasible ones the excess work is compared), or at once when workers were
@@ -141,6 +147,10 @@ _QOE = QoeConfig()
 REFINEMENT_HISTORY = 64
 """DP runs `L4.refinements` keeps."""
 
+EMPTY_SHARE = 1e-3
+"""A length range holding less than this share of the histogram's (decayed) arrivals and decode
+tokens counts as empty: moving a boundary across it changes no request's destination."""
+
 DIFFUSION_SPAN_BINS = 2
 """Diffusion keeps a boundary within this many bin widths (log space) of where
 the DP put it: the DP sets targets, diffusion handles transients."""
@@ -185,7 +195,10 @@ class L4Config(PolicyConfig):
     slo_tpot_s: float = _knob(_QOE.slo_tpot_s, "TPOT SLO of the DP's QoE, seconds")
     slo_penalty_s: float = _knob(_QOE.slo_penalty_s, "seconds of latency one SLO violation is worth")
     max_utilization: float = _knob(_QOE.max_utilization, "utilisation above which a stage is overloaded")
-    min_samples: int = _knob(50, "finished requests before the first DP (until then one stage)")
+    min_samples: int = _knob(0, "finished requests before the first DP (until then one stage)")
+    min_arrivals: int = _knob(
+        20, "arrivals before the first DP (until then one stage; prompt lengths are known at admission)"
+    )
     balance_interval_s: float = _knob(1.0, "seconds between diffusion and in-stage pairing in tick()")
     horizon_steps: float = _knob(100.0, "decode steps of predicted work per running batch")
     prefix_entries: int = _knob(4096, "first-block hashes the prefix-affinity LRU keeps")
@@ -217,6 +230,7 @@ class L4Config(PolicyConfig):
             "slo_penalty_s": at_least_0,
             "max_utilization": ("in (0, 1)", lambda x: 0 < x < 1),
             "min_samples": (">= 0", lambda x: x >= 0),
+            "min_arrivals": (">= 0", lambda x: x >= 0),
             "balance_interval_s": at_least_0,
             "horizon_steps": at_least_0,
             "prefix_entries": (">= 0", lambda x: x >= 0),
@@ -254,6 +268,8 @@ class Refinement:
     instances: tuple[int, ...]
     classes: tuple[int, ...] = ()
     """Instance class of each proposed stage (indices into `L4.classes()`)."""
+    reason: str = ""
+    """Why it was applied or kept, in words."""
 
 
 def _gain(current: Layout, proposed: Layout) -> float:
@@ -556,7 +572,7 @@ class L4(Policy):
     def _refine(self, now: float) -> None:
         self._last_refine = now
         n = len(self.book.workers)
-        if n == 0 or self._hist.finished < self.config.min_samples:
+        if n == 0 or self.waiting_for() is not None:
             return
         workload = self._hist.workload(now)
         if workload is None:
@@ -580,9 +596,26 @@ class L4(Policy):
                 labels = [next(iter(c)) for c in stage_classes]
                 current = evaluate_layout_classes(classes, workload, self._cuts(), counts, labels, self._qoe)
             gain = _gain(current, proposed)
-        applied = gain > self.config.min_gain
+        bounds = self._keep_over_empty([float(s.lo_tokens) for s in proposed.stages[1:]])
+        same = (
+            current is not None
+            and bounds == self._bounds
+            and list(proposed.instances) == [len(ws) for ws in self._stages]
+            and len(classes) == 1
+        )
+        applied = gain > self.config.min_gain and not same
+        proposed_bounds = [float(s.lo_tokens) for s in proposed.stages[1:]]
+        if same and proposed_bounds == self._bounds:
+            reason = "kept: the DP proposes the layout in place"
+        elif same:
+            reason = "kept: the proposal moves boundaries only across empty length ranges"
+        elif current is None:
+            reason = "applied: the workers changed (or no layout was planned yet)"
+        elif applied:
+            reason = f"applied: predicted QoE cost {gain:.1%} lower"
+        else:
+            reason = f"kept: predicted gain {gain:.1%} is not above min_gain {self.config.min_gain:.1%}"
         if applied:
-            bounds = [float(s.lo_tokens) for s in proposed.stages[1:]]
             assigned = self._assign(proposed.instances, proposed.classes, class_of)
             self._set_stages(bounds, assigned, now)
             self._plan_bounds = list(bounds)
@@ -600,8 +633,39 @@ class L4(Policy):
                 boundaries=tuple(proposed.boundaries),
                 instances=tuple(proposed.instances),
                 classes=tuple(proposed.classes),
+                reason=reason,
             )
         )
+
+    def waiting_for(self) -> str | None:
+        """What the first DP run still waits for, in words (None once it may run)."""
+        h, c = self._hist, self.config
+        if h.arrivals < c.min_arrivals:
+            return f"{c.min_arrivals} arrivals before the first layout (seen {h.arrivals})"
+        if h.finished < c.min_samples:
+            return f"{c.min_samples} finished requests before the first layout (seen {h.finished})"
+        return None
+
+    def _empty_between(self, a: float, b: float) -> bool:
+        """No traffic in lengths [min(a, b), max(a, b)): a boundary moved across it moves nobody."""
+        lo, hi = (a, b) if a <= b else (b, a)
+        if lo == hi:
+            return True
+        h = self._hist
+        first, last = h.bin_of(lo), h.bin_of(float(np.nextafter(hi, 0)))
+        arrivals, tokens = h.count[first : last + 1], h.tokens[first : last + 1]
+        return bool(
+            arrivals.sum() <= EMPTY_SHARE * h.count.sum() and tokens.sum() <= EMPTY_SHARE * h.tokens.sum()
+        )
+
+    def _keep_over_empty(self, bounds: list[float]) -> list[float]:
+        """`bounds` with each one that differs from the current only across emptiness left as it is."""
+        if len(bounds) != len(self._bounds):
+            return bounds
+        return [
+            cur if self._empty_between(cur, new) else new
+            for cur, new in zip(self._bounds, bounds, strict=True)
+        ]
 
     def _cuts_of(self, bounds) -> list[int]:
         logs = np.log(self._edges[1:-1])
@@ -699,7 +763,8 @@ class L4(Policy):
             moved = diffuse_boundary(
                 b, lower, upper, lo, hi, self.config.diffusion_rate, self.config.diffusion_deadband
             )
-            if moved != b:
+            # A move across an empty range shifts no load: it would only drift and churn the layout.
+            if moved != b and not self._empty_between(b, moved):
                 self._bounds[k] = moved
                 self._updated_at = float(now)
 
