@@ -4,9 +4,10 @@ Routes: POST /generate (SGLang; stream or not; a batch without stream),
 POST /v1/completions and /v1/chat/completions (OpenAI; stream or not),
 GET /v1/models, GET /health (200 while a worker is healthy), GET /metrics,
 GET|POST|DELETE /workers, GET /l4/stages, POST /abort_request (by the
-client's rid, or abort_all).
+client's rid, or abort_all); SGLang's router-level /get_model_info, /get_server_info,
+/flush_cache, /health_generate and /v1/models/{id} (router/admin.py).
 
-With an api key, every route but /health and /metrics needs
+With an api key, every route but /health, /health_generate and /metrics needs
 `Authorization: Bearer <key>`. The policy runs on this loop only: `now` is
 `loop.time()`; `tick` runs every `tick_interval` seconds and the pool polls
 every `load_poll_interval` seconds. Logs at info level name workers and
@@ -40,7 +41,7 @@ from l4_sglang.background import BackgroundLoop
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.policy.base import NoWorkerAvailable, Policy
 from l4_sglang.policy.registry import make_policy
-from l4_sglang.router import native, openai
+from l4_sglang.router import admin, native, openai
 from l4_sglang.router.forwarding import Forwarder, Generation, WorkerRejected
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.tokens import OutputText, Tokenizer, load_tokenizer
@@ -48,7 +49,7 @@ from l4_sglang.router.workers import BadWorkerUrl, WorkerPool, normalize_url
 
 log = logging.getLogger("l4_sglang.router")
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/metrics"}) | admin.OPEN_PATHS
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -319,6 +320,7 @@ class Router:
         r.add_delete("/workers", self.remove_worker)
         r.add_get("/l4/stages", self.stages)
         r.add_post("/abort_request", self.abort_request)
+        admin.Admin(self).add_routes(r)
         return app
 
     @web.middleware

@@ -69,7 +69,7 @@ def sampling_spec(
             f"min_new_tokens must be in [0, max_new_tokens({max_new})], got {min_new!r}.", "min_new_tokens"
         )
     stop = check_stop(raw.get("stop"))
-    if raw.get("stop_token_ids") is not None:
+    if raw.get("stop_token_ids"):  # an empty list is none, as SGLang takes it (sgl.RuntimeEndpoint sends [])
         check_ids(raw["stop_token_ids"], "stop_token_ids")
     for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"):
         check_number(raw, name)
