@@ -30,6 +30,7 @@ from l4_sglang import (
     evaluate_layout,
     evaluate_layout_classes,
     log_bin_edges,
+    merge_stages,
     partition,
     partition_classes,
 )
@@ -380,6 +381,50 @@ def test_mooncake_layout_beats_one_stage():
     assert best.mean_e2e_s <= single.mean_e2e_s, (best.mean_e2e_s, single.mean_e2e_s)
     want, _ = ref.reference_partition(PARAMS["het"], workload, instances, qoe)
     assert close(best.total_cost, want), (best.total_cost, want)
+
+
+def reference_merge(workload: Workload, layout, stage_gain: float, qoe: QoeConfig):
+    """The stage merge as specified: the cheapest feasible merge of two neighbours, while it raises
+    the cost by at most `stage_gain` of it (evaluated through evaluate_layout)."""
+    cuts, counts = [0, *(s.end_bin for s in layout.stages)], list(layout.instances)
+    cost = evaluate_layout(MODEL, workload, cuts, counts, qoe).total_cost
+    while len(counts) > 1:
+        trials = []
+        for k in range(len(counts) - 1):
+            c2 = cuts[: k + 1] + cuts[k + 2 :]
+            n2 = [*counts[:k], counts[k] + counts[k + 1], *counts[k + 2 :]]
+            t = evaluate_layout(MODEL, workload, c2, n2, qoe)
+            if t.feasible:
+                trials.append((t.total_cost, c2, n2))
+        if not trials or min(trials)[0] - cost > stage_gain * cost:
+            break
+        cost, cuts, counts = min(trials, key=lambda t: t[0])
+    return cuts, counts
+
+
+@pytest.mark.parametrize("stage_gain", [0.0, 0.02, 0.05, 0.2, 1.0])
+def test_merge_stages_merges_while_a_merge_costs_at_most_stage_gain(stage_gain):
+    qoe = QoeConfig()
+    base = mooncake_workload(2000, 32)
+    one = evaluate_layout(MODEL, base, [0, 32], [16], qoe)
+    workload = base.scaled(0.5 / one.stages[0].utilization)
+    dp = partition(MODEL, workload, 16, qoe)
+    assert len(dp.stages) >= 3, dp.instances
+    merged = merge_stages(MODEL, workload, dp, stage_gain, qoe)
+    cuts, counts = reference_merge(workload, dp, stage_gain, qoe)
+    assert [0, *(s.end_bin for s in merged.stages)] == cuts and merged.instances == counts
+    assert sum(merged.instances) == 16 and merged.total_cost >= dp.total_cost * (1 - 1e-12)
+    if stage_gain == 0.0:
+        assert merged == dp
+    if stage_gain == 1.0:
+        assert len(merged.stages) < len(dp.stages)
+
+
+def test_merge_stages_rejects_a_bad_stage_gain():
+    w = Workload(**BASE)
+    layout = evaluate_layout(MODEL, w, [0, 2, 4], [2, 2])
+    with pytest.raises(ValueError, match="stage_gain"):
+        merge_stages(MODEL, w, layout, -0.1)
 
 
 # --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ __all__ = [
     "diffuse_boundary",
     "evaluate_layout",
     "evaluate_layout_classes",
+    "merge_stages",
     "move_value",
     "partition",
     "partition_classes",
@@ -75,6 +76,16 @@ def evaluate_layout(
     qoe_args: _Qoe,
 ) -> dict:
     """Price a given layout with the DP's stage cost."""
+
+def merge_stages(
+    model: CostModel,
+    workload_args: _Workload,
+    cuts: list[int],
+    instances: list[int],
+    qoe_args: _Qoe,
+    stage_gain: float,
+) -> dict:
+    """The layout with neighbour stages merged while a merge costs at most stage_gain of its price."""
 
 def partition_classes(
     models: list[CostModel],

@@ -331,6 +331,20 @@ def evaluate_layout(
     return Layout._from_core(d)
 
 
+def merge_stages(
+    model: CostModel, workload: Workload, layout: Layout, stage_gain: float, qoe: QoeConfig | None = None
+) -> Layout:
+    """`layout` with neighbour stages merged, the cheapest merge first, while a merge raises the
+    predicted cost by at most `stage_gain` of it (every stage must earn its keep; the DP's fluid
+    queueing sees no loss of pooling in small stages). Infeasible layouts come back as given."""
+    qoe = qoe or QoeConfig()
+    cuts = [0, *(s.end_bin for s in layout.stages)]
+    d = _core.merge_stages(
+        model._core, workload._args(), cuts, list(layout.instances), qoe._args(), float(stage_gain)
+    )
+    return Layout._from_core(d)
+
+
 MAX_CLASSES = 3
 """Most instance classes `partition_classes` takes (its DP state is their product)."""
 

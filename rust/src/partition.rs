@@ -969,6 +969,63 @@ pub fn evaluate(
     Ok(Prepared::new(model, workload, qoe).summarize(&stages))
 }
 
+/// A layout thinned so that every stage earns its keep: neighbour stages merge, the cheapest
+/// merge first, while a merge raises the predicted cost by at most `stage_gain` of it. The DP's
+/// fluid queueing sees no loss of pooling in small stages and prices each stage's mix at its
+/// top edge, so unthinned it splits short-prompt traffic into many stages of one or two
+/// instances that do worse than one. An infeasible layout, or `stage_gain <= 0`, is returned as
+/// given (priced).
+pub fn merge_stages(
+    model: &CostModel,
+    workload: &Workload,
+    qoe: QoeConfig,
+    cuts: &[usize],
+    instances: &[usize],
+    stage_gain: f64,
+) -> Result<Partition, CoreError> {
+    workload.validate()?;
+    qoe.validate()?;
+    if !(stage_gain.is_finite() && stage_gain >= 0.0) {
+        return Err(CoreError::invalid(
+            "stage_gain",
+            format!("must be finite and >= 0, got {stage_gain}"),
+        ));
+    }
+    let mut stages = layout_stages(workload.bins(), cuts, instances)?;
+    let prepared = Prepared::new(model, workload, qoe);
+    let mut layout = prepared.summarize(&stages);
+    if stage_gain <= 0.0 || !layout.feasible {
+        return Ok(layout);
+    }
+    while stages.len() > 1 {
+        let mut best: Option<(Partition, Vec<(usize, usize, usize)>)> = None;
+        for k in 0..stages.len() - 1 {
+            let mut merged = stages.clone();
+            let (j, _, m1) = merged[k];
+            let (_, i, m2) = merged.remove(k + 1);
+            merged[k] = (j, i, m1 + m2);
+            let trial = prepared.summarize(&merged);
+            if trial.feasible
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, _)| trial.total_cost < b.total_cost)
+            {
+                best = Some((trial, merged));
+            }
+        }
+        match best {
+            Some((trial, merged))
+                if trial.total_cost - layout.total_cost <= stage_gain * layout.total_cost =>
+            {
+                layout = trial;
+                stages = merged;
+            }
+            _ => break,
+        }
+    }
+    Ok(layout)
+}
+
 // --------------------------------------------------------------------------
 // Instance classes: a mixed pool (say 8 x H100 + 8 x H200)
 // --------------------------------------------------------------------------

@@ -215,6 +215,24 @@ fn py_evaluate_layout<'py>(
     partition_dict(py, &result)
 }
 
+#[pyfunction]
+#[pyo3(name = "merge_stages")]
+#[allow(clippy::too_many_arguments)]
+fn py_merge_stages<'py>(
+    py: Python<'py>,
+    model: &PyCostModel,
+    workload_args: WorkloadArgs,
+    cuts: Vec<usize>,
+    instances: Vec<usize>,
+    qoe_args: QoeArgs,
+    stage_gain: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (w, q) = (workload(workload_args), qoe(qoe_args));
+    let result = partition::merge_stages(&model.inner, &w, q, &cuts, &instances, stage_gain)
+        .map_err(value_error)?;
+    partition_dict(py, &result)
+}
+
 fn classes_from<'m>(
     models: &'m [PyRef<'_, PyCostModel>],
     counts: &[usize],
@@ -449,6 +467,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCostModel>()?;
     m.add_function(wrap_pyfunction!(py_partition, m)?)?;
     m.add_function(wrap_pyfunction!(py_evaluate_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(py_merge_stages, m)?)?;
     m.add_function(wrap_pyfunction!(py_predicted_work, m)?)?;
     m.add_function(wrap_pyfunction!(py_diffuse_boundary, m)?)?;
     m.add_function(wrap_pyfunction!(py_move_value, m)?)?;

@@ -8,7 +8,8 @@ import pytest
 
 from l4_sglang import log_bin_edges
 from l4_sglang.policy import Migration, NoWorkerAvailable, RequestInfo, make_policy
-from l4_sglang.policy.l4 import DIFFUSION_SPAN_BINS
+from l4_sglang.policy.l4_config import DIFFUSION_SPAN_BINS, EMPTY_SHARE
+from l4_sglang.policy.l4_layout import keep_over_empty
 
 
 @pytest.fixture
@@ -283,9 +284,10 @@ def test_a_proposal_that_moves_a_boundary_only_across_emptiness_is_not_applied(d
     bounds = list(p._bounds)
     k = next(i for i, b in enumerate(bounds) if 900 < b < 40_000)
     other = 30_000.0 if bounds[k] < 20_000 else 2_000.0
-    assert p._empty_between(bounds[k], other)
-    assert not p._empty_between(100.0, 1000.0) and not p._empty_between(40_000.0, 80_000.0)
-    assert p._keep_over_empty([*bounds[:k], other, *bounds[k + 1 :]]) == bounds
+    assert p._hist.is_empty(bounds[k], other, EMPTY_SHARE)
+    assert not p._hist.is_empty(100.0, 1000.0, EMPTY_SHARE)
+    assert not p._hist.is_empty(40_000.0, 80_000.0, EMPTY_SHARE)
+    assert keep_over_empty(p._hist, bounds, [*bounds[:k], other, *bounds[k + 1 :]], EMPTY_SHARE) == bounds
     # Refinement runs on: no run that was kept for that reason changed the layout.
     before = (list(p._bounds), [list(ws) for ws in p._stages])
     for r in [r for r in p.refinements if "empty length ranges" in r.reason or "in place" in r.reason]:
@@ -304,5 +306,5 @@ def test_diffusion_moves_a_boundary_only_across_traffic(drive, resume):
             for old, new in zip(before, p._bounds, strict=True):
                 if old != new:  # diffusion moved it: never across an empty range only
                     drifted += 1
-                    assert not p._empty_between(old, new), (run.now, old, new)
+                    assert not p._hist.is_empty(old, new, EMPTY_SHARE), (run.now, old, new)
     assert p.refinements and any(r.applied for r in p.refinements)

@@ -61,6 +61,16 @@ class LengthHistogram:
     def bin_of(self, tokens: float) -> int:
         return min(max(bisect_right(self._edge_list, tokens) - 1, 0), self.bins - 1)
 
+    def is_empty(self, a: float, b: float, share: float) -> bool:
+        """Lengths [min(a, b), max(a, b)) hold at most `share` of the arrivals and of the decode
+        tokens seen (decayed alike, so the time of asking does not matter)."""
+        lo, hi = (a, b) if a <= b else (b, a)
+        if lo == hi:
+            return True
+        first, last = self.bin_of(lo), self.bin_of(float(np.nextafter(hi, 0)))
+        arrivals, tokens = self.count[first : last + 1], self.tokens[first : last + 1]
+        return bool(arrivals.sum() <= share * self.count.sum() and tokens.sum() <= share * self.tokens.sum())
+
     def _weight(self, now: float) -> float:
         """Scaled weight of an event at `now` (time never runs backwards here)."""
         now = max(float(now), self._last)

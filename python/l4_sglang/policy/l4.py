@@ -1,103 +1,12 @@
 """l4: length-specialised stages chosen by the DP, requests moving down the pipeline.
 
-What it does with each event (DESIGN.md "L4, as we build it"):
-
-- **Learning the workload.** Arrivals, decode progress and finishes feed a
-  decayed histogram over `bins` log-spaced length bins up to `max_tokens`
-  (`histogram.LengthHistogram`, half-life `decay_half_life_s` of `now` time).
-  Its per-bin arrays are the DP's `Workload`, computed directly (no request
-  reservoir). The remaining tokens of a running request are `max_new_tokens -
-  generated` when `max_new_tokens` is known, else the mean residual output of
-  finished requests of its prompt bin that ran longer than it has so far,
-  else max(generated, 256).
-- **Layout.** Stages are contiguous length ranges [0, b1), [b1, b2), ...,
-  [b_last, inf), each owning at least one worker; every registered worker is
-  in exactly one stage. Until `min_arrivals` requests have arrived (prompt
-  lengths are known at admission, so a first layout needs no finished request;
-  `min_samples` can also ask for finished ones) there is one stage of all
-  workers and a new request goes to the least loaded of them (all sampled).
-  Then every `refine_interval_s`, `tick` runs `partition` on the
-  histogram and prices the current layout with `evaluate_layout` (its
-  boundaries snapped to the nearest bin edges). A proposed boundary that differs
-  from the current one only across an empty length range (less than
-  EMPTY_SHARE of the histogram's arrivals and decode tokens) is kept where it
-  is, and a proposal that then changes no stage's range or size changes no
-  request's destination and is not applied. Otherwise the DP's layout is applied only
-  when its relative gain in predicted QoE cost is above `min_gain` (an
-  infeasible current layout is always replaced by a feasible one; between two
-  infeasible ones the excess work is compared), or at once when workers were
-  added or removed since the last applied layout. Applied boundaries are bin
-  edges. With `stage_gain` > 0 the DP's layout is first thinned: neighbour
-  stages merge (the cheapest merge first) while a merge raises the predicted
-  cost by less than `stage_gain` of it, so every extra stage must earn its keep
-  (the DP's fluid queueing model sees no loss of pooling in small stages, and
-  prices each stage's length mix at its top edge: on short-prompt traces it
-  splits into 8-10 stages of 1-2 instances that do worse than one).
-  Workers keep their order: the old stages' workers, each stage's
-  sorted by the mean context of what they run, fill the new stages in order,
-  so a worker changes stage only where the counts make it; a worker that
-  changes stage keeps its running requests (they finish or migrate by the
-  rules below).
-- **Admission.** A request goes to the stage holding its prompt length (its
-  predicted peak, prompt + max_new_tokens, with `admit_by_peak`), or the
-  nearest stage with a healthy worker (the upper one on a tie); inside it,
-  with `pick` "marginal" (the default), to the worker where it adds the least
-  request-seconds: its own queueing, prefill and decode over `horizon_steps`,
-  plus the slowdown its length brings to the batch it joins (the cost model's
-  length-mix term); "work" takes the least predicted work (before 2026-11-23
-  the only pick), "tokens" the fewest outstanding tokens (as least_load).
-  `candidates` 0 (the default) weighs every worker of the stage (stages are
-  small); d > 0 samples d with a seed drawn from the policy's seed and a
-  counter (router replicas without shared state). With `prefix_affinity`, a
-  request whose first prefix block hash was last routed to a worker of that
-  stage goes there again if its predicted work is at most (1 + pair_min_gap)
-  times the stage's least (an LRU of `prefix_entries` hashes).
-- **Pipeline migration** (`on_progress`). When a request's context exceeds
-  its worker's stage bound times (1 + hysteresis) and a later stage exists, it
-  is proposed to move to the least loaded healthy worker of the stage holding
-  its context if `move_value` predicts a gain above `move_margin` times the
-  recompute cost. A
-  request whose move did not pay is weighed again at most once per
-  `balance_interval_s`. Requests below their worker's range (after a layout
-  change) just finish there.
-- **Balance** (`tick`, every `balance_interval_s`). Each boundary between two
-  stages diffuses (`diffuse_boundary`) on their transient load: each stage's
-  mean predicted work per healthy worker, averaged exponentially over
-  `refine_interval_s`, divided by the same averaged over `decay_half_life_s`
-  since the stage last changed. Only departures from a stage's usual load
-  move a boundary (the DP chose unequal loads on purpose, and the cost model's
-  absolute numbers may be off for a real engine), never further than
-  DIFFUSION_SPAN_BINS bins from where the DP put it nor past the log-midpoint
-  to the DP's neighbouring boundary, so no stage collapses. Boundaries return
-  to bin edges when the DP's next layout is applied (a DP run that is not
-  applied leaves them where they drifted). Inside each stage, `pick_migration`
-  pairs the busiest and idlest workers (`pair_min_gap`, `pair_margin`),
-  leaving alone requests with fewer than `pair_min_remaining` tokens to go:
-  their recompute cannot pay back, and the router can then send a request
-  asking for fewer as one plain worker request (`may_move`).
-- **Workers.** An added worker joins the stage with the most predicted work
-  per worker; a removed worker leaves its stage, and a stage left without
-  workers merges into its upper neighbour (the last into its lower one). Either
-  way the next `tick` repartitions. Unhealthy and removed workers are never
-  routed to, nor proposed as migration targets.
-
-- **Mixed pools.** `worker_cost_models` ("WORKER=COST_MODEL" pairs, a
-  shipped name or a JSON path; the router flag `--l4-worker-cost-models
-  URL=NAME,URL=NAME`) or the constructor's `cost_models` mapping give a
-  worker its own cost model; the others use the policy's `cost_model`. At
-  most 3 distinct models (the default one counts). Workers of one model form
-  a class; refinement runs `partition_classes` (each stage on one class; with
-  one class it is `partition`, unchanged), prices the current layout with
-  `evaluate_layout_classes` when each of its stages is one class (else the
-  DP's layout is applied), and fills each stage from its class's workers in
-  their old order. Predicted work (admission, in-stage pairing, the pipeline
-  move's gain and recompute, diffusion loads) prices each worker with its own
-  model. The book's KV-capacity fallback stays the default model's. Naming the
-  model per worker is explicit on purpose: nothing is read from a worker's
-  /server_info, so a real SGLang worker and an emulated one are configured
-  alike.
-
-`migration=False` turns off both kinds of migration.
+The policy learns a decayed length histogram from arrivals, decode progress and finishes; every
+`refine_interval_s` it runs the DP partitioner (Rust) on it and applies the proposed layout when it
+is predicted to pay; requests are admitted to the stage holding their length and migrate down the
+pipeline as they grow; boundaries diffuse and workers pair up inside a stage between DP runs.
+docs/l4.md states every rule; `l4_config` holds the knobs, `l4_layout` the math between DP runs,
+`l4_balance` the boundary diffusion. Cost models come in as objects (`make_policy` loads named
+ones); nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -106,7 +15,6 @@ import math
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -115,11 +23,10 @@ from l4_sglang.core import (
     CostModel,
     InstanceLoad,
     Layout,
-    QoeConfig,
-    diffuse_boundary,
     evaluate_layout,
     evaluate_layout_classes,
     log_bin_edges,
+    merge_stages,
     move_value,
     partition,
     partition_classes,
@@ -133,155 +40,28 @@ from l4_sglang.policy.base import (
     Migration,
     NoWorkerAvailable,
     Policy,
-    PolicyConfig,
     RequestInfo,
     StageView,
-    check_config,
-    finite,
 )
 from l4_sglang.policy.book import DEFAULT_REMAINING_TOKENS, Booking
 from l4_sglang.policy.histogram import LengthHistogram
+from l4_sglang.policy.l4_balance import BoundaryDiffusion
+from l4_sglang.policy.l4_config import (
+    DIFFUSION_SPAN_BINS,
+    EMPTY_SHARE,
+    REFINEMENT_HISTORY,
+    L4Config,
+    Refinement,
+)
+from l4_sglang.policy.l4_layout import (
+    assign_workers,
+    decision_reason,
+    keep_over_empty,
+    relative_gain,
+    snap_cuts,
+)
 
-_QOE = QoeConfig()
-
-REFINEMENT_HISTORY = 64
-"""DP runs `L4.refinements` keeps."""
-
-EMPTY_SHARE = 1e-3
-"""A length range holding less than this share of the histogram's (decayed) arrivals and decode
-tokens counts as empty: moving a boundary across it changes no request's destination."""
-
-DIFFUSION_SPAN_BINS = 2
-"""Diffusion keeps a boundary within this many bin widths (log space) of where
-the DP put it: the DP sets targets, diffusion handles transients."""
-
-
-def _knob(default, text: str):
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass(frozen=True)
-class L4Config(PolicyConfig):
-    bins: int = _knob(32, "log-spaced length bins of the histogram and the DP")
-    max_tokens: int = _knob(131072, "top of the last bin (longer contexts count in it)")
-    refine_interval_s: float = _knob(5.0, "seconds between DP runs in tick()")
-    min_gain: float = _knob(0.05, "relative predicted QoE gain a new layout needs to be applied")
-    stage_gain: float = _knob(
-        0.05,
-        "relative predicted QoE gain each stage beyond the first must earn (else it merges with a neighbour)",
-    )
-    decay_half_life_s: float = _knob(60.0, "half-life of the length histogram, seconds")
-    candidates: int = _knob(0, "workers sampled inside a stage for a new request (0: all of the stage)")
-    pick: str = _knob(
-        "marginal",
-        "in-stage pick: marginal (least request-seconds added, own and the batch's), work (least "
-        "predicted work), tokens (least outstanding tokens)",
-    )
-    migration: bool = _knob(True, "propose migrations (pipeline and in-stage balance)")
-    hysteresis: float = _knob(0.1, "a request migrates once its context exceeds its stage bound x (1 + this)")
-    admit_by_peak: bool = _knob(False, "admit by prompt + max_new_tokens when max_new_tokens is given")
-    diffusion_rate: float = _knob(0.25, "log-space boundary step per unit of relative load imbalance")
-    diffusion_deadband: float = _knob(0.1, "relative imbalance below which boundaries stay put")
-    move_margin: float = _knob(
-        1.0, "a pipeline migration's predicted gain must exceed this times its recompute cost"
-    )
-    pair_min_gap: float = _knob(0.2, "relative work gap between two workers of a stage worth a migration")
-    pair_margin: float = _knob(1.0, "an in-stage migration's gain must exceed this times its cost")
-    pair_min_remaining: int = _knob(
-        32, "in-stage migrations leave alone requests with fewer tokens left to generate than this"
-    )
-    prefix_affinity: bool = _knob(True, "send a known first prefix block to the worker that last had it")
-    slo_ttft_s: float = _knob(_QOE.slo_ttft_s, "TTFT SLO of the DP's QoE, seconds")
-    slo_tpot_s: float = _knob(_QOE.slo_tpot_s, "TPOT SLO of the DP's QoE, seconds")
-    slo_penalty_s: float = _knob(_QOE.slo_penalty_s, "seconds of latency one SLO violation is worth")
-    max_utilization: float = _knob(_QOE.max_utilization, "utilisation above which a stage is overloaded")
-    min_samples: int = _knob(0, "finished requests before the first DP (until then one stage)")
-    min_arrivals: int = _knob(
-        20, "arrivals before the first DP (until then one stage; prompt lengths are known at admission)"
-    )
-    balance_interval_s: float = _knob(1.0, "seconds between diffusion and in-stage pairing in tick()")
-    horizon_steps: float = _knob(100.0, "decode steps of predicted work per running batch")
-    prefix_entries: int = _knob(4096, "first-block hashes the prefix-affinity LRU keeps")
-    worker_cost_models: tuple[str, ...] = _knob(
-        (), "WORKER=COST_MODEL pairs (shipped name or JSON path) of a mixed pool; others use the default"
-    )
-
-    def __post_init__(self):
-        positive = ("finite and > 0", lambda x: finite(x) and x > 0)
-        at_least_0 = ("finite and >= 0", lambda x: finite(x) and x >= 0)
-        rules = {
-            "bins": (">= 1", lambda x: x >= 1),
-            "max_tokens": ("> 16 (the first log edge)", lambda x: x > 16),
-            "refine_interval_s": at_least_0,
-            "min_gain": at_least_0,
-            "stage_gain": at_least_0,
-            "decay_half_life_s": ("> 0 (inf: no decay)", lambda x: x > 0),
-            "candidates": (">= 0", lambda x: x >= 0),
-            "pick": ("work, tokens or marginal", lambda x: x in ("work", "tokens", "marginal")),
-            "hysteresis": at_least_0,
-            "diffusion_rate": at_least_0,
-            "diffusion_deadband": ("in [0, 1)", lambda x: 0 <= x < 1),
-            "move_margin": at_least_0,
-            "pair_min_gap": at_least_0,
-            "pair_margin": at_least_0,
-            "pair_min_remaining": (">= 0", lambda x: x >= 0),
-            "slo_ttft_s": positive,
-            "slo_tpot_s": positive,
-            "slo_penalty_s": at_least_0,
-            "max_utilization": ("in (0, 1)", lambda x: 0 < x < 1),
-            "min_samples": (">= 0", lambda x: x >= 0),
-            "min_arrivals": (">= 0", lambda x: x >= 0),
-            "balance_interval_s": at_least_0,
-            "horizon_steps": at_least_0,
-            "prefix_entries": (">= 0", lambda x: x >= 0),
-        }
-        check_config(self, {k: (what, ok(getattr(self, k))) for k, (what, ok) in rules.items()})
-        self.worker_model_names()
-
-    def worker_model_names(self) -> dict[str, str]:
-        """`worker_cost_models` as {worker: cost model name or path}."""
-        out: dict[str, str] = {}
-        for item in self.worker_cost_models:
-            worker, sep, name = str(item).partition("=")
-            if not (sep and worker.strip() and name.strip()):
-                raise ValueError(f"invalid worker_cost_models: {item!r} is not WORKER=COST_MODEL")
-            if worker.strip() in out:
-                raise ValueError(f"invalid worker_cost_models: worker {worker.strip()!r} is listed twice")
-            out[worker.strip()] = name.strip()
-        return out
-
-    def qoe(self) -> QoeConfig:
-        return QoeConfig(self.slo_ttft_s, self.slo_tpot_s, self.slo_penalty_s, self.max_utilization)
-
-
-@dataclass(frozen=True)
-class Refinement:
-    """What the last DP run decided (for logs, tests and the router's status page)."""
-
-    at: float
-    current_cost: float | None
-    """Predicted QoE cost of the layout in place; None when workers changed (applied regardless)."""
-    proposed_cost: float
-    gain: float
-    applied: bool
-    boundaries: tuple[float, ...]
-    instances: tuple[int, ...]
-    classes: tuple[int, ...] = ()
-    """Instance class of each proposed stage (indices into `L4.classes()`)."""
-    reason: str = ""
-    """Why it was applied or kept, in words."""
-
-
-def _gain(current: Layout, proposed: Layout) -> float:
-    if current.feasible and proposed.feasible:
-        c = current.total_cost
-        return (c - proposed.total_cost) / c if c > 0 else 0.0
-    if proposed.feasible:
-        return math.inf
-    if current.feasible:
-        return -math.inf
-    e = current.excess_work
-    return (e - proposed.excess_work) / e if e > 0 else 0.0
+__all__ = ["L4", "L4Config", "Refinement"]
 
 
 class L4(Policy):
@@ -298,12 +78,13 @@ class L4(Policy):
     ):
         super().__init__(config, cost_model, seed)
         c = self.config
-        loaded: dict[str, CostModel] = {}
         self._models: dict[str, CostModel] = {}
-        for worker, name in c.worker_model_names().items():
-            if name not in loaded:
-                loaded[name] = CostModel.load(name)
-            self._models[worker] = loaded[name]
+        missing = sorted(set(c.worker_model_names()) - set(cost_models or {}))
+        if missing:
+            raise ValueError(
+                f"invalid cost_models: no cost model for {', '.join(missing)} of worker_cost_models "
+                "(make_policy loads them; the policy reads no files)"
+            )
         for worker, model in (cost_models or {}).items():
             if not isinstance(model, CostModel):
                 raise ValueError(f"invalid cost_models: {worker!r} maps to {model!r}, not a CostModel")
@@ -321,9 +102,9 @@ class L4(Policy):
         self._stages: list[list[str]] = []
         self._where: dict[str, int] = {}
         self._plan_bounds: list[float] | None = None
-        self._short: list[tuple[float, float]] | None = None
-        self._long: list[tuple[float, float]] | None = None
-        self._last_smooth = 0.0
+        self._diffusion = BoundaryDiffusion(
+            c.refine_interval_s, c.decay_half_life_s, c.diffusion_rate, c.diffusion_deadband
+        )
         self._predicted_e2e: float | None = None
         self._updated_at = 0.0
         self._planned = False
@@ -339,7 +120,7 @@ class L4(Policy):
     # Layout bookkeeping.
     def _set_stages(self, bounds: list[float], stages: list[list[str]], now: float) -> None:
         self._bounds, self._stages = bounds, stages
-        self._short = self._long = None
+        self._diffusion.reset()
         self._where = {w: k for k, ws in enumerate(stages) for w in ws}
         self._updated_at = float(now)
 
@@ -558,17 +339,6 @@ class L4(Policy):
         return moves
 
     # Refinement.
-    def _cuts(self) -> list[int]:
-        """The current boundaries as bin indices (nearest edge in log space), strictly increasing."""
-        bins = self._edges.size - 1
-        logs = np.log(self._edges[1:bins])
-        cuts = [int(np.argmin(np.abs(logs - math.log(b)))) + 1 for b in self._bounds]
-        for i in range(len(cuts)):
-            cuts[i] = max(cuts[i], cuts[i - 1] + 1 if i else 1)
-        for i in reversed(range(len(cuts))):
-            cuts[i] = min(cuts[i], bins - (len(cuts) - i))
-        return [0, *cuts, bins]
-
     def _refine(self, now: float) -> None:
         self._last_refine = now
         n = len(self.book.workers)
@@ -581,7 +351,9 @@ class L4(Policy):
         classes = [(m, len(ws)) for m, ws in groups]
         class_of = {w: c for c, (_, ws) in enumerate(groups) for w in ws}
         if len(classes) == 1:
-            proposed = self._merge(groups[0][0], workload, partition(groups[0][0], workload, n, self._qoe))
+            model = groups[0][0]
+            dp = partition(model, workload, n, self._qoe)
+            proposed = merge_stages(model, workload, dp, self.config.stage_gain, self._qoe)
         else:
             proposed = partition_classes(classes, workload, self._qoe)
         current: Layout | None = None
@@ -590,13 +362,15 @@ class L4(Policy):
             gain = math.inf
         else:
             counts = [len(ws) for ws in self._stages]
+            cuts = snap_cuts(self._edges, self._bounds)
             if len(classes) == 1:
-                current = evaluate_layout(groups[0][0], workload, self._cuts(), counts, self._qoe)
+                current = evaluate_layout(groups[0][0], workload, cuts, counts, self._qoe)
             else:
                 labels = [next(iter(c)) for c in stage_classes]
-                current = evaluate_layout_classes(classes, workload, self._cuts(), counts, labels, self._qoe)
-            gain = _gain(current, proposed)
-        bounds = self._keep_over_empty([float(s.lo_tokens) for s in proposed.stages[1:]])
+                current = evaluate_layout_classes(classes, workload, cuts, counts, labels, self._qoe)
+            gain = relative_gain(current, proposed)
+        proposed_bounds = [float(s.lo_tokens) for s in proposed.stages[1:]]
+        bounds = keep_over_empty(self._hist, self._bounds, proposed_bounds, EMPTY_SHARE)
         same = (
             current is not None
             and bounds == self._bounds
@@ -604,19 +378,19 @@ class L4(Policy):
             and len(classes) == 1
         )
         applied = gain > self.config.min_gain and not same
-        proposed_bounds = [float(s.lo_tokens) for s in proposed.stages[1:]]
-        if same and proposed_bounds == self._bounds:
-            reason = "kept: the DP proposes the layout in place"
-        elif same:
-            reason = "kept: the proposal moves boundaries only across empty length ranges"
-        elif current is None:
-            reason = "applied: the workers changed (or no layout was planned yet)"
-        elif applied:
-            reason = f"applied: predicted QoE cost {gain:.1%} lower"
-        else:
-            reason = f"kept: predicted gain {gain:.1%} is not above min_gain {self.config.min_gain:.1%}"
+        reason = decision_reason(
+            same=same,
+            moved_only_over_empty=proposed_bounds != self._bounds,
+            replanned=current is None,
+            applied=applied,
+            gain=gain,
+            min_gain=self.config.min_gain,
+        )
         if applied:
-            assigned = self._assign(proposed.instances, proposed.classes, class_of)
+            order = list(self.book.workers)
+            assigned = assign_workers(
+                self._stages, order, class_of, proposed.instances, proposed.classes, self._mean_context
+            )
             self._set_stages(bounds, assigned, now)
             self._plan_bounds = list(bounds)
             self._predicted_e2e = proposed.mean_e2e_s
@@ -646,127 +420,33 @@ class L4(Policy):
             return f"{c.min_samples} finished requests before the first layout (seen {h.finished})"
         return None
 
-    def _empty_between(self, a: float, b: float) -> bool:
-        """No traffic in lengths [min(a, b), max(a, b)): a boundary moved across it moves nobody."""
-        lo, hi = (a, b) if a <= b else (b, a)
-        if lo == hi:
-            return True
-        h = self._hist
-        first, last = h.bin_of(lo), h.bin_of(float(np.nextafter(hi, 0)))
-        arrivals, tokens = h.count[first : last + 1], h.tokens[first : last + 1]
-        return bool(
-            arrivals.sum() <= EMPTY_SHARE * h.count.sum() and tokens.sum() <= EMPTY_SHARE * h.tokens.sum()
-        )
-
-    def _keep_over_empty(self, bounds: list[float]) -> list[float]:
-        """`bounds` with each one that differs from the current only across emptiness left as it is."""
-        if len(bounds) != len(self._bounds):
-            return bounds
-        return [
-            cur if self._empty_between(cur, new) else new
-            for cur, new in zip(self._bounds, bounds, strict=True)
-        ]
-
-    def _cuts_of(self, bounds) -> list[int]:
-        logs = np.log(self._edges[1:-1])
-        return [0, *(int(np.argmin(np.abs(logs - math.log(b)))) + 1 for b in bounds), self._edges.size - 1]
-
-    def _merge(self, model: CostModel, workload, layout: Layout) -> Layout:
-        """Merge neighbour stages while the cheapest merge costs less than `stage_gain` of the
-        layout's predicted cost: a stage must earn its keep (the DP's fluid model sees no pooling loss)."""
-        if self.config.stage_gain <= 0 or not layout.feasible or len(layout.instances) < 2:
-            return layout
-        cuts, counts = self._cuts_of(layout.boundaries), list(layout.instances)
-        while len(counts) > 1:
-            cost = layout.total_cost
-            best = None
-            for k in range(len(counts) - 1):
-                c2 = cuts[: k + 1] + cuts[k + 2 :]
-                n2 = [*counts[:k], counts[k] + counts[k + 1], *counts[k + 2 :]]
-                trial = evaluate_layout(model, workload, c2, n2, self._qoe)
-                if trial.feasible and (best is None or trial.total_cost < best[0].total_cost):
-                    best = (trial, c2, n2)
-            if best is None or best[0].total_cost - cost > self.config.stage_gain * cost:
-                break
-            layout, cuts, counts = best
-        return layout
-
     @property
     def last_refinement(self) -> Refinement | None:
         return self.refinements[-1] if self.refinements else None
 
-    def _assign(self, counts: list[int], classes: list[int], class_of: dict[str, int]) -> list[list[str]]:
-        """Workers for new stages of `counts` (stage s from class `classes[s]`), each
-        class's workers taken in the order of their old stages."""
-        order = list(self.book.workers)
-        rank = {w: i for i, w in enumerate(order)}
-
-        def mean_context(w: str) -> float:
-            ctx = [b.context for b in self.book.workers[w].requests.values() if b.started]
-            return sum(ctx) / len(ctx) if ctx else 0.0
-
-        queue = [w for ws in self._stages for w in sorted(ws, key=lambda w: (mean_context(w), rank[w]))]
-        queue += [w for w in order if w not in self._where]  # none while the invariant holds
-        queues: dict[int, list[str]] = {}
-        for w in queue:
-            queues.setdefault(class_of[w], []).append(w)
-        start = dict.fromkeys(queues, 0)
-        out = []
-        for c, k in zip(classes, counts, strict=True):
-            out.append(queues[c][start[c] : start[c] + k])
-            start[c] += k
-        return out
+    def _mean_context(self, worker_id: str) -> float:
+        ctx = [b.context for b in self.book.workers[worker_id].requests.values() if b.started]
+        return sum(ctx) / len(ctx) if ctx else 0.0
 
     # Balance.
     def _diffuse(self, now: float) -> None:
-        """Move each boundary on its two stages' transient load (see the module doc)."""
-        k_count = len(self._stages)
-        if k_count < 2:
-            return
-        if self._short is None or self._long is None:
-            self._short, self._long = [(0.0, 0.0)] * k_count, [(0.0, 0.0)] * k_count
-            dt = 0.0
-        else:
-            dt = max(now - self._last_smooth, 0.0)
-        self._last_smooth = now
-        interval = max(self.config.refine_interval_s, 1e-9)
-        short_keep = math.exp(-dt / interval)
-        long_keep = math.exp(-dt * math.log(2) / self.config.decay_half_life_s)
-        ratio: list[float | None] = []
-        for k in range(k_count):
-            ws = self._healthy(k)
-            if not ws:
-                ratio.append(None)
-                continue
-            x = sum(self._work(w) for w in ws) / len(ws)
-            # Exponential averages as (weighted sum, weight): unbiased from the first sample.
-            (s, sw), (lg, lw) = self._short[k], self._long[k]
-            self._short[k] = (s * short_keep + x, sw * short_keep + 1)
-            self._long[k] = (lg * long_keep + x, lw * long_keep + 1)
-            mean_short = self._short[k][0] / self._short[k][1]
-            mean_long = self._long[k][0] / self._long[k][1]
-            ratio.append(mean_short / mean_long if mean_long > 0 else None)
+        """Move each boundary on its two stages' transient load (l4_balance)."""
+        work = [
+            sum(self._work(w) for w in ws) / len(ws) if (ws := self._healthy(k)) else None
+            for k in range(len(self._stages))
+        ]
         span = float(self._edges[2] / self._edges[1]) ** DIFFUSION_SPAN_BINS
-        for k in range(k_count - 1):
-            lower, upper = ratio[k], ratio[k + 1]
-            if lower is None or upper is None:
-                continue
-            b = self._bounds[k]
-            lo = self._bounds[k - 1] if k > 0 else 0.0
-            hi = self._bounds[k + 1] if k + 1 < len(self._bounds) else float(self._edges[-1])
-            if self._plan_bounds is not None and len(self._plan_bounds) == len(self._bounds):
-                plan = self._plan_bounds
-                lo = max(lo, plan[k] / span, math.sqrt(plan[k - 1] * plan[k]) if k > 0 else 0.0)
-                hi = min(hi, plan[k] * span, math.sqrt(plan[k] * plan[k + 1]) if k + 1 < len(plan) else hi)
-            if not lo < b < hi:
-                continue
-            moved = diffuse_boundary(
-                b, lower, upper, lo, hi, self.config.diffusion_rate, self.config.diffusion_deadband
-            )
-            # A move across an empty range shifts no load: it would only drift and churn the layout.
-            if moved != b and not self._empty_between(b, moved):
-                self._bounds[k] = moved
-                self._updated_at = float(now)
+        moved = self._diffusion.step(
+            now,
+            work,
+            self._bounds,
+            self._plan_bounds,
+            float(self._edges[-1]),
+            span,
+            lambda a, b: self._hist.is_empty(a, b, EMPTY_SHARE),
+        )
+        if moved:
+            self._updated_at = float(now)
 
     def _pair(self, now: float) -> list[Migration]:
         moves = []

@@ -143,5 +143,13 @@ def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
 def make_policy(
     name: str, cost_model: CostModel, overrides: Mapping[str, Any] | None = None, seed: int = 0
 ) -> Policy:
-    """A fresh policy `name` with its Config defaults replaced by `overrides`."""
-    return policy_class(name)(make_config(name, overrides), cost_model, seed=seed)
+    """A fresh policy `name` with its Config defaults replaced by `overrides`; per-worker cost
+    models a config names (`worker_cost_models`, shipped names or JSON paths) are loaded here, so
+    policies read no files."""
+    config = make_config(name, overrides)
+    names = config.worker_model_names() if hasattr(config, "worker_model_names") else {}
+    if not names:
+        return policy_class(name)(config, cost_model, seed=seed)
+    loaded = {n: CostModel.load(n) for n in set(names.values())}
+    models = {worker: loaded[n] for worker, n in names.items()}
+    return policy_class(name)(config, cost_model, seed=seed, cost_models=models)
