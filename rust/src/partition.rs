@@ -991,14 +991,16 @@ pub fn merge_stages(
             format!("must be finite and >= 0, got {stage_gain}"),
         ));
     }
-    let mut stages = layout_stages(workload.bins(), cuts, instances)?;
+    // (first bin, end bin, instances) per stage.
+    type Stages = Vec<(usize, usize, usize)>;
+    let mut stages: Stages = layout_stages(workload.bins(), cuts, instances)?;
     let prepared = Prepared::new(model, workload, qoe);
     let mut layout = prepared.summarize(&stages);
     if stage_gain <= 0.0 || !layout.feasible {
         return Ok(layout);
     }
     while stages.len() > 1 {
-        let mut best: Option<(Partition, Vec<(usize, usize, usize)>)> = None;
+        let mut best: Option<(Partition, Stages)> = None;
         for k in 0..stages.len() - 1 {
             let mut merged = stages.clone();
             let (j, _, m1) = merged[k];
