@@ -1,10 +1,11 @@
-"""Shared fixtures: the cost model, made-up snapshots and a tiny event driver.
+"""Shared fixtures: the cost model, made-up snapshots and a tiny event source.
 
-The driver (`simulate`) is not a simulator of GPU time: it advances `now` in
-fixed steps, draws seeded arrivals of two kinds (chats ~500 tokens, documents
-~60K), reports a fixed number of generated tokens per step for every running
+`simulate` is not a simulator of GPU time: it advances `now` in fixed steps,
+draws seeded arrivals of two kinds (chats ~500 tokens, documents ~60K),
+reports a fixed number of generated tokens per step for every running
 request, confirms every proposed migration at once and ticks every step. It
-only has to produce the event sequences a router would.
+drives the policy through `PolicyDriver`, as the router and the simulator
+do, so it produces the event sequences a router would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from l4_sglang import CostModel
 from l4_sglang.policy import Migration, Policy, RequestInfo, WorkerSnapshot, make_policy
+from l4_sglang.policy.driver import PolicyDriver
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +53,10 @@ class Run:
     migrations: list[tuple[float, Migration]] = field(default_factory=list)
     running: dict[str, list] = field(default_factory=dict)
     now: float = 0.0
+    driver: PolicyDriver = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.driver = PolicyDriver(self.policy)
 
 
 KINDS = {"chat": (500, 50, 200), "doc": (60_000, 3_000, 300)}  # prompt mean, prompt sd, output mean
@@ -70,7 +76,8 @@ def simulate(
     if run is None:
         run = Run(policy)
         for i in range(workers):
-            policy.add_worker(f"w{i}", 0.0)
+            run.driver.worker_added(f"w{i}", 0.0)
+    driver = run.driver
     rng = np.random.default_rng(seed)
     end = run.now + duration
     while run.now < end:
@@ -82,21 +89,21 @@ def simulate(
                 rid = f"{kind}-{len(run.routes)}"
                 prompt = int(max(16, rng.normal(mean, sd)))
                 out = int(max(1, rng.normal(out_mean, out_mean * 0.3)))
-                worker = policy.route(RequestInfo(rid, prompt), t)
+                worker = driver.arrive(RequestInfo(rid, prompt), t)
                 run.routes.append((t, rid, kind, worker))
                 run.running[rid] = [0, out]
         for rid in list(run.running):
             g, out = run.running[rid]
             g = min(out, g + tokens_per_step)
             run.running[rid][0] = g
-            for m in policy.on_progress(rid, g, t):
-                policy.on_migrated(m, t)
+            for m in driver.progress(rid, g, t):
+                driver.migration_accepted(m, t)
                 run.migrations.append((t, m))
             if g >= out:
-                policy.on_finish(rid, t)
+                driver.finish(rid, t)
                 del run.running[rid]
-        for m in policy.tick(t):
-            policy.on_migrated(m, t)
+        for m in driver.tick(t):
+            driver.migration_accepted(m, t)
             run.migrations.append((t, m))
     return run
 

@@ -81,8 +81,19 @@ class Scripted(Policy):
         self.confirmed: list[Migration] = []
         self.finished: list[str] = []
         self.aborted: list[str] = []
+        self.routed: list[str] = []
+        self.rerouted: list[str] = []
+        """Rids routed as arrivals, and again after a failover."""
 
     def route(self, req: RequestInfo, now: float) -> str:
+        self.routed.append(req.rid)
+        return self._place(req, now)
+
+    def reroute(self, req: RequestInfo, now: float) -> str:
+        self.rerouted.append(req.rid)
+        return self._place(req, now)
+
+    def _place(self, req: RequestInfo, now: float) -> str:
         workers = self.healthy_workers()
         worker = self.home if self.home in workers else workers[0]
         self.book.route(req, worker, now)

@@ -180,6 +180,9 @@ def test_failover_when_a_worker_shuts_down_mid_stream():
                 router.url + "/generate", {"text": "still here", "sampling_params": {"max_new_tokens": 3}}
             )
             assert out["meta_info"]["l4_workers"] == [ws[1].url]
+        # The resumed request was routed again (maybe twice: first to its worker, not ejected yet
+        # as it shut down) through `reroute`: it arrived once.
+        assert len(policy.routed) == 2 and set(policy.rerouted) == {policy.routed[0]}
 
 
 def test_failover_when_a_worker_process_is_killed(tmp_path):
@@ -288,7 +291,7 @@ def test_a_worker_ejected_just_as_it_answers_a_new_leg_is_left_for_another(three
             super().data_received(data)
             if eject and self.base_url == home and waiter is not None and waiter.done():
                 fwd = eject.pop()
-                fwd.policy.remove_worker(home, 0.0)
+                fwd.driver.worker_removed(home, 0.0)
                 fwd.fail_worker(home)
 
     class Pool:

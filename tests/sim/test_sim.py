@@ -11,7 +11,7 @@ import pytest
 
 from l4_sglang.core import CostModel
 from l4_sglang.policy.base import LayoutView, Migration, Policy, RequestInfo, StageView
-from l4_sglang.policy.registry import POLICIES
+from l4_sglang.policy.registry import POLICIES, make_policy
 from l4_sglang.policy.round_robin import RoundRobin
 from l4_sglang.sim import EventLoop, Kind, Simulator, engine_config, simulate
 
@@ -368,3 +368,89 @@ def test_instance_models_time_each_instance_with_its_own_model(cm):
     assert by_worker["r0"].e2e_s != pytest.approx(by_worker["r1"].e2e_s)
     with pytest.raises(ValueError, match=r"instance_models.*sim-9"):
         Simulator(reqs, RoundRobin(None, cm), cm, 2, instance_models={"sim-9": h200})
+
+
+class _Recording(RoundRobin):
+    """Round robin that records what the driver tells it about workers and failovers."""
+
+    def __init__(self, cm: CostModel) -> None:
+        super().__init__(None, cm)
+        self.removed: list[str] = []
+        self.routed: list[str] = []
+        self.rerouted: list[tuple[str, int, int | None]] = []
+        self.failovers: list[Migration] = []
+
+    def route(self, req: RequestInfo, now: float) -> str:
+        self.routed.append(req.rid)
+        return super().route(req, now)
+
+    def reroute(self, req: RequestInfo, now: float) -> str:
+        self.rerouted.append((req.rid, req.prompt_tokens, req.max_new_tokens))
+        return super().route(req, now)
+
+    def remove_worker(self, worker_id: str, now: float) -> None:
+        super().remove_worker(worker_id, now)
+        self.removed.append(worker_id)
+
+    def on_migrated(self, m: Migration, now: float) -> None:
+        super().on_migrated(m, now)
+        if m.reason == "failover":
+            self.failovers.append(m)
+
+
+def test_a_lost_worker_fails_its_requests_over_exactly(cm):
+    """One request on sim-0, which is lost during its 17th step: that step never lands, and the
+    request resumes on sim-1 from prompt + 16 tokens, as a migration would."""
+    prompt, output = 3000, 40
+    policy = _Recording(cm)
+    sim = Simulator([Req(1.0, prompt, output)], policy, cm, 2)
+    first_leg = cm.step_time([(prompt, 0)]) + sum(cm.step_time([(1, prompt + k)]) for k in range(15))
+    lost_at = 1.0 + first_leg + 1e-4
+    sim.lose_worker("sim-0", lost_at)
+    res = sim.run()
+    (rec,) = res.records
+    fill, remaining = prompt + 16, output - 16
+    second_leg = cm.step_time([(fill, 0)]) + sum(cm.step_time([(1, fill + j)]) for j in range(remaining - 1))
+    assert rec.finished_s == pytest.approx(lost_at + second_leg, abs=1e-9)
+    assert len(rec.token_times) == output and rec.worker == "sim-1"
+    assert rec.failovers == 1 and res.failovers == 1 and rec.migrations == 0
+    assert policy.removed == ["sim-0"] and policy.routed == [rec.rid]
+    assert policy.rerouted == [(rec.rid, prompt + 16, output - 16)]
+    assert policy.failovers == [Migration(rec.rid, "sim-0", "sim-1", "failover")]
+
+
+def test_requests_on_a_lost_worker_are_rerouted_and_finish(cm):
+    reqs = bimodal(3, chats=60, docs=6)
+    policy = _Recording(cm)
+    sim = Simulator(reqs, policy, cm, 3)
+    sim.lose_worker("sim-1", reqs[20].arrival_s)
+    res = sim.run()
+    assert all(r.finished_s is not None for r in res.records)
+    assert all(len(r.token_times) == r.output_tokens for r in res.records)
+    moved = [r for r in res.records if r.failovers]
+    assert moved and res.failovers == len(moved) == len(policy.rerouted) == len(policy.failovers)
+    assert len(policy.routed) == len(reqs)  # a failover is not an arrival
+    assert policy.removed == ["sim-1"]
+    assert all(r.worker != "sim-1" for r in res.records)
+    late = [r for r in res.records if r.arrival_s > reqs[20].arrival_s]
+    assert late and all(r.failovers == 0 for r in late)
+    assert "sim-1" not in policy.book.workers
+
+
+def test_l4_survives_a_lost_worker(cm):
+    reqs = bimodal(0, chats=80, docs=8)
+    sim = Simulator(reqs, make_policy("l4", cm, L4_EARLY), cm, 4)
+    sim.lose_worker("sim-1", reqs[40].arrival_s)  # the chats' worker then (seed 0)
+    res = sim.run()
+    assert all(r.finished_s is not None for r in res.records) and res.failovers >= 1
+    assert all("sim-1" not in ws for s in res.layouts if s.time_s > reqs[40].arrival_s for ws in s.workers)
+
+
+def test_losing_the_only_worker_fails_what_it_held(cm):
+    sim = Simulator([Req(1.0, 500, 100), Req(50.0, 500, 10)], RoundRobin(None, cm), cm, 1)
+    sim.lose_worker("sim-0", 1.1)
+    res = sim.run()
+    assert [r.failed is not None for r in res.records] == [True, True]
+    assert "no worker to resume on" in res.records[0].failed
+    with pytest.raises(ValueError, match="no instance"):
+        sim.lose_worker("sim-7", 2.0)

@@ -1,7 +1,7 @@
 """Routing policies: one interface (`base.Policy`), one file per policy, one registry.
 
 Policies never read a clock or do I/O: the router and the simulator push
-events with `now` and get decisions back.
+events with `now` through one `PolicyDriver` and get decisions back.
 """
 
 from l4_sglang.policy.base import (
@@ -14,6 +14,7 @@ from l4_sglang.policy.base import (
     StageView,
     WorkerSnapshot,
 )
+from l4_sglang.policy.driver import PolicyDriver
 from l4_sglang.policy.registry import POLICIES, ConfigField, make_config, make_policy, policy_config_fields
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "NoWorkerAvailable",
     "Policy",
     "PolicyConfig",
+    "PolicyDriver",
     "RequestInfo",
     "StageView",
     "WorkerSnapshot",

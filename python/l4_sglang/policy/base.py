@@ -5,10 +5,11 @@ A policy holds no sockets, threads or clocks: every event carries `now`
 discrete-event simulator drive the same objects and a run replays exactly
 from its seed and its event sequence.
 
-The driver tells a policy about workers (`add_worker`, `remove_worker`,
-`on_load` snapshots), requests (`route`, `on_progress`, `on_finish`,
-`on_abort`) and migrations it carried out (`on_migrated`), and calls `tick`
-periodically. Decisions come back as return values: a worker id from
+The driver (`policy/driver.py`, the one the router and the simulator use)
+tells a policy about workers (`add_worker`, `remove_worker`, `on_load`
+snapshots), requests (`route`, `reroute` after a failover, `on_progress`,
+`on_finish`, `on_abort`) and migrations it carried out (`on_migrated`), and
+calls `tick` periodically. Decisions come back as return values: a worker id from
 `route`, `Migration` proposals from `on_progress` and `tick`. A proposal is
 only a proposal: the request stays booked on its source until the driver
 confirms the move with `on_migrated`.
@@ -146,6 +147,18 @@ class Policy(ABC):
 
         Implementations call `self.book.route(req, worker, now)` before returning.
         """
+
+    def reroute(self, req: RequestInfo, now: float) -> str:
+        """Route `req` again: its worker was lost or gave up on it (a failover).
+
+        `req` is the request at its current length (prompt + generated so far,
+        what remains of max_new_tokens), under the rid it arrived with; the
+        booking is replaced (`book.route` forgets the old one), so the book
+        counts it once. The default is `route`: a policy that learns from
+        arrivals (a length histogram) overrides this to place the request
+        without counting it as a new one.
+        """
+        return self.route(req, now)
 
     # Hooks: they keep the book and decide nothing.
     def add_worker(self, worker_id: str, now: float) -> None:

@@ -40,6 +40,7 @@ from aiohttp import web
 from l4_sglang.background import BackgroundLoop
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.policy.base import NoWorkerAvailable, Policy
+from l4_sglang.policy.driver import PolicyDriver
 from l4_sglang.policy.registry import make_policy
 from l4_sglang.router import admin, native, openai
 from l4_sglang.router.forwarding import Forwarder, Generation, WorkerRejected
@@ -172,13 +173,15 @@ class Router:
             model = CostModel.load(settings.cost_model)
             policy = make_policy(settings.policy, model, settings.policy_overrides, seed=settings.seed)
         self.policy = policy
+        self.driver = PolicyDriver(policy)
+        """Every policy call of the pool, the forwarder and the tick loop goes through it."""
         self.tokenizer = tokenizer or load_tokenizer(settings.tokenizer_path)
         self.metrics = RouterMetrics()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         headers = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
         self.pool = WorkerPool(
-            self.policy,
+            self.driver,
             self.session,
             self.policy_now,
             interval=settings.load_poll_interval,
@@ -188,7 +191,7 @@ class Router:
             headers=headers,
         )
         self.forwarder = Forwarder(
-            self.policy,
+            self.driver,
             self.pool,
             self.tokenizer,
             self.metrics,
@@ -298,7 +301,7 @@ class Router:
         while True:
             await asyncio.sleep(interval)
             try:
-                moves = self.policy.tick(self.policy_now())
+                moves = self.driver.tick(self.policy_now())
                 if moves:
                     self.forwarder.dispatch(moves)
             except Exception:

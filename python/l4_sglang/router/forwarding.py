@@ -7,29 +7,33 @@ one or more *legs*, each one worker request with its own rid (`<rid>`, then
 splits the worker's SSE lines as they arrive and puts their payloads in the
 leg's queue, with no task of its own; `Forwarder.run` consumes it, appends
 the new ids to the request's output and reports progress to the policy.
+Every policy call goes through the `PolicyDriver` (policy/driver.py), which
+owns the protocol: it drops stale proposals, keeps the generated-token base
+across failovers and routes a failed-over request with `Policy.reroute`.
 
 Plain legs (`Forwarder.complete`): a client request that does not stream,
 asks for at most `plain_max_new_tokens` and that the policy will not move
-(`policy.may_move`) goes to its worker as one non-streaming request through
+(`driver.may_move`) goes to its worker as one non-streaming request through
 `WorkerHttp.post`: no stream to split and no queue, which is most of what
 the router spends on a short request. Its answer (ids, text, meta_info) is
 taken whole. If the connection breaks, the worker is ejected (or hangs) or
 the worker aborts it, the request is routed again and starts afresh; the
 router learns nothing before the answer (no TTFT, tokens counted at the end).
 
-Migration (a proposal from `policy.on_progress` or `policy.tick` for this
+Migration (a proposal from `driver.progress` or `driver.tick` for this
 request): a new leg is opened on the target with `input_ids` = prompt + ids
 generated so far, `max_new_tokens` = what remains (and `min_new_tokens`
 likewise), the other sampling parameters unchanged. Only once the target has
 accepted is the source leg dropped and `POST /abort_request` sent to the
 source; so a target that refuses costs nothing, the source just goes on.
 Tokens the source generated after the cut are dropped: the target generates
-them again from the same context. `policy.on_migrated` confirms the move.
+them again from the same context. `driver.migration_accepted` confirms the
+move, `driver.migration_refused` says it was not made.
 
 Failover: if the worker's connection breaks (or it aborts the request
 itself, e.g. on shutdown), the request is routed again with its current
-length and resumed the same way (reason "failover"); the worker is ejected
-by the pool until its health checks pass. When the pool ejects a worker for
+length (`driver.failover`) and resumed the same way (reason "failover");
+the worker is ejected by the pool until its health checks pass. When the pool ejects a worker for
 failed health checks (hung, not dead), `fail_worker` resumes every request
 running there the same way. After `MAX_FAILOVERS` resumes with no new token
 in between the request ends with finish reason "abort".
@@ -53,6 +57,7 @@ from typing import Any
 import aiohttp
 
 from l4_sglang.policy.base import Migration, NoWorkerAvailable, Policy, RequestInfo
+from l4_sglang.policy.driver import PREFIX_BLOCKS, PolicyDriver
 from l4_sglang.router.http1 import Exchange, WorkerConnectionError, WorkerHttp
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.tokens import Tokenizer
@@ -64,8 +69,6 @@ MAX_FAILOVERS = 3
 """Resumes in a row without a new token before a request is given up."""
 PREFIX_BLOCK = 512
 """Tokens per prefix block hashed for `RequestInfo.prefix_hashes`."""
-PREFIX_BLOCKS = 8
-"""Leading blocks hashed (affinity only needs the first ones)."""
 LEG_QUEUE_HIGH = 256
 """Worker chunks a leg holds unread before its connection stops reading..."""
 LEG_QUEUE_LOW = 32
@@ -193,8 +196,6 @@ class Generation:
     last_chunk: float | None = None
     pending: Migration | None = None
     failovers: int = 0
-    policy_base: int = 0
-    """Generated ids the policy's booking does not count (it was routed again after a failover)."""
     booked: bool = False
 
     @property
@@ -213,7 +214,7 @@ class Generation:
 class Forwarder:
     def __init__(
         self,
-        policy: Policy,
+        driver: PolicyDriver | Policy,
         pool: WorkerPool,
         tokenizer: Tokenizer,
         metrics: RouterMetrics,
@@ -225,7 +226,7 @@ class Forwarder:
         policy_clock: Callable[[], float] | None = None,
         plain_max_new_tokens: int = 0,
     ) -> None:
-        self.policy = policy
+        self.driver = PolicyDriver.of(driver)
         self.pool = pool
         self.tokenizer = tokenizer
         self.metrics = metrics
@@ -298,7 +299,7 @@ class Forwarder:
         if gen.spec.max_new_tokens <= self.plain_max_new_tokens:
             self._enter(gen)
             routed = self._route(gen)
-            if routed not in self._streams_only and not self.policy.may_move(gen.rid):
+            if routed not in self._streams_only and not self.driver.may_move(gen.rid):
                 streamed = await self._run_plain(gen, routed)
                 if streamed is None:
                     return
@@ -329,15 +330,17 @@ class Forwarder:
         gen.booked = False
         now = self._policy_clock()
         if gen.finished and gen.finish_reason.get("type") != "abort":
-            self.policy.on_finish(gen.rid, now)
+            self.driver.finish(gen.rid, now)
         else:  # the client left, or the router ended it (/abort_request, no worker to resume on)
-            self.policy.on_abort(gen.rid, now)
+            self.driver.abort(gen.rid, now)
 
     def dispatch(self, moves: list[Migration]) -> None:
-        """Hand migration proposals to their requests (stale ones are dropped)."""
+        """Hand the driver's proposals (stale ones already dropped) to their requests' run loops;
+        one a request cannot take now (finishing, between legs, a plain leg) is refused."""
         for m in moves:
             gen = self.jobs.get(m.rid)
             if gen is None or gen.finished or gen.pending is not None or gen.worker != m.source:
+                self.driver.migration_refused(m, self._policy_clock())
                 continue
             gen.pending = m
             if gen.leg is not None:
@@ -381,19 +384,22 @@ class Forwarder:
 
     def _info(self, gen: Generation) -> RequestInfo:
         spec = gen.spec
-        done = len(gen.output_ids)
-        max_new = None if spec.policy_max_new is None else max(spec.policy_max_new - done, 0)
-        return RequestInfo(gen.rid, len(spec.prompt_ids) + done, max_new, spec.prefix_hashes)
+        return RequestInfo(gen.rid, len(spec.prompt_ids), spec.policy_max_new, spec.prefix_hashes)
 
     def _enter(self, gen: Generation) -> None:
         self.jobs[gen.rid] = gen
         self.metrics.prompt_tokens += len(gen.spec.prompt_ids)
 
     def _route(self, gen: Generation) -> str:
+        """Route a new request, or again one whose worker failed before it generated anything."""
+        now = self._policy_clock()
         try:
-            worker = self.policy.route(self._info(gen), self._policy_clock())
+            if gen.booked:
+                worker = self.driver.failover(gen.rid, len(gen.output_ids), now)
+            else:
+                worker = self.driver.arrive(self._info(gen), now)
         except ValueError as e:  # a configuration the fleet does not fit (e.g. too few workers)
-            raise NoWorkerAvailable(f"the {self.policy.NAME} policy cannot route: {e}") from None
+            raise NoWorkerAvailable(f"the {self.driver.policy.NAME} policy cannot route: {e}") from None
         gen.booked = True
         if gen.first_sent is None:
             gen.first_sent = self._clock()
@@ -559,7 +565,8 @@ class Forwarder:
             gen.finish_reason = reason
         if ids:
             self.metrics.generated_tokens += len(ids)
-            self.policy.on_progress(gen.rid, len(ids), self._policy_clock())  # it proposes no move
+            # It is done: `dispatch` refuses whatever move this report brings.
+            self.dispatch(self.driver.progress(gen.rid, len(ids), self._policy_clock()))
         return None
 
     # ---- chunks -------------------------------------------------------------------
@@ -609,9 +616,7 @@ class Forwarder:
             gen.finish_reason = reason
         if new:
             self.metrics.generated_tokens += len(new)
-            moves = self.policy.on_progress(
-                gen.rid, len(gen.output_ids) - gen.policy_base, self._policy_clock()
-            )
+            moves = self.driver.progress(gen.rid, len(gen.output_ids), self._policy_clock())
             if moves:
                 self.dispatch(moves)
         elif not gen.finished:
@@ -647,10 +652,14 @@ class Forwarder:
     async def _migrate(self, gen: Generation) -> None:
         m, gen.pending = gen.pending, None
         old = gen.leg
-        if m is None or old is None or gen.finished:
+        if m is None:
+            return
+        if old is None or gen.finished:
+            self.driver.migration_refused(m, self._policy_clock())
             return
         if m.source != old.worker or m.target == old.worker or m.target not in self.pool:
             self.metrics.on_failed_migration(m.reason)
+            self.driver.migration_refused(m, self._policy_clock())
             return
         try:
             new = await self._open_leg(gen, m.target)
@@ -658,15 +667,17 @@ class Forwarder:
             if isinstance(e, LegFailed):
                 self.pool.report_failure(m.target, str(e))
             self.metrics.on_failed_migration(m.reason)
+            self.driver.migration_refused(m, self._policy_clock())
             log.info("migration of %s to %s failed (%s); it stays on %s", gen.rid, m.target, e, old.worker)
             return
         if gen.finished:  # aborted from outside while the target was opening
             self._drop_leg(new, abort=True)
+            self.driver.migration_refused(m, self._policy_clock())
             return
         gen.leg = new
         self._drop_leg(old, abort=True)
         gen.migrations.append(m)
-        self.policy.on_migrated(m, self._policy_clock())
+        self.driver.migration_accepted(m, self._policy_clock())
         self.metrics.on_migration(m.reason)
 
     async def _resume(self, gen: Generation, why: str, broken: bool, abort: bool) -> None:
@@ -682,11 +693,10 @@ class Forwarder:
                 gen.finish_reason = {"type": "abort", "message": f"gave up after {MAX_FAILOVERS} failovers"}
                 gen.leg = None
                 return
-            # Route it afresh at its current length; progress is then counted from here.
-            gen.policy_base = len(gen.output_ids)
+            # Route it afresh at its current length (the driver counts progress from here).
             gen.pending = None
             try:
-                target = self.policy.route(self._info(gen), self._policy_clock())
+                target = self.driver.failover(gen.rid, len(gen.output_ids), self._policy_clock())
             except (NoWorkerAvailable, ValueError) as e:
                 gen.finish_reason = {"type": "abort", "message": f"no healthy worker to resume on: {e}"}
                 gen.leg = None
@@ -702,7 +712,7 @@ class Forwarder:
                 return
             m = Migration(gen.rid, old.worker, target, "failover")
             gen.migrations.append(m)
-            self.policy.on_migrated(m, self._policy_clock())
+            self.driver.migration_accepted(m, self._policy_clock())
             self.metrics.on_migration("failover")
             log.info("request %s resumed on %s after %s", gen.rid, target, why)
             return

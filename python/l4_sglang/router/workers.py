@@ -2,7 +2,8 @@
 
 A worker's id is its normalised URL (`normalize_url`). Every `interval`
 seconds each registered worker gets `GET /health` and a load query; the
-answers become `WorkerSnapshot`s handed to `policy.on_load` in one call.
+answers become `WorkerSnapshot`s handed to the policy (through the forwarder's
+`PolicyDriver`, `driver.loads`) in one call.
 
 Load sources, tried in order until one answers (the one that did is kept,
 and the chain starts over when it stops answering): `GET /v1/loads`
@@ -12,10 +13,10 @@ a 500 when metrics are on, hence the chain.
 
 Circuit breaker: `failure_threshold` failed health checks in a row, or one
 connection error while forwarding (`report_failure`), eject a worker: the
-policy is told `remove_worker` (so L4 re-partitions the others) and
+policy is told (`driver.worker_removed`: L4 re-partitions the others) and
 `on_eject(url)` lets the forwarder resume the requests that were running
 there. `recovery_threshold` passed health checks in a row take it back: the
-policy is told `add_worker` and gets its snapshot. The policy only ever
+policy is told (`driver.worker_added`) and gets its snapshot. The policy only ever
 knows the healthy workers; workers whose first check fails are registered
 ejected. An admin `remove` forgets a worker whatever its state.
 """
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from l4_sglang.policy.base import Policy, WorkerSnapshot
+from l4_sglang.policy.driver import PolicyDriver
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        policy: Policy,
+        driver: PolicyDriver | Policy,
         session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
         *,
@@ -177,7 +179,7 @@ class WorkerPool:
         timeout: float = 5.0,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.policy = policy
+        self.driver = PolicyDriver.of(driver)
         self._session = session
         self._clock = clock
         self.interval = interval
@@ -214,7 +216,7 @@ class WorkerPool:
         if state is None:
             return False
         if state.healthy:
-            self.policy.remove_worker(url, self._clock())
+            self.driver.worker_removed(url, self._clock())
         log.info("worker %s removed", url)
         return True
 
@@ -230,14 +232,13 @@ class WorkerPool:
         state.healthy = False
         state.successes = 0
         log.warning("worker %s ejected: %s", state.url, why)
-        self.policy.remove_worker(state.url, self._clock())
+        self.driver.worker_removed(state.url, self._clock())
         if self.on_eject is not None:
             self.on_eject(state.url)
 
     def _admit(self, state: WorkerState) -> None:
         state.healthy = True
-        self.policy.add_worker(state.url, self._clock())
-        self.policy.on_load([state.snapshot()], self._clock())
+        self.driver.worker_added(state.url, self._clock(), state.snapshot())
 
     def context_length(self) -> int | None:
         """The smallest context length the healthy workers report, if any does."""
@@ -281,7 +282,7 @@ class WorkerPool:
         await asyncio.gather(*(self._check(s) for s in states))
         live = [s.snapshot() for s in states if s.url in self.workers and s.healthy]
         if live:
-            self.policy.on_load(live, self._clock())
+            self.driver.loads(live, self._clock())
 
     async def _get(self, url: str) -> tuple[int, bytes]:
         async with self._session().get(url, timeout=self._timeout, headers=self._headers) as resp:

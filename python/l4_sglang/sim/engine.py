@@ -1,8 +1,8 @@
 """The event loop of the simulator, and nothing else.
 
 A heap of `(time, kind, seq, payload)`: events run in time order; events due at
-the same time run in `Kind` order (step ends before arrivals before step starts
-before load polls before ticks), and events of one kind at one time in the
+the same time run in `Kind` order (worker losses before step ends before arrivals
+before step starts before load polls before ticks), and events of one kind at one time in the
 order they were pushed (`seq`). A handler gets `(now, payload)` and returns the
 events it wants pushed (or None). vidur's lesson: the kind must be part of the
 key, or same-time events run in creation order.
@@ -20,15 +20,17 @@ from typing import Any
 class Kind(enum.IntEnum):
     """Event kinds, in the order same-time events run."""
 
-    STEP_END = 0
+    WORKER_LOST = 0
+    """An instance is lost (`Simulator.lose_worker`): a step it would end then never lands."""
+    STEP_END = 1
     """An instance's step finished: its tokens are out, its KV is updated."""
-    ARRIVAL = 1
+    ARRIVAL = 2
     """A request arrives and is routed."""
-    STEP_START = 2
+    STEP_START = 3
     """An idle instance that received work plans its next step (after all same-time arrivals)."""
-    LOAD = 3
+    LOAD = 4
     """A load poll: the policy gets every instance's snapshot."""
-    TICK = 4
+    TICK = 5
     """The policy's periodic tick."""
 
 

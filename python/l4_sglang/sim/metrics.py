@@ -36,6 +36,8 @@ class RequestRecord:
     finished_s: float | None = None
     failed: str | None = None
     migrations: int = 0
+    failovers: int = 0
+    """Times its instance was lost under it and it resumed on another."""
     last_progress: int = 0
 
     @property
@@ -107,6 +109,8 @@ class SimResult:
     events: int
     steps: int
     wall_s: float
+    failovers: int = 0
+    """Requests resumed on another instance after theirs was lost (`Simulator.lose_worker`)."""
     retractions: int = 0
     """Requests the instances' engines retracted (KV full), summed over instances."""
     layouts: list[LayoutSample] = field(default_factory=list)
