@@ -18,7 +18,9 @@ import numpy as np
 
 from l4_sglang import _core
 
-DEFAULT_COST_MODEL = "llama3-8b-h100-default"
+DEFAULT_COST_MODEL = "llama3-8b-h100-flashinfer"
+"""Fitted on SGLang 0.5.14 (H100, FlashInfer): the emulated workers' timing and the policies'
+prices by default. `llama3-8b-h100-default` is an unfitted prior, kept for comparisons."""
 BUILD_PROFILE: str = _core.build_profile
 
 

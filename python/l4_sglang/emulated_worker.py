@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 
+from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.worker import host_latency
 from l4_sglang.worker.server import DEFAULT_CONTEXT_LENGTH, DEFAULT_MODEL_PATH, EmulatedWorker, WorkerSettings
@@ -24,12 +25,17 @@ from l4_sglang.worker.server import DEFAULT_CONTEXT_LENGTH, DEFAULT_MODEL_PATH, 
 READY_LINE = "The server is fired up and ready to roll!"  # what SGLang logs once it serves
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
-    """The worker's settings, and whether to measure its host latency at start-up."""
-    p = argparse.ArgumentParser(prog="python -m l4_sglang.emulated_worker", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m l4_sglang.emulated_worker", description=__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=30000, help="0 picks a free port (printed when ready)")
-    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="shipped calibration name or JSON path")
+    p.add_argument(
+        "--cost-model",
+        default=DEFAULT_COST_MODEL,
+        help="shipped calibration name or JSON path (the default is fitted on SGLang 0.5.14)",
+    )
     p.add_argument(
         "--time-scale",
         type=float,
@@ -39,15 +45,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
     p.add_argument(
         "--max-total-tokens", type=int, default=None, help="KV capacity (default: the cost model's)"
     )
-    p.add_argument("--max-running-requests", type=int, default=None)
     p.add_argument(
-        "--chunked-prefill-size", type=int, default=None, help="tokens per prefill step; <= 0: no chunking"
+        "--max-running-requests",
+        type=int,
+        default=None,
+        help="most requests in one batch (default: the cost model's)",
+    )
+    p.add_argument(
+        "--chunked-prefill-size",
+        type=int,
+        default=None,
+        help="tokens per prefill step; <= 0: no chunking (default: the cost model's)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="token stream seed: workers that share it resume each other"
     )
     p.add_argument("--model-path", default=DEFAULT_MODEL_PATH, help="the model name it reports")
-    p.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH)
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=DEFAULT_CONTEXT_LENGTH,
+        help="longest prompt plus output, in tokens",
+    )
     p.add_argument("--skip-tokenizer-init", action="store_true", help="answer without `text`, as SGLang does")
     p.add_argument("--disable-radix-cache", action="store_true", help="no prefix cache")
     p.add_argument(
@@ -56,7 +75,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
         help="this process's own HTTP round trip in seconds, taken out of the cost model's request "
         "overhead; 'auto' (default) measures it at start-up, 0 turns the correction off",
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="log level",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
+    """The worker's settings, and whether to measure its host latency at start-up."""
+    p = build_parser()
     a = p.parse_args(argv)
     if a.host_latency != "auto":
         try:

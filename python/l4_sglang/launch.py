@@ -10,14 +10,22 @@ Backends:
   the SGLang flags), with every flag this launcher does not know passed
   through unchanged (checked first by SGLang's own `ServerArgs` parser).
   `--instances-per-gpu K` puts K instances on each GPU (group) instead of
-  one; they then share its memory, so each needs a KV cap, `--max-total-tokens`
-  (SGLang sizes an instance from the memory free when it starts: split
-  fractions fail; see check_shared_memory).
+  one; they then share its memory, so each needs a KV cap, `--max-total-tokens`,
+  with `--mem-fraction-static` left high (SGLang sizes an instance from the
+  memory free when it starts, so split fractions such as 0.85 / K fail).
 - `emulated`: N emulated SGLang workers (`python -m l4_sglang.emulated_worker`,
-  no GPU; step times from the cost model, times --time-scale). The SGLang flags
-  they understand are passed on, others are ignored with a warning.
+  no GPU; step times from the cost model, by default one fitted on SGLang 0.5.14,
+  times --time-scale). The SGLang flags they understand are passed on, others
+  are ignored with a warning.
 - `auto` (default): sglang when a GPU and the sglang package are there, else
   emulated, saying so and why.
+
+Flags starting with --l4-, --router-, --llumnix- or --static-buckets- are the
+launcher's own: one it does not know is an error naming the nearest it knows.
+
+max_tokens as SGLang 0.5.14: a chat without it runs up to the context length
+(minus the prompt and one; on emulated workers, which almost never draw EOS,
+that is the whole context), a completion without it stops at 16.
 
 It waits until every worker answers /health, starts the router in this
 process, prints the URL to use, and serves until Ctrl-C or SIGTERM; then it
@@ -42,12 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from l4_sglang import ports as port_plan
-from l4_sglang.launch_router import add_router_args, settings_from
+from l4_sglang.cli_help import HelpFormatter, unknown_own_flags
+from l4_sglang.launch_router import OWN_PREFIXES, add_router_args, settings_from
 
 DEFAULT_EMULATED_MODEL = "meta-llama/Meta-Llama-3-8B"
-EMULATED_CHAT_MAX_TOKENS = 128
-"""Chat max_tokens without a client value, emulated backend only: an emulated
-model almost never says EOS, so "up to the context length" would run for hours."""
 OWN_WORKER_FLAGS = ("--host", "--port", "--base-gpu-id", "--nccl-port")
 """SGLang flags the launcher sets per instance itself (distinct ports: see l4_sglang.ports)."""
 
@@ -301,6 +307,19 @@ def emulated_plans(
     return plans
 
 
+def cost_model_line(name_or_path: str) -> str:
+    """The cost model's name and where its numbers come from, for the start banner."""
+    from l4_sglang.core import CostModel
+
+    try:
+        model = CostModel.load(name_or_path)
+    except ValueError as e:
+        raise LaunchError(f"--cost-model: {e}") from None
+    prov = model.params.get("provenance") or {}
+    what = ", ".join(str(prov[k]) for k in ("status", "gpu", "attention_backend") if prov.get(k))
+    return f"{model.name} ({what})" if what else model.name
+
+
 def resolve_tokenizer(model_path: str) -> str | None:
     """A local directory holding the model's tokenizer.json, if one can be found without a download."""
     path = Path(model_path)
@@ -439,7 +458,8 @@ async def run(plans: list[WorkerPlan], settings, wait_timeout: float, smoke: boo
         )
         print(
             f"  curl {router.url}/v1/chat/completions -H 'Content-Type: application/json' "
-            f'-d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hi"}}]}}\'',
+            f'-d \'{{"model": "{model}", "max_tokens": 64, '
+            f'"messages": [{{"role": "user", "content": "Hi"}}]}}\'',
             flush=True,
         )
         print(f"  stages: {router.url}/l4/stages   metrics: {router.url}/metrics   Ctrl-C stops", flush=True)
@@ -483,39 +503,69 @@ async def run(plans: list[WorkerPlan], settings, wait_timeout: float, smoke: boo
         children.stop_all()
 
 
-def parse_args(argv: list[str] | None = None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m l4_sglang.launch",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,
         epilog="Any other flag is an SGLang server flag, passed to every worker.",
     )
     p.add_argument(
-        "--model-path", default=None, help="model for the workers (emulated: the name they report)"
+        "--model-path",
+        default=None,
+        help="model for the workers (required with the sglang backend; emulated: the name they "
+        f"report, default {DEFAULT_EMULATED_MODEL})",
     )
-    p.add_argument("--num-instances", type=int, default=4, help="workers to start (default 4)")
-    p.add_argument("--backend", choices=("auto", "sglang", "emulated"), default="auto")
+    p.add_argument("--num-instances", type=int, default=4, help="workers to start")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "sglang", "emulated"),
+        default="auto",
+        help="auto: sglang when a GPU and the sglang package are there, else emulated (it says why)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="the router's address")
     p.add_argument("--port", type=int, default=30000, help="the router's port")
     p.add_argument("--worker-host", default="127.0.0.1", help="address the workers bind")
     p.add_argument(
-        "--time-scale", type=float, default=1.0, help="emulated step time multiplier (0.1: 10x faster)"
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="emulated backend: multiplies every modelled step time (0.1: 10x faster)",
     )
     p.add_argument(
         "--instances-per-gpu",
         type=int,
         default=1,
         metavar="K",
-        help="sglang backend: K instances share each GPU (group of tp x pp x dp GPUs); default 1. "
-        "They share its memory: pass SGLang's --mem-fraction-static (about 0.85 / K), or the "
-        "launcher refuses to start. For tests and dry runs: instances on one GPU also share its "
-        "compute, so their timings are not those of one GPU each. Ignored by the emulated backend",
+        help="sglang backend: K instances share each GPU (group of tp x pp x dp GPUs). They share "
+        "its memory: pass SGLang's --max-total-tokens (each instance's KV pool in tokens) or the "
+        "launcher refuses to start, and leave --mem-fraction-static high (0.85; below 0.6 it warns): "
+        "SGLang sizes each instance from the memory free when it starts, so 0.85 / K fails. For "
+        "tests and dry runs: instances on one GPU also share its compute, so their timings are not "
+        "those of one GPU each. Ignored by the emulated backend",
     )
-    p.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for healthy workers")
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for every worker's /health (default: 120 emulated, 1800 sglang)",
+    )
     p.add_argument("--smoke-test", action="store_true", help="serve one chat completion, then stop (for CI)")
     add_router_args(p, with_workers=False)
+    return p
+
+
+def parse_args(argv: list[str] | None = None):
+    p = build_parser()
     args, passthrough = p.parse_known_args(argv)
+    typos = unknown_own_flags(p, passthrough, OWN_PREFIXES)
+    if typos:
+        p.error(
+            "; ".join(
+                f"unknown flag {flag}" + (f" (did you mean {near}?)" if near else "") for flag, near in typos
+            )
+        )
     if args.num_instances < 1:
         p.error("--num-instances must be >= 1")
     if not args.time_scale > 0:
@@ -551,7 +601,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "=" * 78 + f"\nl4_sglang: EMULATED BACKEND ({why}).\n"
                 "  The workers are emulated SGLang servers: no model runs, tokens are synthetic and\n"
-                "  step times come from the cost model. Use --backend sglang on a GPU host.\n" + "=" * 78,
+                "  step times come from the cost model. Use --backend sglang on a GPU host.\n"
+                f"  cost model: {cost_model_line(args.cost_model)}\n"
+                f"  time scale: {args.time_scale:g} (step time = modelled x {args.time_scale:g})\n"
+                "  max_tokens as SGLang: a chat without it runs to the context length (emulated\n"
+                "  workers almost never draw EOS), a completion without it stops at 16\n" + "=" * 78,
                 file=sys.stderr,
                 flush=True,
             )
@@ -562,8 +616,6 @@ def main(argv: list[str] | None = None) -> int:
             plans = emulated_plans(n, ports, model, args.cost_model, args.time_scale, flags, args.worker_host)
             if args.instances_per_gpu != 1:
                 print("l4_sglang: emulated workers use no GPU: --instances-per-gpu ignored", file=sys.stderr)
-            if args.default_max_tokens is None:
-                args.default_max_tokens = EMULATED_CHAT_MAX_TOKENS
             wait = args.wait_timeout or 120.0
         else:
             if not args.model_path:
@@ -611,7 +663,12 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             wait = args.wait_timeout or 1800.0
-            print(f"l4_sglang: sglang backend ({why}); {n} instance(s)", file=sys.stderr, flush=True)
+            print(
+                f"l4_sglang: sglang backend ({why}); {n} instance(s); the policy's cost model: "
+                f"{cost_model_line(args.cost_model)}",
+                file=sys.stderr,
+                flush=True,
+            )
         if args.model_name is None:
             args.model_name = model
         settings = settings_from(p, args, [plan.url for plan in plans], args.port, args.host)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,10 +27,25 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
+from l4_sglang.cli_help import HelpFormatter, nearest, option_strings
+from l4_sglang.core import CostModel
 from l4_sglang.policy.registry import POLICIES, make_config, policy_config_fields
+from l4_sglang.router.app import RouterSettings
 
 API_KEY_ENV = "L4_ROUTER_API_KEY"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+OWN_PREFIXES = ("--l4-", "--router-", "--llumnix-", "--static-buckets-")
+"""Flags with these prefixes are ours: one we do not know is a typo, not an SGLang flag."""
+
+
+def settings_default(name: str) -> Any:
+    """RouterSettings' default for a field: the one place router defaults are written."""
+    for f in dataclasses.fields(RouterSettings):
+        if f.name == name:
+            if f.default is dataclasses.MISSING:
+                raise KeyError(f"RouterSettings.{name} has no plain default")
+            return f.default
+    raise KeyError(f"RouterSettings has no field {name}")
 
 
 def _flag(policy: str, knob: str) -> str:
@@ -48,12 +64,14 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
             nargs="*",
             default=[],
             metavar="URL",
-            help="workers to route to (more can be added at run time: POST /workers)",
+            help="workers to route to (default: none yet; add them at run time: POST /workers)",
         )
-    p.add_argument("--policy", default="l4", choices=list(POLICIES), help="routing policy (default: l4)")
+    p.add_argument(
+        "--policy", default=settings_default("policy"), choices=list(POLICIES), help="routing policy"
+    )
     p.add_argument(
         "--cost-model",
-        default=DEFAULT_COST_MODEL,
+        default=settings_default("cost_model"),
         help="shipped calibration name or JSON path (policies use it)",
     )
     p.add_argument(
@@ -63,19 +81,33 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
         "default: the built-in tokenizer of the emulated workers",
     )
     p.add_argument(
-        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV})"
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV}; default: no key asked)",
     )
     p.add_argument(
-        "--worker-api-key", default=None, help="sent to the workers as 'Authorization: Bearer KEY'"
+        "--worker-api-key",
+        default=None,
+        help="sent to the workers as 'Authorization: Bearer KEY' (default: none sent)",
     )
-    p.add_argument("--load-poll-interval", type=float, default=0.5, help="seconds between health/load polls")
-    p.add_argument("--tick-interval", type=float, default=0.25, help="seconds between policy ticks")
-    p.add_argument("--seed", type=int, default=0, help="the policy's random seed")
+    p.add_argument(
+        "--load-poll-interval",
+        type=float,
+        default=settings_default("load_poll_interval"),
+        help="seconds between health/load polls",
+    )
+    p.add_argument(
+        "--tick-interval",
+        type=float,
+        default=settings_default("tick_interval"),
+        help="seconds between policy ticks",
+    )
+    p.add_argument("--seed", type=int, default=settings_default("seed"), help="the policy's random seed")
     if with_workers:
         p.add_argument(
             "--worker-time-scale",
             type=float,
-            default=1.0,
+            default=settings_default("worker_time_scale"),
             help="the emulated workers' --time-scale: the policy then reasons in model seconds",
         )
     p.add_argument("--model-name", default=None, help="model name for /v1/models (default: the workers')")
@@ -83,44 +115,59 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
         "--default-max-tokens",
         type=int,
         default=None,
-        help="chat max_tokens when the client gives none (default: up to the context length, as SGLang)",
+        help="chat max_tokens when the client gives none (default: the context length minus the prompt "
+        "and one, as SGLang 0.5.14 does; a completion without max_tokens stops at 16, as in SGLang)",
     )
-    p.add_argument("--max-body-bytes", type=int, default=32 * 1024**2, help="larger request bodies get a 413")
     p.add_argument(
-        "--body-timeout", type=float, default=30.0, help="seconds to receive a request body (else 408)"
+        "--max-body-bytes",
+        type=int,
+        default=settings_default("max_body_bytes"),
+        help="larger request bodies get a 413",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=settings_default("body_timeout"),
+        help="seconds to receive a request body (else 408)",
     )
     p.add_argument(
         "--header-timeout",
         type=float,
-        default=30.0,
+        default=settings_default("header_timeout"),
         help="seconds a connection may take to send a request head, or stay idle between requests",
     )
     p.add_argument(
         "--drain-timeout",
         type=float,
-        default=30.0,
+        default=settings_default("drain_timeout"),
         help="on SIGTERM, seconds to wait for the requests in flight before stopping",
     )
     p.add_argument(
         "--plain-max-new-tokens",
         type=int,
-        default=1024,
+        default=settings_default("plain_max_new_tokens"),
         help="a request that does not stream and asks for at most this many new tokens goes to its "
         "worker as one non-streaming request when the policy will not move it (0: always stream)",
     )
     p.add_argument(
         "--health-failure-threshold",
         type=int,
-        default=2,
+        default=settings_default("failure_threshold"),
         help="failed health checks in a row that eject a worker",
     )
     p.add_argument(
         "--health-recovery-threshold",
         type=int,
-        default=2,
+        default=settings_default("recovery_threshold"),
         help="passed health checks in a row that take an ejected worker back",
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="log level of the router (and the launcher)",
+    )
     knobs = p.add_argument_group("policy knobs (--<policy>-<knob>)")
     for name in POLICIES:
         for f in policy_config_fields(name):
@@ -210,17 +257,34 @@ def settings_from(
         p.error(str(e))
 
 
-def parse_args(argv: list[str] | None = None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m l4_sglang.launch_router",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m l4_sglang.launch_router", description=__doc__, formatter_class=HelpFormatter
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000, help="0 picks a free port")
+    p.add_argument("--host", default=settings_default("host"), help="the router's address")
+    p.add_argument(
+        "--port", type=int, default=settings_default("port"), help="the router's port; 0 picks a free one"
+    )
     add_router_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None):
+    p = build_parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        reject_unknown(p, extra)
     return settings_from(p, args, args.worker_urls, args.port, args.host), args
+
+
+def reject_unknown(p: argparse.ArgumentParser, tokens: Sequence[str]) -> None:
+    """Exit 2 naming each unknown flag and the nearest known one."""
+    parts = []
+    for token in tokens:
+        name = token.partition("=")[0]
+        near = nearest(name, option_strings(p)) if name.startswith("-") else None
+        parts.append(f"{token} (did you mean {near}?)" if near else token)
+    p.error("unrecognized arguments: " + " ".join(parts))
 
 
 async def _serve(settings) -> None:

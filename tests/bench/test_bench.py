@@ -11,7 +11,7 @@ import pytest
 from bench_cli import run_cli as _run_cli
 
 from l4_sglang.bench import oracle_e2e_s
-from l4_sglang.core import CostModel
+from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import simulate
 from l4_sglang.workload import LengthMixture, poisson
@@ -108,7 +108,7 @@ def test_json_keys_and_values(sweep):
         assert not missing, missing
         assert run["simulated"] is True
         assert run["completed"] == 150
-        assert run["cost_model"] == "llama3-8b-h100-default"
+        assert run["cost_model"] == DEFAULT_COST_MODEL
         assert 0.0 <= run["slo_attainment"] <= 1.0
         ok = [r["rate_scale"] for r in runs if r["policy"] == run["policy"] and r["slo_attainment"] >= 0.9]
         assert run["max_rate_at_slo"] == (max(ok) if ok else None)

@@ -45,7 +45,8 @@ def test_emulated_launch_serves_and_sigterm_leaves_no_child(tmp_path):
     port = free_port()
     proc = Process(
         "-m", "l4_sglang.launch", "--backend", "emulated", "--num-instances", "2", "--port", str(port),
-        "--time-scale", "0.05", "--l4-min-samples", "5", log_path=tmp_path / "launch.log",
+        "--time-scale", "0.05", "--l4-min-samples", "5", "--context-length", "64",
+        log_path=tmp_path / "launch.log",
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,8 +67,11 @@ def test_emulated_launch_serves_and_sigterm_leaves_no_child(tmp_path):
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
         )
         assert out.usage.completion_tokens == 5
+        # No max_tokens: as SGLang 0.5.14, up to the context length (64 here) less the prompt and one.
         default = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
-        assert default.usage.completion_tokens == launch.EMULATED_CHAT_MAX_TOKENS
+        assert default.usage.completion_tokens == 64 - default.usage.prompt_tokens - 1
+        text = client.completions.create(model=MODEL, prompt="Hi")  # a completion stops at 16, as SGLang
+        assert text.usage.completion_tokens == 16
         assert len(call("GET", url + "/workers")[2]) > 0
         assert proc.stop(signal.SIGTERM) == 0
         deadline = time.monotonic() + 10
@@ -76,6 +80,8 @@ def test_emulated_launch_serves_and_sigterm_leaves_no_child(tmp_path):
         assert not [k for k in kids if _alive(k)]
         log = proc.output()
         assert "EMULATED BACKEND" in log and f"serving on {url}" in log
+        assert "cost model: llama3-8b-h100-flashinfer (fitted on a real SGLang engine" in log, log
+        assert "time scale: 0.05" in log
         assert "Traceback" not in log, log
     finally:
         proc.stop(signal.SIGKILL)

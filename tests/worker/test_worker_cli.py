@@ -16,7 +16,7 @@ from l4_sglang import CostModel
 
 @pytest.fixture(scope="module")
 def model() -> CostModel:
-    return CostModel.load("llama3-8b-h100-default")
+    return CostModel.load()  # the default the worker runs
 
 
 @pytest.fixture(scope="module")

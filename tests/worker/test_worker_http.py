@@ -222,9 +222,9 @@ def test_server_info_has_the_real_keys_and_says_it_is_emulated(worker):
         assert set(real) <= set(ours), set(real) - set(ours)
         assert set(real["internal_states"][0]) <= set(ours["internal_states"][0])
         assert ours["emulated"] is True
-        assert ours["cost_model"] == "llama3-8b-h100-default" and ours["time_scale"] == FAST
+        assert ours["cost_model"] == "llama3-8b-h100-flashinfer" and ours["time_scale"] == FAST
         assert ours["version"] == "0.5.14" and ours["status"] == "ready"
-        assert ours["max_total_num_tokens"] == 423494 and ours["chunked_prefill_size"] == 8192
+        assert ours["max_total_num_tokens"] == 398568 and ours["chunked_prefill_size"] == 8192
         assert ours["internal_states"][0]["effective_max_running_requests_per_dp"] == 2048
         assert ours["port"] == worker.worker.port
 
@@ -258,7 +258,8 @@ def test_loads_have_sglang_fields(worker):
     assert {"timestamp", "version", "dp_rank_count", "loads", "aggregate"} <= set(loads)
     assert list(loads["loads"][0])[: len(readme_fields)] == readme_fields
     assert set(loads["loads"][0]["memory"]) == {"weight_gb", "kv_cache_gb", "graph_gb", "token_capacity"}
-    assert loads["loads"][0]["memory"]["kv_cache_gb"] == 51.696  # the sample's, for 423494 tokens
+    # The sample's 51.696 GB for 423494 tokens, at the default cost model's 398568.
+    assert loads["loads"][0]["memory"]["kv_cache_gb"] == round(51.696 * 398568 / 423494, 3)
     core = get_json(worker.url + "/v1/loads?include=core")["loads"][0]
     assert "memory" not in core and "num_running_reqs" in core
     assert call("GET", worker.url + "/v1/loads?include=bogus")[0] == 400

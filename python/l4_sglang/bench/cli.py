@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from l4_sglang.bench import static_oracle
+from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import LayoutSample, SimResult, simulate
@@ -61,6 +62,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m l4_sglang.bench",
+        formatter_class=HelpFormatter,
         description="Compare routing policies on a trace: in the simulator (--mode sim), or against "
         "a running router over HTTP (--mode live --url URL: ours, or smg).",
     )
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default="sim",
         choices=["sim", "live"],
-        help="sim: the discrete-event simulator (default); live: replay against --url",
+        help="sim: the discrete-event simulator; live: replay against --url",
     )
     p.add_argument("--trace", required=True, help="trace file: .jsonl (Mooncake) or .csv (Azure)")
     p.add_argument(
@@ -77,18 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"sim: comma-separated, from: {', '.join(POLICIES)}, {ORACLE} (default: {DEFAULT_POLICIES}); "
         "live: one label for the router's results (default: our router's policy name, else 'external')",
     )
-    p.add_argument("--instances", type=int, default=None, help="simulated instances (sim mode, required)")
-    p.add_argument("--url", default=None, help="live: the router's base URL, e.g. http://127.0.0.1:30000")
+    p.add_argument(
+        "--instances", type=int, default=None, help="simulated instances (sim mode: required, no default)"
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        help="live: the router's base URL, e.g. http://127.0.0.1:30000 (required, no default)",
+    )
     p.add_argument(
         "--worker-time-scale",
         type=float,
         default=1.0,
         help="live: the emulated workers' --time-scale S (arrivals are stretched by S, measured times "
-        "divided by S, so results are in model seconds; default 1)",
+        "divided by S, so results are in model seconds)",
     )
-    p.add_argument(
-        "--request-timeout-s", type=float, default=3600.0, help="live: seconds per request, real (3600)"
-    )
+    p.add_argument("--request-timeout-s", type=float, default=3600.0, help="live: seconds per request, real")
     p.add_argument(
         "--no-hash-ids", action="store_true", help="live: do not send the trace's hash_ids along the prompt"
     )
@@ -98,22 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"shipped name ({', '.join(available_cost_models())}) or a JSON path",
     )
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--rate-scale", type=float, default=None, help="arrival rate multiplier (default 1)")
-    rate.add_argument("--rate-sweep", default=None, help="A:B:STEPS, STEPS rate scales from A to B evenly")
+    rate.add_argument("--rate-scale", type=float, default=None, help="arrival rate multiplier (default: 1)")
+    rate.add_argument(
+        "--rate-sweep",
+        default=None,
+        help="A:B:STEPS, STEPS rate scales from A to B evenly (default: no sweep, one rate)",
+    )
     p.add_argument("--no-het", action="store_true", help="cost model without the length-mix term")
     p.add_argument(
         "--oracle-buckets",
         type=int,
         default=2,
         choices=(2, 3),
-        help=f"{ORACLE}: the most buckets its search tries (default 2; 3 costs about twice the simulations)",
+        help=f"{ORACLE}: the most buckets its search tries (3 costs about twice the simulations)",
     )
-    p.add_argument("--slo-ttft-ms", type=float, default=2000.0, help="TTFT SLO (default 2000)")
-    p.add_argument("--slo-tpot-ms", type=float, default=100.0, help="TPOT SLO (default 100)")
+    p.add_argument("--slo-ttft-ms", type=float, default=2000.0, help="TTFT SLO")
+    p.add_argument("--slo-tpot-ms", type=float, default=100.0, help="TPOT SLO")
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--duration-s", type=float, default=None, help="keep requests arriving before this")
-    cut.add_argument("--count", type=int, default=None, help="keep the first COUNT requests")
-    p.add_argument("--seed", type=int, default=0, help="trace jitter and policy seed (default 0)")
+    cut.add_argument(
+        "--duration-s", type=float, default=None, help="keep requests arriving before this (default: all)"
+    )
+    cut.add_argument("--count", type=int, default=None, help="keep the first COUNT requests (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="trace jitter and policy seed")
     p.add_argument("--output-dir", required=True, help="where results and plots go")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p

@@ -702,27 +702,47 @@ class Router:
         return _json({"url": url, "removed": True})
 
     async def stages(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"policy": self.policy.NAME, "stages": []}
         layout = self.policy.layout()
-        if layout is None:
-            return _json({"policy": self.policy.NAME, "stages": []})
-        stages = [
-            {
-                "index": i,
-                "lo_tokens": s.lo_tokens,
-                "hi_tokens": None if math.isinf(s.hi_tokens) else s.hi_tokens,
-                "workers": list(s.workers),
-            }
-            for i, s in enumerate(layout.stages)
-        ]
-        return _json(
-            {
-                "policy": self.policy.NAME,
-                "stages": stages,
-                # JSON has no infinity: an overloaded layout predicts no finite E2E.
-                "predicted_mean_e2e_s": _finite_or_none(layout.predicted_mean_e2e_s),
-                "updated_at": layout.updated_at,
-            }
-        )
+        if layout is not None:
+            body["stages"] = [
+                {
+                    "index": i,
+                    "lo_tokens": s.lo_tokens,
+                    "hi_tokens": None if math.isinf(s.hi_tokens) else s.hi_tokens,
+                    "workers": list(s.workers),
+                }
+                for i, s in enumerate(layout.stages)
+            ]
+            # JSON has no infinity: an overloaded layout predicts no finite E2E.
+            body["predicted_mean_e2e_s"] = _finite_or_none(layout.predicted_mean_e2e_s)
+            body["updated_at"] = layout.updated_at
+        body.update(self._l4_status())
+        return _json(body)
+
+    def _l4_status(self) -> dict[str, Any]:
+        """What L4 waits for and why it last kept or changed the layout (nothing for other policies).
+        Times are the policy's clock (model seconds), as `updated_at`."""
+        from l4_sglang.policy.l4 import L4
+
+        policy = self.policy
+        if not isinstance(policy, L4):
+            return {}
+        last = policy.last_refinement
+        out: dict[str, Any] = {"waiting_for": policy.waiting_for(), "now": self.policy_now()}
+        if last is None:
+            out["last_refinement"] = None
+            return out
+        out["last_refinement"] = {
+            "at": last.at,
+            "applied": last.applied,
+            "reason": last.reason,
+            # Predicted QoE costs: the layout in place (None when the workers changed) and the DP's.
+            "current_cost": _finite_or_none(last.current_cost),
+            "proposed_cost": _finite_or_none(last.proposed_cost),
+            "gain": _finite_or_none(last.gain),
+        }
+        return out
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event, drain: bool = True) -> None:
