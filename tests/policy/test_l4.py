@@ -308,3 +308,14 @@ def test_diffusion_moves_a_boundary_only_across_traffic(drive, resume):
                     drifted += 1
                     assert not p._hist.is_empty(old, new, EMPTY_SHARE), (run.now, old, new)
     assert p.refinements and any(r.applied for r in p.refinements)
+
+
+def test_a_failover_is_placed_but_not_counted_as_an_arrival(model):
+    p = make_policy("l4", model)
+    for w in ("w0", "w1"):
+        p.add_worker(w, 0.0)
+    p.route(RequestInfo("r", 500, 100), 0.0)
+    assert p._hist.arrivals == 1
+    again = p.reroute(RequestInfo("r", 520, 80), 1.0)
+    assert again in ("w0", "w1") and p._hist.arrivals == 1
+    assert p.book.requests["r"].worker == again and len(p.book.requests) == 1

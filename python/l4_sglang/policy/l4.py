@@ -225,6 +225,14 @@ class L4(Policy):
     def route(self, req: RequestInfo, now: float) -> str:
         self.healthy_workers()  # NoWorkerAvailable when none is healthy
         self._hist.add_arrival(req.prompt_tokens, now)
+        return self._place(req, now)
+
+    def reroute(self, req: RequestInfo, now: float) -> str:
+        """A failover: placed as a new request of its current length, not counted as an arrival."""
+        self.healthy_workers()
+        return self._place(req, now)
+
+    def _place(self, req: RequestInfo, now: float) -> str:
         length = req.prompt_tokens
         if self.config.admit_by_peak and req.max_new_tokens is not None:
             length += req.max_new_tokens
