@@ -344,33 +344,79 @@ class EmulatedWorker:
         try:
             parse = openai_api.parse_chat if chat else openai_api.parse_completion
             inp = parse(body, self.limits)
-            req, event = self._submit(inp.rid, inp.input_ids, inp.params, inp.hash_ids)
+            submitted = self._submit_choices(inp)
         except BadRequest as e:
             return _json(openai_api.error_body(str(e), e.param), 400)
         created = int(time.time())
+        reqs = [req for req, _ in submitted]
         if not inp.stream:
-            await self._wait(req, event)
-            return _json(openai_api.response(inp, req, protocol.output_text(req), created))
-        text = protocol.TextStream()
-        emitted = 0  # characters of the text already sent
-        with self._owned(req), contextlib.suppress(ConnectionError):
+            await asyncio.gather(*(self._wait(req, event) for req, event in submitted))
+            texts = [protocol.output_text(req) for req in reqs]
+            return _json(openai_api.response(inp, reqs, texts, created, self.limits.vocab_size))
+        rid = inp.rid or reqs[0].rid
+        with self._owned(*reqs), contextlib.suppress(ConnectionError):
             resp = await self._open_stream(request)
-            if chat:
-                await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, "", role=True))))
-            async for _ in self._updates(req, event):
-                so_far = text.update(req)
-                delta = so_far[emitted:]  # empty when a stop string cut back what was sent
-                emitted += len(delta)
-                if req.finished:
-                    finish, matched = openai_api.finish_fields(req)
-                    last = openai_api.chunk(inp, req.rid, created, delta, finish=finish, matched=matched)
-                    await resp.write(_sse(dumps(last)))
-                    if inp.include_usage:
-                        await resp.write(_sse(dumps(openai_api.usage_chunk(inp, req, created))))
-                elif delta:
-                    await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, delta))))
+            # Choice by choice: the engine runs them together, a later one sends what it has so far.
+            for index, (req, event) in enumerate(submitted):
+                await self._stream_choice(resp, inp, rid, index, req, event, created)
+            if inp.include_usage:
+                await resp.write(_sse(dumps(openai_api.usage_chunk(inp, rid, reqs, created))))
             await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    def _submit_choices(self, inp: openai_api.OpenAIInput) -> list[tuple[Request, asyncio.Event]]:
+        """One engine request per choice, in choice order; all or none are submitted."""
+        count = len(inp.prompts) * inp.n
+        submitted = []
+        try:
+            for i, ids in enumerate(inp.prompts):
+                for j in range(inp.n):
+                    index = inp.choice_index(i, j)
+                    rid = inp.rid if count == 1 or inp.rid is None else f"{inp.rid}-{index}"
+                    submitted.append(self._submit(rid, ids, inp.params, inp.hash_ids))
+        except BadRequest:
+            for req, _ in submitted:
+                self.runner.abort(req.rid, "Abort: another choice of its request was rejected")
+            raise
+        return submitted
+
+    async def _stream_choice(
+        self,
+        resp: web.StreamResponse,
+        inp: openai_api.OpenAIInput,
+        rid: str,
+        index: int,
+        req: Request,
+        event: asyncio.Event,
+        created: int,
+    ) -> None:
+        text = protocol.TextStream()
+        head = inp.echo[index // inp.n] if inp.echo else ""
+        emitted = 0  # characters of the text already sent
+        sent_ids = 0  # output ids whose logprobs were sent
+        offset = base = len(head)
+        if inp.chat:
+            await resp.write(_sse(dumps(openai_api.chunk(inp, rid, created, "", role=True, index=index))))
+        async for _ in self._updates(req, event):
+            so_far = text.update(req)
+            delta = so_far[emitted:]  # empty when a stop string cut back what was sent
+            emitted += len(delta)
+            ids = req.output_ids[sent_ids:]
+            lp = openai_api.logprobs_of(inp, ids, sent_ids, offset, self.limits.vocab_size) if ids else None
+            sent_ids += len(ids)
+            offset = base + emitted
+            if head:
+                delta, head = head + delta, ""
+            if req.finished:
+                finish, matched = openai_api.finish_fields(req)
+                last = openai_api.chunk(
+                    inp, rid, created, delta, finish=finish, matched=matched, index=index, logprobs=lp
+                )
+                await resp.write(_sse(dumps(last)))
+            elif delta or lp:
+                await resp.write(
+                    _sse(dumps(openai_api.chunk(inp, rid, created, delta, index=index, logprobs=lp)))
+                )
 
     async def models(self, request: web.Request) -> web.Response:
         return _json(
