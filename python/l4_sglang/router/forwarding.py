@@ -310,6 +310,20 @@ class Forwarder:
         finally:
             await updates.aclose()
 
+    def book(self, gen: Generation, again: bool = False) -> str:
+        """Route `gen` for a caller that runs it itself (pass-through): the policy books it as any
+        other request, so `end` must follow. `again`: the worker picked before could not be reached.
+        Raises NoWorkerAvailable."""
+        if not again:
+            self._enter(gen)
+        return self._route(gen)
+
+    def report(self, gen: Generation, generated: int) -> None:
+        """Tell the policy how many ids a request it booked has generated (its final count)."""
+        if generated and gen.booked:
+            self.metrics.generated_tokens += generated
+            self.policy.on_progress(gen.rid, generated, self._policy_clock())
+
     def end(self, gen: Generation) -> None:
         """Release the request: finished ones are reported finished, others aborted on their worker."""
         self.jobs.pop(gen.rid, None)
