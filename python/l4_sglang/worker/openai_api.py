@@ -20,7 +20,7 @@ from typing import Any
 from l4_sglang import api_shapes
 from l4_sglang.api_shapes import error_body as error_body  # server.py answers with it
 from l4_sglang.api_shapes import is_int
-from l4_sglang.worker import logprobs, tokenizer
+from l4_sglang.worker import logprobs
 from l4_sglang.worker.engine import Request, SamplingParams
 from l4_sglang.worker.protocol import (
     BadRequest,
@@ -30,6 +30,7 @@ from l4_sglang.worker.protocol import (
     parse_sampling_params,
     text_ids,
 )
+from l4_sglang.worker.vocab import Vocab
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's and SGLang's default for /v1/completions
 CHAT_DEFAULT_MAX_TOKENS = 128  # SGLang leaves it open (up to the context); 128 keeps runs finite
@@ -145,11 +146,11 @@ def _prompts(raw: Any, limits: Limits) -> tuple[list[list[int]], list[str]]:
     ids, texts = [], []
     for p in raw:
         if isinstance(p, str):
-            ids.append(text_ids(p))
+            ids.append(text_ids(p, limits.vocab))
             texts.append(p)
         elif isinstance(p, list) and p and all(is_int(x) for x in p):
             ids.append(parse_ids(p, "prompt", limits.vocab_size))
-            texts.append(tokenizer.decode(p))
+            texts.append(limits.vocab.tok.decode(p))
         else:
             raise BadRequest("prompt must be a string, a list of token ids, or a list of these.", "prompt")
     return ids, texts
@@ -170,7 +171,7 @@ def parse_completion(body: Any, limits: Limits) -> OpenAIInput:
 def parse_chat(body: Any, limits: Limits) -> OpenAIInput:
     model, stream, include_usage, rid, hash_ids, n = _common(body)
     _check_tools(body)
-    ids = tokenizer.chat_prompt_ids(api_shapes.chat_turns(body, SERVER))
+    ids = limits.vocab.tok.chat_ids(api_shapes.chat_turns(body, SERVER))
     params = _sampling(body, api_shapes.chat_max_tokens(body), CHAT_DEFAULT_MAX_TOKENS)
     check_length(len(ids), params.max_new_tokens, limits)
     top_k = _count(body, "top_logprobs", 0, 20)
@@ -186,13 +187,13 @@ def finish_fields(req: Request) -> tuple[str | None, int | str | None]:
     return reason["type"], reason.get("matched")
 
 
-def logprobs_of(inp: OpenAIInput, ids: list[int], start: int, offset: int, vocab_size: int) -> dict | None:
+def logprobs_of(inp: OpenAIInput, ids: list[int], start: int, offset: int, vocab: Vocab) -> dict | None:
     """The `logprobs` of output ids `ids` (from output position `start`), None if not asked."""
     if inp.top_k is None:
         return None
     if inp.chat:
-        return logprobs.chat(ids, start, inp.top_k, tokenizer.token_name, vocab_size)
-    return logprobs.completion(ids, start, inp.top_k, offset, tokenizer.token_name, vocab_size)
+        return logprobs.chat(ids, start, inp.top_k, vocab.token_name, vocab.size)
+    return logprobs.completion(ids, start, inp.top_k, offset, vocab.token_name, vocab.size)
 
 
 def usage(inp: OpenAIInput, reqs: list[Request]) -> dict:
@@ -200,13 +201,13 @@ def usage(inp: OpenAIInput, reqs: list[Request]) -> dict:
     return api_shapes.usage(prompt, sum(len(r.output_ids) for r in reqs))
 
 
-def response(inp: OpenAIInput, reqs: list[Request], texts: list[str], created: int, vocab_size: int) -> dict:
+def response(inp: OpenAIInput, reqs: list[Request], texts: list[str], created: int, vocab: Vocab) -> dict:
     """The whole answer: one choice per request, in index order; `texts` their output text."""
     choices = []
     for i, (req, text) in enumerate(zip(reqs, texts, strict=True)):
         head = inp.echo[i // inp.n] if inp.echo else ""
         finish, matched = finish_fields(req)
-        lp = logprobs_of(inp, req.output_ids, 0, len(head), vocab_size)
+        lp = logprobs_of(inp, req.output_ids, 0, len(head), vocab)
         choices.append(api_shapes.choice(inp.chat, i, head + text, finish, matched, lp))
     rid = inp.rid or reqs[0].rid
     return api_shapes.response_of(inp.chat, rid, inp.model, created, choices, usage(inp, reqs))
