@@ -193,3 +193,31 @@ def test_a_passthrough_request_loads_its_worker_until_it_ends():
         poll(lambda: rid in policy.aborted)
         assert rid not in policy.book.requests
         poll(lambda: get_json(ws[0].url + "/v1/loads")["loads"][0]["num_running_reqs"] == 0)
+
+        # /abort_request by the client's rid ends it on its worker; the stream ends with an error.
+        conn, resp = _open_stream(router.url + "/v1/completions", {**body, "rid": "mine"})
+        rid = resp.getheader("x-l4-rid")
+        try:
+            assert resp.readline().startswith(b"data: ")
+            assert call("POST", router.url + "/abort_request", {"rid": "mine"})[0] == 200
+            rest = resp.read().decode()
+        finally:
+            conn.close()
+        events = [line[6:] for line in rest.splitlines() if line.startswith("data: ")]
+        assert (
+            events[-1] == "[DONE]" and json.loads(events[-2])["error"]["message"] == "Abort by /abort_request"
+        )
+        poll(lambda: rid in policy.aborted)
+        poll(lambda: get_json(ws[0].url + "/v1/loads")["loads"][0]["num_running_reqs"] == 0)
+
+
+def test_an_unreachable_worker_gives_a_clean_503_and_the_router_stays_up():
+    with workers(1) as ws, BackgroundRouter(RouterSettings(worker_urls=(ws[0].url,), port=0)) as router:
+        ws[0].stop()  # the router still counts it healthy: the pass-through finds it gone
+        body = {"model": MODEL, "messages": MESSAGES, "n": 2, "max_tokens": 2}
+        status, _, text = call("POST", router.url + "/v1/chat/completions", body)
+        assert status == 503, text
+        error = json.loads(text)["error"]
+        assert error["code"] == 503 and "No worker available" in error["message"]
+        assert call("GET", router.url + "/health")[0] == 503  # answered: no healthy worker left
+        assert get_json(router.url + "/workers")["workers"][0]["healthy"] is False

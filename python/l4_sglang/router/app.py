@@ -544,7 +544,7 @@ class Router:
             return _json(openai.error_body(message, "model", 404, "NotFoundError"), 404)
         gen = self.forwarder.new(req.spec, arrival)
         if req.passthrough is not None:
-            return await self._passthrough(request, gen, req.passthrough)
+            return await self._passthrough(request, gen, req.passthrough, req.rid)
         created = int(time.time())
         text = OutputText(self.tokenizer, req.spec.sampling.get("no_stop_trim") is not True)
         self.metrics.in_flight += 1
@@ -593,13 +593,19 @@ class Router:
         finally:
             self.metrics.in_flight -= 1
 
-    async def _passthrough(self, request: web.Request, gen: Generation, reason: str) -> web.StreamResponse:
+    async def _passthrough(
+        self, request: web.Request, gen: Generation, reason: str, client_rid: str | None
+    ) -> web.StreamResponse:
         raw = await request.read()  # the body as the client sent it (aiohttp kept it)
         self.metrics.in_flight += 1
+        if client_rid:
+            self._by_client_rid[client_rid] = gen
         try:
             resp = await self.passthrough.relay(request, raw, gen, reason)
         finally:
             self.metrics.in_flight -= 1
+            if client_rid:
+                self._by_client_rid.pop(client_rid, None)
         self._done(request.path, gen, self.now())
         return resp
 

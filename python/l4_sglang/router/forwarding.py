@@ -196,6 +196,8 @@ class Generation:
     policy_base: int = 0
     """Generated ids the policy's booking does not count (it was routed again after a failover)."""
     booked: bool = False
+    on_abort: Callable[[], None] | None = None
+    """How to stop it when it runs outside any leg (a pass-through: close its worker connection)."""
 
     @property
     def finished(self) -> bool:
@@ -366,6 +368,8 @@ class Forwarder:
             gen.leg.queue.put_nowait(_WAKE)
         elif gen.plain is not None and not gen.plain.answered:
             self._send_abort(gen.plain.worker, gen.plain.rid)  # it answers with what it has so far
+        elif gen.on_abort is not None:
+            gen.on_abort()
 
     def fail_worker(self, worker: str) -> None:
         """The pool ejected `worker`: resume every request whose current leg runs there, and give

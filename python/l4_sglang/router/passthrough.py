@@ -13,7 +13,9 @@ Such a request never migrates: the router cannot resume an answer it does
 not read. It fails over only before its worker answered: one that cannot be
 reached is reported to the pool and the request is routed again, at most
 MAX_FAILOVERS times, then 503. A stream cut by the worker ends with an error
-event. The policy hears the completion count of a plain answer (its usage);
+event. /abort_request (by the client's rid, or abort_all) closes the worker
+connection, so the worker aborts it; the client gets a 400 error (an error
+event then [DONE] on a stream). The policy hears the completion count of a plain answer (its usage);
 a stream's count is not read.
 """
 
@@ -80,6 +82,7 @@ class PassThrough:
             self.forwarder.end(gen)
             raise
         gen.legs, gen.workers = 1, [worker]
+        gen.on_abort = upstream.close  # /abort_request: the worker sees its client leave and aborts it
         self.forwarder.metrics.on_leg(worker)
         headers = {
             "Content-Type": upstream.headers.get("Content-Type", "application/json"),
@@ -93,14 +96,17 @@ class PassThrough:
                     return await self._relay_stream(request, upstream, gen, worker, headers)
                 body = await upstream.read()
                 gen.last_chunk = self._clock()
-                if upstream.status == 200:
+                if upstream.status == 200 and not gen.finished:
                     self.forwarder.report(gen, _completion_tokens(body))
                     gen.finish_reason = _FINISHED
                 return web.Response(body=body, status=upstream.status, headers=headers)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            if gen.finished:  # aborted by /abort_request (SGLang answers an aborted request 400)
+                return _error(400, gen.finish_reason.get("message", "Aborted"), "BadRequestError")
             self.pool.report_failure(worker, f"{type(e).__name__}: {e}")
             return _error(502, f"The worker {worker} broke off its answer: {e}", "BadGateway")
         finally:
+            gen.on_abort = None
             self.forwarder.end(gen)
 
     async def _open(self, path: str, raw: bytes, gen: Generation) -> tuple[aiohttp.ClientResponse, str]:
@@ -134,6 +140,8 @@ class PassThrough:
         await resp.prepare(request)
         try:
             async for data in upstream.content.iter_any():
+                if gen.finished:
+                    raise aiohttp.ClientConnectionError("aborted")  # closed while a chunk was read
                 if gen.first_token is None:
                     gen.first_token = self._clock()
                 try:
@@ -141,8 +149,16 @@ class PassThrough:
                 except ConnectionError:
                     return resp  # the client left: closing upstream makes the worker abort it
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            self.pool.report_failure(worker, f"{type(e).__name__}: {e}")
-            event = error_body(f"The worker {worker} broke off its answer: {e}", None, 502, "BadGateway")
+            if gen.finished:  # aborted by /abort_request
+                event = error_body(gen.finish_reason.get("message", "Aborted"), None, 400, "BadRequestError")
+            else:
+                self.pool.report_failure(worker, f"{type(e).__name__}: {e}")
+                event = error_body(f"The worker {worker} broke off its answer: {e}", None, 502, "BadGateway")
+            with contextlib.suppress(ConnectionError):
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n")
+            return resp
+        if gen.finished:  # aborted as the stream ended
+            event = error_body(gen.finish_reason.get("message", "Aborted"), None, 400, "BadRequestError")
             with contextlib.suppress(ConnectionError):
                 await resp.write(b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n")
             return resp
