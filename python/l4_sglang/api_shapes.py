@@ -154,6 +154,38 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+def choice(
+    chat: bool,
+    index: int,
+    text: str,
+    finish: str | None,
+    matched: int | str | None,
+    logprobs: dict | None = None,
+) -> dict:
+    """One choice of a whole answer (`index` = prompt_i * n + j, as SGLang numbers them)."""
+    if chat:
+        message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
+        out: dict[str, Any] = {"index": index, "message": message, "logprobs": logprobs}
+    else:
+        out = {"index": index, "text": text, "logprobs": logprobs}
+    out.update({"finish_reason": finish, "matched_stop": matched})
+    return out
+
+
+def response_of(
+    chat: bool, rid: str, model: str, created: int, choices: list[dict], usage_body: dict
+) -> dict:
+    return {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage_body,
+        "metadata": {"weight_version": "default"},
+    }
+
+
 def response(
     chat: bool,
     rid: str,
@@ -164,23 +196,8 @@ def response(
     matched: int | str | None,
     usage_body: dict,
 ) -> dict:
-    if chat:
-        message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
-        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None}
-        obj = "text_completion"
-    choice.update({"finish_reason": finish, "matched_stop": matched})
-    return {
-        "id": rid,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": usage_body,
-        "metadata": {"weight_version": "default"},
-    }
+    """A one-choice answer."""
+    return response_of(chat, rid, model, created, [choice(chat, 0, text, finish, matched)], usage_body)
 
 
 def chunk(
@@ -193,23 +210,25 @@ def chunk(
     role: bool = False,
     finish: str | None = None,
     matched: int | str | None = None,
+    index: int = 0,
+    logprobs: dict | None = None,
 ) -> dict:
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         delta["content"] = delta_text
         delta.update({"reasoning_content": None, "tool_calls": None})
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None}
+        one: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs}
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": delta_text or "", "logprobs": None}
+        one = {"index": index, "text": delta_text or "", "logprobs": logprobs}
         obj = "text_completion"
-    choice.update({"finish_reason": finish, "matched_stop": matched})
+    one.update({"finish_reason": finish, "matched_stop": matched})
     return {
         "id": rid,
         "object": obj,
         "created": created,
         "model": model,
-        "choices": [choice],
+        "choices": [one],
         "usage": None,
     }
 

@@ -21,6 +21,7 @@ from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.worker import host_latency
 from l4_sglang.worker.server import DEFAULT_CONTEXT_LENGTH, DEFAULT_MODEL_PATH, EmulatedWorker, WorkerSettings
+from l4_sglang.worker.vocab import MIN_VOCAB_SIZE
 
 READY_LINE = "The server is fired up and ready to roll!"  # what SGLang logs once it serves
 
@@ -70,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-tokenizer-init", action="store_true", help="answer without `text`, as SGLang does")
     p.add_argument("--disable-radix-cache", action="store_true", help="no prefix cache")
     p.add_argument(
+        "--tokenizer-path",
+        default=None,
+        help="the model's tokenizer.json or its folder: prompts, text and generated ids follow it",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="without --tokenizer-path: generate ids below this (the built-in vocabulary has 128256)",
+    )
+    p.add_argument(
         "--host-latency",
         default="auto",
         help="this process's own HTTP round trip in seconds, taken out of the cost model's request "
@@ -104,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
             p.error(f"--{name.replace('_', '-')} is too small: {value}")
     if a.context_length < 2:
         p.error("--context-length must be >= 2")
+    if a.vocab_size is not None and a.vocab_size < MIN_VOCAB_SIZE:
+        p.error(f"--vocab-size must be >= {MIN_VOCAB_SIZE}")
     logging.basicConfig(level=a.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     settings = WorkerSettings(
         host=a.host,
@@ -118,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
         context_length=a.context_length,
         skip_tokenizer_init=a.skip_tokenizer_init,
         disable_radix_cache=a.disable_radix_cache,
+        tokenizer_path=a.tokenizer_path,
+        vocab_size=a.vocab_size,
         host_latency_s=0.0 if a.host_latency == "auto" else a.host_latency,
     )
     return settings, a.host_latency == "auto"

@@ -611,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             model = args.model_path or DEFAULT_EMULATED_MODEL
             flags, ignored = emulated_worker_flags(passthrough)
+            if args.tokenizer_path is not None:
+                # The router's tokenizer: workers draw ids it knows and decode as it does.
+                flags += ["--tokenizer-path", args.tokenizer_path]
             if ignored:
                 print(f"l4_sglang: emulated workers ignore: {' '.join(ignored)}", file=sys.stderr)
             plans = emulated_plans(n, ports, model, args.cost_model, args.time_scale, flags, args.worker_host)

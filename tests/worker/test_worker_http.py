@@ -164,7 +164,7 @@ def test_openai_routes_answer_errors_in_openai_shape(worker):
         ("/v1/chat/completions", None),
         ("/v1/completions", {"model": "m"}),
         ("/v1/chat/completions", {"model": "m", "messages": []}),
-        ("/v1/completions", {"model": "m", "prompt": "x", "n": 2}),
+        ("/v1/completions", {"model": "m", "prompt": "x", "n": 0}),
     ]:
         status, _, text = call("POST", worker.url + path, body, raw=b"{nope" if body is None else None)
         assert status == 400, (path, text)

@@ -1,7 +1,9 @@
 """The router's HTTP server (aiohttp): routes, lifecycle, the policy's clock.
 
 Routes: POST /generate (SGLang; stream or not; a batch without stream),
-POST /v1/completions and /v1/chat/completions (OpenAI; stream or not),
+POST /v1/completions and /v1/chat/completions (OpenAI; stream or not; what
+the router cannot follow token by token goes through to the worker's own
+route, router/passthrough.py, and never migrates),
 GET /v1/models, GET /health (200 while a worker is healthy), GET /metrics,
 GET|POST|DELETE /workers, GET /l4/stages, POST /abort_request (by the
 client's rid, or abort_all); SGLang's router-level /get_model_info, /get_server_info,
@@ -45,6 +47,7 @@ from l4_sglang.policy.registry import make_policy
 from l4_sglang.router import admin, native, openai
 from l4_sglang.router.forwarding import Forwarder, Generation, WorkerRejected
 from l4_sglang.router.metrics import RouterMetrics
+from l4_sglang.router.passthrough import PassThrough
 from l4_sglang.router.tokens import OutputText, Tokenizer, load_tokenizer
 from l4_sglang.router.workers import BadWorkerUrl, WorkerPool, normalize_url
 
@@ -202,6 +205,7 @@ class Router:
             plain_max_new_tokens=settings.plain_max_new_tokens,
         )
         self.pool.on_eject = self.forwarder.fail_worker
+        self.passthrough = PassThrough(self.forwarder, self.pool, self.session, self.now, headers)
         self._by_client_rid: dict[str, Generation] = {}
         self._active = 0
         self._idle: asyncio.Event | None = None
@@ -542,6 +546,8 @@ class Router:
             message = f"The model {req.model!r} does not exist; this router serves {sorted(served)}."
             return _json(openai.error_body(message, "model", 404, "NotFoundError"), 404)
         gen = self.forwarder.new(req.spec, arrival)
+        if req.passthrough is not None:
+            return await self._passthrough(request, gen, req.passthrough, req.rid)
         created = int(time.time())
         text = OutputText(self.tokenizer, req.spec.sampling.get("no_stop_trim") is not True)
         self.metrics.in_flight += 1
@@ -589,6 +595,22 @@ class Router:
             return resp
         finally:
             self.metrics.in_flight -= 1
+
+    async def _passthrough(
+        self, request: web.Request, gen: Generation, reason: str, client_rid: str | None
+    ) -> web.StreamResponse:
+        raw = await request.read()  # the body as the client sent it (aiohttp kept it)
+        self.metrics.in_flight += 1
+        if client_rid:
+            self._by_client_rid[client_rid] = gen
+        try:
+            resp = await self.passthrough.relay(request, raw, gen, reason)
+        finally:
+            self.metrics.in_flight -= 1
+            if client_rid:
+                self._by_client_rid.pop(client_rid, None)
+        self._done(request.path, gen, self.now())
+        return resp
 
     async def abort_request(self, request: web.Request) -> web.Response:
         try:

@@ -197,6 +197,8 @@ class Generation:
     pending: Migration | None = None
     failovers: int = 0
     booked: bool = False
+    on_abort: Callable[[], None] | None = None
+    """How to stop it when it runs outside any leg (a pass-through: close its worker connection)."""
 
     @property
     def finished(self) -> bool:
@@ -311,6 +313,20 @@ class Forwarder:
         finally:
             await updates.aclose()
 
+    def book(self, gen: Generation, again: bool = False) -> str:
+        """Route `gen` for a caller that runs it itself (pass-through): the policy books it as any
+        other request, so `end` must follow. `again`: the worker picked before could not be reached.
+        Raises NoWorkerAvailable."""
+        if not again:
+            self._enter(gen)
+        return self._route(gen)
+
+    def report(self, gen: Generation, generated: int) -> None:
+        """Tell the policy how many ids a request it booked has generated (its final count)."""
+        if generated and gen.booked:
+            self.metrics.generated_tokens += generated
+            self.policy.on_progress(gen.rid, generated, self._policy_clock())
+
     def end(self, gen: Generation) -> None:
         """Release the request: finished ones are reported finished, others aborted on their worker."""
         self.jobs.pop(gen.rid, None)
@@ -355,6 +371,8 @@ class Forwarder:
             gen.leg.queue.put_nowait(_WAKE)
         elif gen.plain is not None and not gen.plain.answered:
             self._send_abort(gen.plain.worker, gen.plain.rid)  # it answers with what it has so far
+        elif gen.on_abort is not None:
+            gen.on_abort()
 
     def fail_worker(self, worker: str) -> None:
         """The pool ejected `worker`: resume every request whose current leg runs there, and give

@@ -10,6 +10,12 @@ chunk when `stream_options.include_usage` is set. Errors use OpenAI's shape
 Defaults: `max_tokens` 16 for completions (OpenAI's and SGLang's); for chats
 the router's `default_max_tokens` if set, else up to the workers' context
 length (SGLang's behaviour), and the policy is told the length is unknown.
+
+Pass-through (`passthrough_reason`): a request asking for what generated ids
+alone cannot answer (logprobs / top_logprobs, n > 1, tools, a response_format
+other than text, echo, a list of prompts, ...) is still tokenized and routed
+by length, then sent unchanged to its worker's own OpenAI route
+(router/passthrough.py). Such a request never migrates.
 """
 
 from __future__ import annotations
@@ -46,7 +52,20 @@ SAMPLING_FIELDS = {
     "json_schema": "json_schema",
 }
 SERVER = "the l4 router"  # in error messages
-UNSUPPORTED = ("tools", "functions", "suffix", "top_logprobs", "audio", "prediction")
+PASSTHROUGH_FIELDS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "suffix",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "echo",
+    "audio",
+    "prediction",
+)
+"""Fields whose answer the router cannot build from generated ids: such requests go through."""
 
 
 @dataclass
@@ -57,25 +76,29 @@ class OpenAIRequest:
     include_usage: bool
     spec: GenerationSpec
     rid: str | None
+    passthrough: str | None = None
+    """Why the request goes to its worker's own OpenAI route (a field name), None if it does not."""
+
+
+def passthrough_reason(body: dict) -> str | None:
+    """The first field that makes the router pass the request through, None if none does.
+
+    Tokens alone cannot rebuild these answers (logprobs, several choices, tool
+    calls, structured output, echo): the worker's OpenAI server builds them."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        return "n"
+    for name in PASSTHROUGH_FIELDS:
+        if body.get(name) not in (None, False, [], ""):
+            return name
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return "response_format"
+    return None
 
 
 def _common(body: Any) -> tuple[str, bool, bool, str | None]:
     model, stream, include_usage = api_shapes.common_fields(body)
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise BadRequest("n > 1 is not supported by the l4 router.", "n")
-    for name in UNSUPPORTED:
-        if body.get(name) not in (None, [], ""):
-            raise BadRequest(f"{name} is not supported by the l4 router.", name)
-    if body.get("logprobs") not in (None, False, 0):
-        raise BadRequest("logprobs are not supported by the l4 router.", "logprobs")
-    if body.get("echo"):
-        raise BadRequest("echo is not supported by the l4 router.", "echo")
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise BadRequest(
-            "only response_format {'type': 'text'} is supported by the l4 router.", "response_format"
-        )
     return model, stream, include_usage, api_shapes.rid_field(body)
 
 
@@ -100,21 +123,28 @@ def _spec(
     return spec
 
 
+def _prompt_ids(prompt: Any, tokenizer: Tokenizer) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer.encode_prompt(prompt)
+    if isinstance(prompt, list) and prompt and all(is_int(x) for x in prompt):
+        return check_ids(prompt, "prompt")
+    raise BadRequest("prompt must be a string, a list of token ids, or a list of these.", "prompt")
+
+
 def parse_completion(body: Any, tokenizer: Tokenizer) -> OpenAIRequest:
     model, stream, include_usage, rid = _common(body)
     prompt = body.get("prompt")
+    through = passthrough_reason(body)
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
-        ids = tokenizer.encode_prompt(prompt)
-    elif isinstance(prompt, list) and prompt and all(is_int(x) for x in prompt):
-        ids = check_ids(prompt, "prompt")
-    elif isinstance(prompt, list) and prompt:
-        raise BadRequest("Batched prompts are not supported by the l4 router.", "prompt")
+    if isinstance(prompt, list) and len(prompt) > 1 and not all(is_int(x) for x in prompt):
+        # A batch goes through whole; the policy routes it by its longest prompt.
+        ids = max((_prompt_ids(p, tokenizer) for p in prompt), key=len)
+        through = through or "prompt"
     else:
-        raise BadRequest("prompt must be a string, a list of token ids, or a list of one of these.", "prompt")
+        ids = _prompt_ids(prompt, tokenizer)
     spec = _spec(body, ids, body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, True)
-    return OpenAIRequest(False, model, stream, include_usage, spec, rid)
+    return OpenAIRequest(False, model, stream, include_usage, spec, rid, through)
 
 
 def parse_chat(
@@ -126,7 +156,7 @@ def parse_chat(
     max_tokens = api_shapes.chat_max_tokens(body)
     default, exact = default_max(len(ids))
     spec = _spec(body, ids, max_tokens, default, exact)
-    return OpenAIRequest(True, model, stream, include_usage, spec, rid)
+    return OpenAIRequest(True, model, stream, include_usage, spec, rid, passthrough_reason(body))
 
 
 def finish_fields(gen: Generation) -> tuple[str | None, int | str | None]:

@@ -202,6 +202,15 @@ class HFTokenizer(Tokenizer):
         return env.from_string(raw)
 
     @property
+    def raw(self):
+        """The `tokenizers` object (the emulated worker reads its size and special ids)."""
+        return self._tok
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._eos
+
+    @property
     def templated(self) -> bool:
         """Chats go through the model's chat_template (else the plain one)."""
         return self._template is not None

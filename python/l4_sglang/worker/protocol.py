@@ -7,7 +7,6 @@ Field names, nesting and key order follow real SGLang 0.5.14 responses
 
 from __future__ import annotations
 
-import codecs
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from l4_sglang.api_shapes import generate_rids, generate_stream, generate_texts,
 from l4_sglang.api_shapes import parse_stop as parse_stop
 from l4_sglang.worker import tokenizer
 from l4_sglang.worker.engine import Request, SamplingParams
+from l4_sglang.worker.vocab import BUILTIN, Vocab
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -30,7 +30,11 @@ def dumps(obj: Any) -> str:
 @dataclass(frozen=True)
 class Limits:
     context_length: int
-    vocab_size: int = tokenizer.VOCAB_SIZE
+    vocab: Vocab = BUILTIN
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
 
 
 @dataclass
@@ -102,9 +106,9 @@ def parse_ids(raw: Any, name: str, vocab_size: int = tokenizer.VOCAB_SIZE) -> li
     return ids
 
 
-def text_ids(text: str) -> list[int]:
-    """A prompt's ids as Llama 3's tokenizer gives them: BOS first."""
-    return [tokenizer.BOS_ID, *tokenizer.encode(text)]
+def text_ids(text: str, vocab: Vocab = BUILTIN) -> list[int]:
+    """A prompt's ids with the special tokens the model expects (BOS first)."""
+    return vocab.tok.encode_prompt(text)
 
 
 def check_length(prompt_tokens: int, max_new_tokens: int, limits: Limits) -> None:
@@ -138,7 +142,7 @@ def parse_generate(body: Any, limits: Limits) -> tuple[list[GenerateInput], bool
     prompts: list[list[int]]
     if text is not None:
         texts, is_batch = generate_texts(text)
-        prompts = [text_ids(t) for t in texts]
+        prompts = [text_ids(t, limits.vocab) for t in texts]
     else:
         is_batch = isinstance(ids, list) and len(ids) > 0 and isinstance(ids[0], list)
         raw_prompts = ids if is_batch else [ids]
@@ -175,9 +179,9 @@ def parse_generate(body: Any, limits: Limits) -> tuple[list[GenerateInput], bool
     return inputs, is_batch, stream
 
 
-def output_text(req: Request) -> str:
+def output_text(req: Request, vocab: Vocab = BUILTIN) -> str:
     """Decoded output, cut before a matched stop string as SGLang's detokenizer does."""
-    text = tokenizer.decode(req.output_ids)
+    text = vocab.tok.decode(req.output_ids)
     if req.matched_stop_str:
         cut = text.find(req.matched_stop_str)
         if cut >= 0:
@@ -193,16 +197,21 @@ class TextStream:
     matched stop string.
     """
 
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    def __init__(self, vocab: Vocab = BUILTIN) -> None:
+        self._decoder = vocab.tok.decoder()
         self._ids = 0
+        self._flushed = False
         self._text = ""
 
     def update(self, req: Request) -> str:
         out = req.output_ids
-        if len(out) > self._ids or req.finished:
-            self._text += self._decoder.decode(tokenizer.decode_bytes(out[self._ids :]), final=req.finished)
+        if len(out) > self._ids:
+            self._decoder.feed(out)
             self._ids = len(out)
+        if req.finished and not self._flushed:
+            self._decoder.flush()
+            self._flushed = True
+        self._text = self._decoder.text()
         if req.finished and req.matched_stop_str:
             cut = self._text.find(req.matched_stop_str)
             if cut >= 0:
@@ -290,10 +299,12 @@ class StreamMetaEncoder:
         return f"{self._head}{len(req.output_ids)}{self._tail}"
 
 
-def generate_response(req: Request, clock: Clock, now: float, with_text: bool) -> dict:
+def generate_response(
+    req: Request, clock: Clock, now: float, with_text: bool, vocab: Vocab = BUILTIN
+) -> dict:
     body: dict[str, Any] = {}
     if with_text:
-        body["text"] = output_text(req)
+        body["text"] = output_text(req, vocab)
     body["output_ids"] = list(req.output_ids)
     body["meta_info"] = meta_info(req, clock, now, final=True, first_chunk=False, stream=False)
     return body

@@ -37,6 +37,7 @@ from l4_sglang.worker.engine import Engine, EngineConfig, Request, SamplingParam
 from l4_sglang.worker.metrics import WorkerMetrics
 from l4_sglang.worker.protocol import BadRequest, Clock, Limits, dumps
 from l4_sglang.worker.runner import EngineRunner
+from l4_sglang.worker.vocab import load_vocab
 
 DEFAULT_MODEL_PATH = "meta-llama/Meta-Llama-3-8B"
 DEFAULT_CONTEXT_LENGTH = 131072
@@ -63,6 +64,10 @@ class WorkerSettings:
     context_length: int = DEFAULT_CONTEXT_LENGTH
     skip_tokenizer_init: bool = False
     disable_radix_cache: bool = False
+    tokenizer_path: str | None = None
+    """The model's tokenizer.json (or its folder): prompts, output text and drawn ids follow it."""
+    vocab_size: int | None = None
+    """Without a tokenizer path: draw ids from the built-in vocabulary's first this many."""
     # This process's own HTTP round trip (seconds, wall clock), taken out of the modelled request
     # overhead; see host_latency.py.
     host_latency_s: float = 0.0
@@ -106,6 +111,7 @@ class EmulatedWorker:
         self.settings = settings
         self.cost_model = CostModel.load(settings.cost_model)
         params = self.cost_model.params
+        self.vocab = vocab = load_vocab(settings.tokenizer_path, settings.vocab_size)
         self.config = EngineConfig(
             max_total_tokens=settings.max_total_tokens or int(params["kv_capacity_tokens"]),
             max_running_requests=settings.max_running_requests or int(params["max_running_requests"]),
@@ -116,6 +122,7 @@ class EmulatedWorker:
             ),
             context_length=settings.context_length,
             seed=settings.seed,
+            eos_token_ids=frozenset() if vocab.eos_id is None else frozenset({vocab.eos_id}),
             enable_prefix_cache=not settings.disable_radix_cache,
         )
         self.identity = server_info.WorkerIdentity(
@@ -128,9 +135,9 @@ class EmulatedWorker:
             max_total_tokens_arg=settings.max_total_tokens,
             max_running_requests_arg=settings.max_running_requests,
         )
-        self.limits = Limits(context_length=settings.context_length)
+        self.limits = Limits(context_length=settings.context_length, vocab=vocab)
         self.metrics = WorkerMetrics(settings.model_path, settings.context_length)
-        self.engine = Engine(self.config, self.cost_model.step_time)
+        self.engine = Engine(self.config, self.cost_model.step_time, vocab.tok.decode, vocab.picker())
         self.runner: EngineRunner | None = None
         self.clock = Clock(offset=0.0)
         self.app = self._build_app()
@@ -298,7 +305,9 @@ class EmulatedWorker:
             return await self._stream_generate(request, req, event, with_text)
         await asyncio.gather(*(self._wait(req, event) for req, event in submitted))
         now = self.runner.now()
-        outs = [protocol.generate_response(req, self.clock, now, with_text) for req, _ in submitted]
+        outs = [
+            protocol.generate_response(req, self.clock, now, with_text, self.vocab) for req, _ in submitted
+        ]
         return _json(outs if is_batch else outs[0])
 
     async def _stream_generate(
@@ -306,7 +315,7 @@ class EmulatedWorker:
     ) -> web.StreamResponse:
         sent = 0
         ids_text = ""  # the cumulative output_ids, grown in place rather than re-joined per chunk
-        text = protocol.TextStream()
+        text = protocol.TextStream(self.vocab)
         first = True
         encoder = protocol.StreamMetaEncoder(self.clock)
         with self._owned(req), contextlib.suppress(ConnectionError):
@@ -344,33 +353,79 @@ class EmulatedWorker:
         try:
             parse = openai_api.parse_chat if chat else openai_api.parse_completion
             inp = parse(body, self.limits)
-            req, event = self._submit(inp.rid, inp.input_ids, inp.params, inp.hash_ids)
+            submitted = self._submit_choices(inp)
         except BadRequest as e:
             return _json(openai_api.error_body(str(e), e.param), 400)
         created = int(time.time())
+        reqs = [req for req, _ in submitted]
         if not inp.stream:
-            await self._wait(req, event)
-            return _json(openai_api.response(inp, req, protocol.output_text(req), created))
-        text = protocol.TextStream()
-        emitted = 0  # characters of the text already sent
-        with self._owned(req), contextlib.suppress(ConnectionError):
+            await asyncio.gather(*(self._wait(req, event) for req, event in submitted))
+            texts = [protocol.output_text(req, self.vocab) for req in reqs]
+            return _json(openai_api.response(inp, reqs, texts, created, self.vocab))
+        rid = inp.rid or reqs[0].rid
+        with self._owned(*reqs), contextlib.suppress(ConnectionError):
             resp = await self._open_stream(request)
-            if chat:
-                await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, "", role=True))))
-            async for _ in self._updates(req, event):
-                so_far = text.update(req)
-                delta = so_far[emitted:]  # empty when a stop string cut back what was sent
-                emitted += len(delta)
-                if req.finished:
-                    finish, matched = openai_api.finish_fields(req)
-                    last = openai_api.chunk(inp, req.rid, created, delta, finish=finish, matched=matched)
-                    await resp.write(_sse(dumps(last)))
-                    if inp.include_usage:
-                        await resp.write(_sse(dumps(openai_api.usage_chunk(inp, req, created))))
-                elif delta:
-                    await resp.write(_sse(dumps(openai_api.chunk(inp, req.rid, created, delta))))
+            # Choice by choice: the engine runs them together, a later one sends what it has so far.
+            for index, (req, event) in enumerate(submitted):
+                await self._stream_choice(resp, inp, rid, index, req, event, created)
+            if inp.include_usage:
+                await resp.write(_sse(dumps(openai_api.usage_chunk(inp, rid, reqs, created))))
             await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    def _submit_choices(self, inp: openai_api.OpenAIInput) -> list[tuple[Request, asyncio.Event]]:
+        """One engine request per choice, in choice order; all or none are submitted."""
+        count = len(inp.prompts) * inp.n
+        submitted = []
+        try:
+            for i, ids in enumerate(inp.prompts):
+                for j in range(inp.n):
+                    index = inp.choice_index(i, j)
+                    rid = inp.rid if count == 1 or inp.rid is None else f"{inp.rid}-{index}"
+                    submitted.append(self._submit(rid, ids, inp.params, inp.hash_ids))
+        except BadRequest:
+            for req, _ in submitted:
+                self.runner.abort(req.rid, "Abort: another choice of its request was rejected")
+            raise
+        return submitted
+
+    async def _stream_choice(
+        self,
+        resp: web.StreamResponse,
+        inp: openai_api.OpenAIInput,
+        rid: str,
+        index: int,
+        req: Request,
+        event: asyncio.Event,
+        created: int,
+    ) -> None:
+        text = protocol.TextStream(self.vocab)
+        head = inp.echo[index // inp.n] if inp.echo else ""
+        emitted = 0  # characters of the text already sent
+        sent_ids = 0  # output ids whose logprobs were sent
+        offset = base = len(head)
+        if inp.chat:
+            await resp.write(_sse(dumps(openai_api.chunk(inp, rid, created, "", role=True, index=index))))
+        async for _ in self._updates(req, event):
+            so_far = text.update(req)
+            delta = so_far[emitted:]  # empty when a stop string cut back what was sent
+            emitted += len(delta)
+            ids = req.output_ids[sent_ids:]
+            lp = openai_api.logprobs_of(inp, ids, sent_ids, offset, self.vocab) if ids else None
+            sent_ids += len(ids)
+            offset = base + emitted
+            if head:
+                delta, head = head + delta, ""
+            if req.finished:
+                finish, matched = openai_api.finish_fields(req)
+                last = openai_api.chunk(
+                    inp, rid, created, delta, finish=finish, matched=matched, index=index, logprobs=lp
+                )
+                await resp.write(_sse(dumps(last)))
+            elif delta or lp:
+                await resp.write(
+                    _sse(dumps(openai_api.chunk(inp, rid, created, delta, index=index, logprobs=lp)))
+                )
 
     async def models(self, request: web.Request) -> web.Response:
         return _json(

@@ -45,9 +45,9 @@ SPECIAL_BASE = 128000
 
 _LETTERS = string.ascii_lowercase
 _PIECES_PER_CLASS = 26 + 26**2 + 26**3  # lowercase strings of 1 to 3 letters
-_LETTER_BASE = 256
+LETTER_BASE = 256
 # Four classes: (leading space or not) x (lowercase or capitalised).
-_DIGIT_BASE = _LETTER_BASE + 4 * _PIECES_PER_CLASS
+_DIGIT_BASE = LETTER_BASE + 4 * _PIECES_PER_CLASS
 _DIGITS_PER_CLASS = 10 + 100 + 1000
 _PUNCT = "".join(c for c in string.punctuation)
 _PUNCT_BASE = _DIGIT_BASE + 2 * _DIGITS_PER_CLASS
@@ -69,7 +69,7 @@ assert _UNUSED_BASE < SPECIAL_BASE
 
 # Generated text draws from " xyz"-style pieces (leading space, lowercase): each
 # is a word of its own, so the text re-encodes to exactly the same ids.
-WORD_PIECE_BASE = _LETTER_BASE + 2 * _PIECES_PER_CLASS
+WORD_PIECE_BASE = LETTER_BASE + 2 * _PIECES_PER_CLASS
 WORD_PIECE_COUNT = _PIECES_PER_CLASS
 
 _SPECIAL_NAMES = {
@@ -105,7 +105,7 @@ def _tables() -> tuple[dict[str, int], list[bytes]]:
         to_bytes[i] = bytes([i])
     lower = _lowercase_pieces()
     for cls, (space, capital) in enumerate(((False, False), (False, True), (True, False), (True, True))):
-        base = _LETTER_BASE + cls * _PIECES_PER_CLASS
+        base = LETTER_BASE + cls * _PIECES_PER_CLASS
         for j, p in enumerate(lower):
             text = (" " if space else "") + (p.capitalize() if capital else p)
             to_bytes[base + j] = text.encode()
