@@ -73,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer-path",
         default=None,
-        help="the model's tokenizer.json or its folder: prompts, text and generated ids follow it",
+        help="the model's tokenizer.json or its folder: prompts, text and generated ids follow it "
+        "(default: the built-in tokenizer)",
     )
     p.add_argument(
         "--vocab-size",
         type=int,
         default=None,
-        help="without --tokenizer-path: generate ids below this (the built-in vocabulary has 128256)",
+        help="without --tokenizer-path: generate ids below this (default: the built-in vocabulary's 128256)",
     )
     p.add_argument(
         "--host-latency",

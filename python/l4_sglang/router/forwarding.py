@@ -325,7 +325,9 @@ class Forwarder:
         """Tell the policy how many ids a request it booked has generated (its final count)."""
         if generated and gen.booked:
             self.metrics.generated_tokens += generated
-            self.policy.on_progress(gen.rid, generated, self._policy_clock())
+            now = self._policy_clock()
+            for m in self.driver.progress(gen.rid, generated, now):  # a pass-through never moves
+                self.driver.migration_refused(m, now)
 
     def end(self, gen: Generation) -> None:
         """Release the request: finished ones are reported finished, others aborted on their worker."""
