@@ -63,3 +63,15 @@ def test_a_model_tokenizer_paired_with_the_router(hf_tokenizer):
         completion = {"model": MODEL, "prompt": "w1 w2 w3", "max_tokens": 100, "ignore_eos": True}
         via = post_json(r.url + "/v1/completions", completion)["choices"][0]["text"]
         assert via == plain["text"] and _stream_text(r.url, "/v1/completions", completion)[0] == via
+
+
+def test_a_chat_without_max_tokens_runs_up_to_the_context_as_sglang():
+    from l4_sglang.worker import openai_api
+    from l4_sglang.worker.protocol import Limits
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+    inp = openai_api.parse_chat(body, Limits(context_length=64))
+    prompt = len(inp.prompts[0])
+    assert 0 < prompt < 63 and inp.params.max_new_tokens == 64 - prompt - 1
+    capped = openai_api.parse_chat({**body, "max_tokens": 5}, Limits(context_length=64))
+    assert capped.params.max_new_tokens == 5

@@ -33,7 +33,6 @@ from l4_sglang.worker.protocol import (
 from l4_sglang.worker.vocab import Vocab
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's and SGLang's default for /v1/completions
-CHAT_DEFAULT_MAX_TOKENS = 128  # SGLang leaves it open (up to the context); 128 keeps runs finite
 SERVER = "the emulated worker"  # in error messages
 
 
@@ -172,7 +171,9 @@ def parse_chat(body: Any, limits: Limits) -> OpenAIInput:
     model, stream, include_usage, rid, hash_ids, n = _common(body)
     _check_tools(body)
     ids = limits.vocab.tok.chat_ids(api_shapes.chat_turns(body, SERVER))
-    params = _sampling(body, api_shapes.chat_max_tokens(body), CHAT_DEFAULT_MAX_TOKENS)
+    # SGLang's chat without max_tokens runs up to the context length (prompt + new < context).
+    open_ended = max(limits.context_length - len(ids) - 1, 0)
+    params = _sampling(body, api_shapes.chat_max_tokens(body), open_ended)
     check_length(len(ids), params.max_new_tokens, limits)
     top_k = _count(body, "top_logprobs", 0, 20)
     top_k = (top_k or 0) if body.get("logprobs") else None
