@@ -89,10 +89,8 @@ def decision_reason(
         return "kept: the proposal moves boundaries only across empty length ranges"
     if replanned:
         return "applied: the workers changed (or no layout was planned yet)"
+    if applied and gain == math.inf:
+        return "applied: the current layout is overloaded"
     if applied:
-        return (
-            "applied: the current layout is overloaded"
-            if gain == math.inf
-            else (f"applied: predicted QoE cost {gain:.1%} lower")
-        )
+        return f"applied: predicted QoE cost {gain:.1%} lower"
     return f"kept: predicted gain {gain:.1%} is not above min_gain {min_gain:.1%}"
