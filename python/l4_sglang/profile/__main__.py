@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="instead of the plan: this many shuffled rounds of the lone prompts, then each back to back",
     )
+    job.add_argument(
+        "--plan",
+        choices=["full", "long"],
+        default="full",
+        help="full: the calibration plan; long: long requests alone, together and beside short ones",
+    )
     job.add_argument("extra", nargs="*", help="more SGLang server flags, after --")
     fit = sub.add_parser("fit", help="fit cost-model parameters to a job's results")
     fit.add_argument("results", nargs="+", help="job output folders")

@@ -56,10 +56,13 @@ def warm_up(url: str, seed: int) -> None:
     asyncio.run(scenarios.run_batch(url, "warmup", "warmup", [64, 64, 512, 2048], 8, seed - 1))
 
 
-def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, deadline: float) -> list[dict]:
+def run_scenarios(
+    url: str, max_kv: int, context: int, out: Path, seed: int, deadline: float, which: str = "full"
+) -> list[dict]:
     results = []
     warm_up(url, seed)
-    for i, (name, kind, prompts, max_new) in enumerate(scenarios.plan(max_kv, context)):
+    batches = scenarios.long_plan(max_kv, context) if which == "long" else scenarios.plan(max_kv, context)
+    for i, (name, kind, prompts, max_new) in enumerate(batches):
         if time.monotonic() > deadline:
             print(f"skip {name}: job deadline reached", flush=True)
             continue
@@ -75,8 +78,13 @@ def run_scenarios(url: str, max_kv: int, context: int, out: Path, seed: int, dea
         )
         results.append(r.to_dict())
         (out / "scenarios.json").write_text(json.dumps(results))
-    if time.monotonic() < deadline:
-        r = asyncio.run(scenarios.run_interference(url, seed + 99, decoders=32, ctx=2048, long_prompt=32768))
+    # A long prompt's prefill chunks beside running decodes: the ITL spike it causes.
+    interference = [(32, 2048, 32768)] if which == "full" else [(16, 1024, 60000), (8, 1024, 120000)]
+    for decoders, ctx, long_prompt in interference:
+        if time.monotonic() > deadline:
+            break
+        run = scenarios.run_interference(url, seed + 99, decoders=decoders, ctx=ctx, long_prompt=long_prompt)
+        r = asyncio.run(run)
         print(f"{r.name}: long prefill TTFT {r.ttft_s}", flush=True)
         results.append(r.to_dict())
         (out / "scenarios.json").write_text(json.dumps(results))
@@ -133,7 +141,7 @@ def main(args) -> int:
         if args.lone_rounds:
             results = run_lone_rounds(url, args.lone_rounds, out, args.seed)
         else:
-            results = run_scenarios(url, max_kv, context, out, args.seed, deadline)
+            results = run_scenarios(url, max_kv, context, out, args.seed, deadline, args.plan)
         meta = {
             "backend": args.backend,
             "gpu": os.popen("nvidia-smi --query-gpu=name --format=csv,noheader").read().strip(),
@@ -146,6 +154,7 @@ def main(args) -> int:
             "scenarios": len(results),
             "warmup": True,
             "lone_rounds": args.lone_rounds,
+            "plan": "lone rounds" if args.lone_rounds else args.plan,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
         return 0

@@ -224,3 +224,43 @@ def plan(max_kv_tokens: int, context_length: int = 131072) -> list[tuple[str, st
         out.append((f"twin_64x{twin}", "decode", [twin] * 64, 400))
     out.append(("decode_16x16384", "decode", [min(longest, budget // 16)] * 16, 200))
     return out
+
+
+def long_plan(max_kv_tokens: int, context_length: int = 131072) -> list[tuple[str, str, list[int], int]]:
+    """(name, kind, prompts, max_new_tokens) of the batches the length split is about.
+
+    Long requests (16K-120K) decoding alone, a few together, and beside 8-56 short ones: how a
+    batch's length mix prices its steps depends on how many requests share them (split-KV
+    attention spreads a long request over idle SMs only while the batch leaves some idle), and the
+    main plan measures mixed batches of 64 requests only. Every prompt is sent at once, so all
+    decode together after the last prefill; 256 new tokens keep the shorts decoding past it.
+    """
+    longest = context_length - 512
+    budget = int(max_kv_tokens * 0.8)
+    batches: list[tuple[str, list[int]]] = [
+        ("long_1x16k", [16_384]),
+        ("long_1x32k", [32_768]),
+        ("long_1x60k", [60_000]),
+        ("long_1x120k", [120_000]),
+        ("long_2x60k", [60_000] * 2),
+        ("long_4x30k", [30_000] * 4),
+        ("long_4x60k", [60_000] * 4),
+        ("long_8x16k", [16_384] * 8),
+        ("long_8x30k", [30_000] * 8),
+        ("mix_1x60k_8x1k", [60_000] + [1024] * 8),
+        ("mix_1x60k_16x1k", [60_000] + [1024] * 16),
+        ("mix_1x60k_32x1k", [60_000] + [1024] * 32),
+        ("mix_1x60k_63x1k", [60_000] + [1024] * 63),
+        ("mix_2x60k_16x1k", [60_000] * 2 + [1024] * 16),
+        ("mix_4x30k_28x1k", [30_000] * 4 + [1024] * 28),
+        ("mix_8x16k_56x1k", [16_384] * 8 + [1024] * 56),
+        ("short_8x1k", [1024] * 8),
+        ("short_16x1k", [1024] * 16),
+        ("short_24x1k", [1024] * 24),
+    ]
+    out = []
+    for name, prompts in batches:
+        prompts = [min(p, longest) for p in prompts]
+        if sum(prompts) + 256 * len(prompts) <= budget:
+            out.append((name, "decode", prompts, 256))
+    return out
