@@ -15,8 +15,9 @@
 //!        + prefill_context_pair * new * context              over the cached prefix
 //!
 //! n = sum(new_tokens); floor = extend_floor for a step with a prefill item, else linear_floor
-//! decode_attention = decode_kv * (S + het_alpha * max(0, het_width * L - S))
-//!   S = sum of KV tokens read (context + 1 per item), L = the longest of them.
+//! decode_attention = decode_kv * (S + het_alpha * max(0, het_width * L * split - S))
+//!   S = sum of KV tokens read (context + 1 per item), L = the longest of them,
+//!   split = min(1, decode items / split_kv_requests) (1 when absent).
 //! ```
 //!
 //! The heavy term: on every real SGLang calibration (H100, H200; FlashInfer
@@ -42,6 +43,15 @@
 //! request beside 63 short ones runs 8x slower than 64 requests of 4K holding
 //! the same KV. `het_alpha` = 0 switches the length-mix term off (a model that
 //! sees only the sum), which comparisons report beside the calibrated one.
+//!
+//! The split: a batch of few requests leaves most SMs idle, and split-KV
+//! kernels (FlashInfer's decode planner, FA2's split path) then cut each
+//! request's KV into pieces spread over them, so a long request is no longer
+//! one straggling unit: below `split_kv_requests` decode requests (about the
+//! SM count over the KV heads) its KV counts as `n / split_kv_requests` of
+//! itself. A lone long decode thus costs about its KV read, not
+//! `het_width` times it, while one long request beside 63 short ones keeps
+//! the full penalty. The step stays continuous and non-decreasing in n.
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +86,10 @@ pub struct CostModelParams {
     pub het_width: f64,
     /// Weight of the length-mix (heterogeneity) term in [0, 1], 0 switches it off.
     pub het_alpha: f64,
+    /// Below this many decode requests the attention kernel splits long KV over idle SMs
+    /// (the length-mix term scales by n / this); absent: it never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_kv_requests: Option<f64>,
     /// Prefill attention per (query token, key token) pair within the chunk (causal part).
     pub prefill_pair_s: f64,
     /// Prefill attention per (query token, cached context token) pair; absent: `prefill_pair_s`.
@@ -158,6 +172,9 @@ impl CostModel {
         check_non_negative("per_request_s", p.per_request_s)?;
         check_non_negative("decode_kv_s", p.decode_kv_s)?;
         check_positive("het_width", p.het_width)?;
+        if let Some(s) = p.split_kv_requests {
+            check_positive("split_kv_requests", s)?;
+        }
         // Above 1 the step time would fall as a batch grows, which no kernel does
         // (and the DP's pruning relies on more instances never costing more).
         if !(p.het_alpha.is_finite() && (0.0..=1.0).contains(&p.het_alpha)) {
@@ -240,10 +257,20 @@ impl CostModel {
             .unwrap_or(self.params.prefill_pair_s)
     }
 
+    /// The share of the longest request's KV that one SM's piece holds: n / split_kv_requests
+    /// below it (split-KV), else 1.
+    fn split_share(&self, requests: f64) -> f64 {
+        match self.params.split_kv_requests {
+            Some(s) if requests < s => requests.max(0.0) / s,
+            _ => 1.0,
+        }
+    }
+
     /// Decode attention time of a batch summary.
     pub fn decode_attention_time(&self, d: &DecodeSummary) -> f64 {
         let p = &self.params;
-        let excess = (p.het_width * d.max_kv - d.kv_tokens).max(0.0);
+        let longest = p.het_width * d.max_kv * self.split_share(d.requests);
+        let excess = (longest - d.kv_tokens).max(0.0);
         p.decode_kv_s * (d.kv_tokens + p.het_alpha * excess)
     }
 
@@ -376,15 +403,17 @@ impl CostModel {
         } else {
             f64::INFINITY
         };
+        let split_cut = p.split_kv_requests.unwrap_or(0.0);
         let mut cuts = [
             0.0,
             floor_cut.min(n_cap),
             het_cut.min(n_cap),
             heavy_cut.min(n_cap),
+            split_cut.min(n_cap),
             n_cap,
         ];
         cuts.sort_by(|a, b| a.total_cmp(b));
-        let mut pieces = [Piece::default(); 4];
+        let mut pieces = [Piece::default(); 5];
         for (piece, w) in pieces.iter_mut().zip(cuts.windows(2)) {
             let mid = (w[0] + w[1]) / 2.0;
             let (below_floor, below_het) = (mid < floor_cut, mid < het_cut);
@@ -399,7 +428,14 @@ impl CostModel {
                 a -= p.linear_heavy_per_token_s * p.linear_heavy_from_tokens;
                 b += p.linear_heavy_per_token_s;
             }
-            if below_het {
+            if mid < split_cut {
+                // Split-KV: the longest piece is het_width * max_kv * n / split_cut, so the
+                // excess over n * mean_kv grows with n (when positive at all).
+                let per_request = p.het_width * max_kv / split_cut - mean_kv;
+                if per_request > 0.0 {
+                    b += p.decode_kv_s * p.het_alpha * per_request;
+                }
+            } else if below_het {
                 a += p.decode_kv_s * p.het_alpha * p.het_width * max_kv;
                 b -= p.decode_kv_s * p.het_alpha * mean_kv;
             }
@@ -422,12 +458,12 @@ struct Piece {
     b: f64,
 }
 
-/// `step(n) = a + b n` on each of up to four pieces covering `[0, n_cap]`.
+/// `step(n) = a + b n` on each of up to five pieces covering `[0, n_cap]`.
 /// Every piece has `a >= 0` (the heavy term's check), so throughput
 /// `n / step(n)` never falls as `n` grows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeCurve {
-    pieces: [Piece; 4],
+    pieces: [Piece; 5],
     n_cap: f64,
 }
 
@@ -442,7 +478,7 @@ impl DecodeCurve {
             .pieces
             .iter()
             .find(|p| n <= p.hi && p.hi > p.lo)
-            .unwrap_or(&self.pieces[3]);
+            .unwrap_or(&self.pieces[4]);
         piece.a + piece.b * n
     }
 
@@ -452,8 +488,9 @@ impl DecodeCurve {
     }
 
     /// Smallest `n` in `[0, n_cap]` with `n = demand * step(n)`, and `step(n)`.
-    /// `n - demand * step(n)` is concave (step is convex) and negative at 0,
-    /// so the first piece holding a root holds the smallest one.
+    /// `n - demand * step(n)` is continuous, linear on each piece and negative
+    /// at 0, so scanning the pieces in order finds the smallest root (step is
+    /// not convex with split-KV: its length-mix term rises, then falls).
     pub fn solve(&self, demand: f64) -> Option<(f64, f64)> {
         if demand <= 0.0 {
             return Some((0.0, self.step(0.0)));
@@ -503,6 +540,13 @@ pub(crate) mod tests {
         p.linear_per_token_s = 2.15e-5;
         p.linear_floor_s = 0.0028;
         p.extend_floor_s = Some(0.011);
+        CostModel::new(p).unwrap()
+    }
+
+    /// The default H100 model with split-KV below 16 decode requests.
+    fn h100_split() -> CostModel {
+        let mut p = h100().params;
+        p.split_kv_requests = Some(16.0);
         CostModel::new(p).unwrap()
     }
 
@@ -647,8 +691,8 @@ pub(crate) mod tests {
 
     #[test]
     fn decode_curve_is_the_step_time_and_throughput_never_falls() {
-        for m in [h100(), h100_heavy()] {
-            for (mean, max) in [(500.0, 500.0), (2_000.0, 60_000.0)] {
+        for m in [h100(), h100_heavy(), h100_split()] {
+            for (mean, max) in [(500.0, 500.0), (2_000.0, 60_000.0), (30_000.0, 60_000.0)] {
                 let curve = m.decode_curve(mean, max);
                 let mut last = 0.0;
                 for n in (1..=2_000).map(f64::from) {
@@ -665,6 +709,67 @@ pub(crate) mod tests {
                     assert!(throughput >= last * (1.0 - 1e-12), "n {n}");
                     last = throughput;
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn split_kv_spares_small_batches_the_length_mix_penalty() {
+        let (plain, split) = (h100(), h100_split());
+        let w = plain.params.het_width;
+        // A lone 60K decode: without the split it costs het_width times its KV read.
+        let lone = decode_batch(&[60_000]);
+        let kv = plain.params.decode_kv_s * 60_001.0;
+        let plain_attn = plain.step_time(&lone) - plain.decode_step_time(&DecodeSummary::default());
+        assert!(plain_attn > 0.9 * w * kv, "{plain_attn}");
+        let share = 1.0 / 16.0;
+        let expected = kv * (1.0 + plain.params.het_alpha * (w * share - 1.0).max(0.0));
+        let split_attn = split.decode_attention_time(&DecodeSummary {
+            requests: 1.0,
+            kv_tokens: 60_001.0,
+            max_kv: 60_001.0,
+        });
+        assert!(
+            (split_attn - expected).abs() <= 1e-12,
+            "{split_attn} vs {expected}"
+        );
+        // 1 long beside 63 short: past the split, the full penalty as before.
+        let mut mixed = vec![1_000u64; 63];
+        mixed.push(120_000);
+        let batch = decode_batch(&mixed);
+        assert_eq!(split.step_time(&batch), plain.step_time(&batch));
+        // Continuous and non-decreasing in the batch size across the switch.
+        let step = |n: f64| {
+            split.decode_step_time(&DecodeSummary {
+                requests: n,
+                kv_tokens: 60_000.0 + (n - 1.0) * 1_000.0,
+                max_kv: 60_000.0,
+            })
+        };
+        let (below, above) = (step(16.0 - 1e-9), step(16.0));
+        assert!((above - below).abs() <= 1e-9 * above, "{below} {above}");
+        for n in 1..64 {
+            assert!(step(n as f64 + 1.0) >= step(n as f64), "n {n}");
+        }
+    }
+
+    #[test]
+    fn operating_point_is_the_smallest_root_with_split_kv() {
+        // The step is not convex with split-KV; the solve must still find the first root.
+        let m = h100_split();
+        let (mean, max) = (2_000.0, 120_000.0);
+        for rate in [50.0, 400.0, 1_500.0, 3_000.0] {
+            let Some((n, _)) = m.decode_operating_point(rate, 1.0, mean, max) else {
+                continue;
+            };
+            let curve = m.decode_curve(mean, max);
+            let mut x = 0.0;
+            while x < n - 1e-6 {
+                assert!(
+                    x < rate * curve.step(x),
+                    "rate {rate}: root at {x} before {n}"
+                );
+                x += 0.01;
             }
         }
     }
@@ -723,7 +828,7 @@ pub(crate) mod tests {
 
     #[test]
     fn operating_point_solves_its_equation() {
-        for m in [h100(), h100_heavy(), h100_extend()] {
+        for m in [h100(), h100_heavy(), h100_extend(), h100_split()] {
             operating_point_solves_its_equation_of(&m);
         }
     }

@@ -58,6 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--out", required=True)
     replay.add_argument("--port", type=int, default=31234)
     replay.add_argument("--seed", type=int, default=0)
+    split = sub.add_parser(
+        "fit-split", help="fit where split-KV switches on (split_kv_requests) to a `job --plan long` folder"
+    )
+    split.add_argument("result", help="a `job --plan long` output folder")
+    split.add_argument("--base", required=True, help="the calibration it extends: shipped name or JSON path")
+    split.add_argument("--name", required=True)
+    split.add_argument("--out", required=True)
+    split.add_argument("--holdout", type=float, default=0.3)
+    engine = sub.add_parser(
+        "replay-engine", help="run a job's batches in the simulator's engine and compare (no HTTP)"
+    )
+    engine.add_argument("real", help="a job output folder")
+    engine.add_argument("--cost-model", required=True)
+    engine.add_argument("--out", help="write OUT.md and OUT.json")
     args = parser.parse_args(argv)
     if args.command == "job":
         from l4_sglang.profile import job as job_module
@@ -67,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         from l4_sglang.profile import replay as replay_module
 
         return replay_module.main(args)
+    if args.command == "fit-split":
+        from l4_sglang.profile import fit_split
+
+        return fit_split.main(args)
+    if args.command == "replay-engine":
+        from l4_sglang.profile import engine_replay
+
+        return engine_replay.main(args)
     from l4_sglang.profile import fit as fit_module
 
     return fit_module.main(args)
