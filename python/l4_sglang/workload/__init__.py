@@ -1,7 +1,7 @@
 """Request workloads: real traces (Mooncake, Azure), transformations, synthetic generators."""
 
 from l4_sglang.workload.azure import load_azure
-from l4_sglang.workload.mooncake import load_mooncake
+from l4_sglang.workload.mooncake import load_mooncake, write_mooncake
 from l4_sglang.workload.synthetic import LengthMixture, gamma, poisson
 from l4_sglang.workload.trace import Trace, TraceRequest
 from l4_sglang.workload.transform import cap_lengths, load_trace, scale_rate, truncate
@@ -18,4 +18,5 @@ __all__ = [
     "poisson",
     "scale_rate",
     "truncate",
+    "write_mooncake",
 ]
