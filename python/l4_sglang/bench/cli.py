@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         description="Compare routing policies on a trace: in the simulator (--mode sim), or against "
         "a running router over HTTP (--mode live --url URL: ours, or smg).",
+        epilog="Other commands: `python -m l4_sglang.bench synth --help` (write a synthetic trace).",
     )
     p.add_argument(
         "--mode",
@@ -615,5 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SUBCOMMANDS: dict = {}
+def _synth_main(argv: list[str]) -> int:
+    from l4_sglang.bench.synth import main as synth_main
+
+    return synth_main(argv)
+
+
+SUBCOMMANDS = {"synth": _synth_main}
 """`python -m l4_sglang.bench <command> ...`; without one, the benchmark above."""
