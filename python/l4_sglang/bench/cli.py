@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         description="Compare routing policies on a trace: in the simulator (--mode sim), or against "
         "a running router over HTTP (--mode live --url URL: ours, or smg).",
-        epilog="Other commands: `python -m l4_sglang.bench synth --help` (write a synthetic trace).",
+        epilog="Other commands: `python -m l4_sglang.bench synth --help` (write a synthetic trace), "
+        "`python -m l4_sglang.bench suite --help` (the simulated policy suite).",
     )
     p.add_argument(
         "--mode",
@@ -622,5 +623,11 @@ def _synth_main(argv: list[str]) -> int:
     return synth_main(argv)
 
 
-SUBCOMMANDS = {"synth": _synth_main}
+def _suite_main(argv: list[str]) -> int:
+    from l4_sglang.bench.suite import main as suite_main
+
+    return suite_main(argv)
+
+
+SUBCOMMANDS = {"synth": _synth_main, "suite": _suite_main}
 """`python -m l4_sglang.bench <command> ...`; without one, the benchmark above."""
