@@ -150,3 +150,22 @@ def test_a_trace_too_small_to_queue_has_no_knee(tmp_path):
     assert proc.returncode == 1
     assert "bimodal: no knee: round robin's mean E2E never reached 2x" in proc.stderr
     assert "use more --requests" in proc.stderr
+
+
+def test_jobs_do_not_change_the_numbers(tiny, tmp_path):
+    _, _, doc = tiny
+    proc = run_cli(
+        "suite", "--output-dir", str(tmp_path), "--instances", "2", "--seeds", "1", "--requests", "100",
+        "--workloads", "bimodal", "--loads", ",".join(LOADS), "--knee-steps", "2", "--jobs", "2", "--quiet",
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    par = json.loads((tmp_path / "suite.json").read_text())
+    assert par["knees"]["bimodal"]["scale"] == doc["knees"]["bimodal"]["scale"]
+    want = [c for c in doc["cells"] if c["workload"] == "bimodal"]
+    assert [(c["workload"], c["load"]) for c in par["cells"]] == [(c["workload"], c["load"]) for c in want]
+    for got, exp in zip(par["cells"], want, strict=True):
+        for pol in suite.SUITE_POLICIES:
+            assert got["policies"][pol]["mean_e2e_ms"] == exp["policies"][pol]["mean_e2e_ms"]
+            assert got["policies"][pol]["p99_e2e_ms"] == exp["policies"][pol]["p99_e2e_ms"]
+        assert got["bar"] == exp["bar"]

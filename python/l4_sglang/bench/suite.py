@@ -14,7 +14,7 @@ the shape matters, loads rescale the arrival rate). Seed s: the Mooncake jitter,
 generator and the policies' seed (Azure timestamps are exact, so only the policies see it).
 
 Loads (`LOADS`): multiples of round robin's knee. The knee of a workload is the rate scale at
-which round robin's mean E2E on the seed-0 trace reaches `KNEE_RATIO` (2) times the mean oracle
+which round robin's mean E2E on the first seed's trace reaches `KNEE_RATIO` (2) times the mean oracle
 E2E (each request alone on an idle instance): found by doubling or halving the scale from 1
 until it brackets the ratio, then `--knee-steps` bisections in log scale, then log-linear
 interpolation inside the last bracket. light = 0.5x knee, knee = 1x, past = 1.5x. The arrivals of
@@ -27,9 +27,10 @@ The bar (`bar`), per cell, for l4 (each part needs the policies it compares):
 - mean E2E <= 1.0x static_oracle's on stationary workloads, <= 0.75x on the non-stationary one;
 - P99 E2E <= 1.0x the P99 of that best length-blind baseline.
 
-Outputs: DIR/suite.json (every number, per seed too; rewritten after each cell, so a cut run
-keeps what it finished) and DIR/suite.md (the table and the cells meeting the bar). Progress
-goes to stderr.
+Outputs: DIR/suite.json (every number, per seed too, with each run's wall time; rewritten after
+each cell, so a cut run keeps what it finished) and DIR/suite.md (the table and the cells meeting
+the bar). Progress goes to stderr. --jobs N runs N simulations at a time in worker processes; the
+numbers do not depend on it.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle-buckets", type=int, default=2, choices=(2, 3), help=f"{ORACLE}: the most buckets it tries"
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="simulations run in parallel, one process each (the results do not depend on it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_policy_knobs(p)
     return p
@@ -145,11 +155,20 @@ class Settings:
     policies: list[str]
     requests: int
     traces_dir: Path
-    model: CostModel
+    cost_model: str
     knee_steps: int
     oracle_buckets: int
     knobs: dict[str, dict]
     quiet: bool
+
+    @property
+    def model(self) -> CostModel:
+        return _load_model(self.cost_model)
+
+
+@cache
+def _load_model(spec: str) -> CostModel:
+    return CostModel.load(spec)
 
 
 def base_trace(workload: str, seed: int, s: Settings) -> Trace:
@@ -179,7 +198,7 @@ def find_knee(trace: Trace, s: Settings, log: Callable[[str], None]) -> dict:
 
     def ratio(scale: float) -> float:
         if scale not in points:
-            res = simulate(scale_rate(trace, scale), "round_robin", s.model, s.instances, seed=0)
+            res = simulate(scale_rate(trace, scale), "round_robin", s.model, s.instances, seed=s.seeds[0])
             e2e = [r.e2e_s for r in res.completed]
             points[scale] = float(np.mean(e2e)) / ref if e2e else math.inf
             log(f"rate scale {scale:.4g}: round_robin mean E2E {points[scale]:.3g}x oracle")
@@ -297,21 +316,51 @@ def _mean(values):
     return float(np.mean(values)) if values else None
 
 
-def run_cell(workload: str, load: str, knee: dict, traces: dict[int, Trace], s: Settings, log) -> dict:
-    scale = knee["scale"] * LOADS[load]
-    per_seed: dict[str, list[dict]] = {p: [] for p in s.policies}
-    for seed in s.seeds:
-        trace = scale_rate(traces[seed], scale)
-        for pol in s.policies:
-            t0 = time.monotonic()
-            m = run_policy(pol, trace, seed, s)
-            m["seed"] = seed
-            m["wall_s"] = time.monotonic() - t0
-            per_seed[pol].append(m)
-            log(
-                f"seed {seed} {pol}: mean E2E {_s(m['mean_e2e_ms'])} s, P99 {_s(m['p99_e2e_ms'])} s "
-                f"({m['wall_s']:.1f} s wall)"
-            )
+def _log(workload: str, quiet: bool) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        if not quiet:
+            sys.stderr.write(f"[suite {workload}] {line}\n")
+            sys.stderr.flush()
+
+    return log
+
+
+def knee_task(workload: str, s: Settings) -> dict:
+    """Round robin's knee of `workload` on the first seed's trace, timed."""
+    t0 = time.monotonic()
+    knee = find_knee(base_trace(workload, s.seeds[0], s), s, _log(workload, s.quiet))
+    knee["wall_s"] = time.monotonic() - t0
+    return knee
+
+
+_TRACES: dict[tuple, Trace] = {}
+
+
+def _cached_trace(workload: str, seed: int, s: Settings) -> Trace:
+    key = (workload, seed, s.requests, str(s.traces_dir))
+    if key not in _TRACES:
+        _TRACES[key] = base_trace(workload, seed, s)
+    return _TRACES[key]
+
+
+def policy_task(workload: str, seed: int, scale: float, pol: str, s: Settings) -> dict:
+    """One policy on one seed's trace of `workload` at rate scale `scale`, timed."""
+    t0 = time.monotonic()
+    m = run_policy(pol, scale_rate(_cached_trace(workload, seed, s), scale), seed, s)
+    m["seed"] = seed
+    m["wall_s"] = time.monotonic() - t0
+    return m
+
+
+def assemble_cell(
+    workload: str,
+    load: str,
+    scale: float,
+    traces: dict[int, Trace],
+    runs: dict[tuple[int, str], dict],
+    s: Settings,
+) -> dict:
+    """A cell's record from its per-(seed, policy) runs: seed means, per-seed numbers, the bar."""
     base = traces[s.seeds[0]]
     cell = {
         "workload": workload,
@@ -320,18 +369,19 @@ def run_cell(workload: str, load: str, knee: dict, traces: dict[int, Trace], s: 
         "rate_scale": scale,
         "rate_req_s": scale * base.mean_rate,
         "requests": {str(seed): len(traces[seed]) for seed in s.seeds},
-        "policies": {
-            p: {
-                "mean_e2e_ms": _mean([m["mean_e2e_ms"] for m in runs]),
-                "p99_e2e_ms": _mean([m["p99_e2e_ms"] for m in runs]),
-                "per_seed": runs,
-            }
-            for p, runs in per_seed.items()
-        },
+        "policies": {},
     }
+    for p in s.policies:
+        per_seed = [runs[(seed, p)] for seed in s.seeds]
+        cell["policies"][p] = {
+            "mean_e2e_ms": _mean([m["mean_e2e_ms"] for m in per_seed]),
+            "p99_e2e_ms": _mean([m["p99_e2e_ms"] for m in per_seed]),
+            "per_seed": per_seed,
+        }
     if workload in NONSTATIONARY:
         cell["phase_s"] = base.duration_s / scale / 3
     cell["bar"] = bar(cell)
+    cell["runs_wall_s"] = sum(m["wall_s"] for m in runs.values())
     return cell
 
 
@@ -417,7 +467,7 @@ def write_markdown(path: Path, doc: dict) -> None:
 
 LOAD_RULE = (
     f"multiples of round robin's knee, the rate scale at which its mean E2E reaches {KNEE_RATIO:g}x the "
-    "mean oracle E2E (each request alone on an idle instance) on the seed-0 trace, found by a doubling/"
+    "mean oracle E2E (each request alone on an idle instance) on the first seed's trace, found by a doubling/"
     "halving bracket, log bisections and log-linear interpolation; "
     + ", ".join(f"{k} = {v:g}x knee" for k, v in LOADS.items())
     + "."
@@ -428,6 +478,66 @@ BAR_RULE = (
     f"stationary workloads, <= {BAR_VS_ORACLE_NONSTATIONARY:g}x on the non-stationary one; P99 E2E <= "
     f"{BAR_P99:g}x the best length-blind baseline's P99."
 )
+
+
+def run_all(s: Settings, pool: ProcessPoolExecutor | None, doc: dict, save: Callable[[], None]) -> int:
+    """Knees, then every (workload, load, seed, policy) run, in this process (`pool` None) or
+    through `pool`; each cell is written (`save`) once its runs are in, cells in the order
+    workloads x loads whatever order the runs end in."""
+    knee_futures = {w: pool.submit(knee_task, w, s) for w in s.workloads} if pool is not None else {}
+    for w in s.workloads:
+        try:
+            knee = knee_task(w, s) if pool is None else knee_futures[w].result()
+        except KneeNotFound as e:
+            sys.stderr.write(f"python -m l4_sglang.bench suite: error: {w}: {e}\n")
+            return 1
+        doc["knees"][w] = knee
+        rate = f"{knee['rate_req_s']:.3g} req/s"
+        _log(w, s.quiet)(f"knee at rate scale {knee['scale']:.4g} ({rate}), {knee['wall_s']:.1f} s")
+    traces = {w: {seed: base_trace(w, seed, s) for seed in s.seeds} for w in s.workloads}
+    order = [(w, load) for w in s.workloads for load in s.loads]
+    scales = {(w, load): doc["knees"][w]["scale"] * LOADS[load] for w, load in order}
+    keys = [(w, load, seed, pol) for w, load in order for seed in s.seeds for pol in s.policies]
+    runs: dict[tuple[str, str], dict[tuple[int, str], dict]] = {c: {} for c in order}
+    done_cells: dict[tuple[str, str], dict] = {}
+
+    def handle(key: tuple, m: dict, left: int) -> None:
+        w, load, seed, pol = key
+        runs[(w, load)][(seed, pol)] = m
+        log = _log(w, s.quiet)
+        log(
+            f"{load}: seed {seed} {pol}: mean E2E {_s(m['mean_e2e_ms'])} s, P99 {_s(m['p99_e2e_ms'])} s "
+            f"({m['wall_s']:.1f} s wall; {left} runs left)"
+        )
+        if len(runs[(w, load)]) < len(s.seeds) * len(s.policies):
+            return
+        cell = assemble_cell(w, load, scales[(w, load)], traces[w], runs[(w, load)], s)
+        done_cells[(w, load)] = cell
+        doc["cells"] = [done_cells[c] for c in order if c in done_cells]
+        save()
+        b = cell["bar"]
+        log(
+            f"cell {w} / {load} done ({len(done_cells)}/{len(order)}; {cell['runs_wall_s']:.1f} s of runs): "
+            f"l4/best blind {_x(b['l4_over_best_blind_mean'])}, l4/oracle {_x(b['l4_over_oracle_mean'])}, "
+            f"bar {_verdict(b)}"
+        )
+
+    if pool is None:
+        for i, k in enumerate(keys):
+            handle(k, policy_task(k[0], k[2], scales[k[:2]], k[3], s), len(keys) - i - 1)
+        return 0
+    # static_oracle first: the longest runs, so that they do not trail at the end.
+    rank = {k: i for i, k in enumerate(keys)}
+    submitted = sorted(keys, key=lambda k: (k[3] != ORACLE, rank[k]))
+    by_future: dict[Future, tuple] = {
+        pool.submit(policy_task, k[0], k[2], scales[k[:2]], k[3], s): k for k in submitted
+    }
+    pending = set(by_future)
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for f in sorted(finished, key=lambda f: rank[by_future[f]]):
+            handle(by_future[f], f.result(), len(pending))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{ORACLE} needs --instances >= 2")
     if args.requests < 1:
         p.error(f"--requests must be >= 1, got {args.requests}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.knee_steps < 0:
         p.error(f"--knee-steps must be >= 0, got {args.knee_steps}")
     knobs = given_knobs(p, args)
@@ -463,11 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         if w in REAL_TRACES and not (traces_dir / REAL_TRACES[w]).is_file():
             p.error(f"trace file not found: {traces_dir / REAL_TRACES[w]} (set --traces-dir)")
     try:
-        model = CostModel.load(args.cost_model)
+        CostModel.load(args.cost_model)
     except ValueError as e:
         p.error(str(e))
     s = Settings(
-        args.instances, seeds, loads, workloads, policies, args.requests, traces_dir, model,
+        args.instances, seeds, loads, workloads, policies, args.requests, traces_dir, args.cost_model,
         args.knee_steps, args.oracle_buckets, knobs, args.quiet,
     )  # fmt: skip
     out = Path(args.output_dir)
@@ -482,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             "workloads": workloads,
             "policies": policies,
             "requests": s.requests,
-            "cost_model": model.name,
+            "cost_model": s.model.name,
             "synth_base_rate": SYNTH_BASE_RATE,
             "knee_ratio": KNEE_RATIO,
             "knee_steps": s.knee_steps,
@@ -499,39 +611,17 @@ def main(argv: list[str] | None = None) -> int:
         (out / "suite.json").write_text(json.dumps(doc, indent=2) + "\n")
         write_markdown(out / "suite.md", doc)
 
-    total = len(workloads) * len(loads)
-    for wi, w in enumerate(workloads):
-
-        def log(line: str, w=w) -> None:
-            if not s.quiet:
-                sys.stderr.write(f"[suite {w}] {line}\n")
-                sys.stderr.flush()
-
-        traces = {seed: base_trace(w, seed, s) for seed in seeds}
-        t0 = time.monotonic()
-        try:
-            knee = find_knee(traces[seeds[0]], s, log)
-        except KneeNotFound as e:
-            sys.stderr.write(f"python -m l4_sglang.bench suite: error: {w}: {e}\n")
+    pool = (
+        None
+        if args.jobs == 1
+        else ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+    )
+    try:
+        if run_all(s, pool, doc, save) != 0:
             return 1
-        knee["wall_s"] = time.monotonic() - t0
-        doc["knees"][w] = knee
-        log(
-            f"knee at rate scale {knee['scale']:.4g} ({knee['rate_req_s']:.3g} req/s), {knee['wall_s']:.1f} s"
-        )
-        for li, load in enumerate(loads):
-            t0 = time.monotonic()
-            cell = run_cell(w, load, knee, traces, s, lambda line, load=load, log=log: log(f"{load}: {line}"))
-            cell["wall_s"] = time.monotonic() - t0
-            doc["cells"].append(cell)
-            save()
-            b = cell["bar"]
-            log(
-                f"cell {wi * len(loads) + li + 1}/{total} {load} done in {cell['wall_s']:.1f} s: "
-                "l4/best blind "
-                f"{_x(b['l4_over_best_blind_mean'])}, l4/oracle {_x(b['l4_over_oracle_mean'])}, "
-                f"bar {_yes(b['meets_bar'])}"
-            )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     save()
     if not s.quiet:
         met = sum(bool(c["bar"]["meets_bar"]) for c in doc["cells"])
