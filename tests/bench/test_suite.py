@@ -17,7 +17,8 @@ LOADS = ["light", "past"]
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     proc = run_cli(
-        "suite", "--output-dir", str(out), "--instances", "2", "--seeds", "1", "--requests", "100",
+        "suite", "--output-dir", str(out), "--instances", "2", "--seeds", "1",
+        "--requests", "100", "--nonstationary-requests", "100",
         "--workloads", ",".join(WORKLOADS), "--loads", ",".join(LOADS), "--knee-steps", "2",
         timeout=300,
     )  # fmt: skip
@@ -86,6 +87,10 @@ def test_bar_follows_the_numbers(tiny):
     for w in WORKLOADS:
         assert sum(ln.startswith(f"| {w} | {doc['knees'][w]['scale']:.3g} |") for ln in lines) == 1
     assert "2x the mean oracle E2E" in md
+    ns = ", ".join(
+        f"{c['load']}: {c['phase_s']:.0f} s" for c in doc["cells"] if c["workload"] == "nonstationary"
+    )
+    assert f"Non-stationary phases (chat, documents, chat) last {ns} each." in md
 
 
 def test_progress_on_stderr(tiny):
@@ -155,7 +160,8 @@ def test_a_trace_too_small_to_queue_has_no_knee(tmp_path):
 def test_jobs_do_not_change_the_numbers(tiny, tmp_path):
     _, _, doc = tiny
     proc = run_cli(
-        "suite", "--output-dir", str(tmp_path), "--instances", "2", "--seeds", "1", "--requests", "100",
+        "suite", "--output-dir", str(tmp_path), "--instances", "2", "--seeds", "1",
+        "--requests", "100", "--nonstationary-requests", "100",
         "--workloads", "bimodal", "--loads", ",".join(LOADS), "--knee-steps", "2", "--jobs", "2", "--quiet",
         timeout=300,
     )  # fmt: skip

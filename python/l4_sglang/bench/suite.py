@@ -10,8 +10,10 @@ Workloads (`WORKLOADS`): the Mooncake conversation trace, both Azure 2023 traces
 conversation), and the synthetic bimodal, trimodal, lognormal-tail and non-stationary mixes of
 `workload.synthetic.synthetic_trace`. Each is cut to its first --requests requests (real traces)
 or generated with about that many (synthetic, at `SYNTH_BASE_RATE` requests per second: only
-the shape matters, loads rescale the arrival rate). Seed s: the Mooncake jitter, the synthetic
-generator and the policies' seed (Azure timestamps are exact, so only the policies see it).
+the shape matters, loads rescale the arrival rate; the non-stationary one has its own, larger
+--nonstationary-requests, so that its phases are not over before l4's histogram follows them).
+Seed s: the Mooncake jitter, the synthetic generator and the policies' seed (Azure timestamps
+are exact, so only the policies see it).
 
 Loads (`LOADS`): multiples of round robin's knee. The knee of a workload is the rate scale at
 which round robin's mean E2E on the first seed's trace reaches `KNEE_RATIO` (2) times the mean oracle
@@ -124,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests", type=int, default=3000, help="requests per workload trace (about, for synthetic)"
     )
     p.add_argument(
+        "--nonstationary-requests",
+        type=int,
+        default=15000,
+        help="about this many requests in the non-stationary trace: at 16 instances its knee is near "
+        "47 req/s, so 15000 give phases of about 100 s there (3000 would give 21 s, shorter than "
+        "l4's 60 s histogram half-life)",
+    )
+    p.add_argument(
         "--traces-dir", default=None, help="the public traces (default: <checkout>/../shared/data/traces)"
     )
     p.add_argument(
@@ -154,6 +164,7 @@ class Settings:
     workloads: list[str]
     policies: list[str]
     requests: int
+    nonstationary_requests: int
     traces_dir: Path
     cost_model: str
     knee_steps: int
@@ -172,13 +183,14 @@ def _load_model(spec: str) -> CostModel:
 
 
 def base_trace(workload: str, seed: int, s: Settings) -> Trace:
-    """The workload's trace at rate scale 1: first --requests requests, or about that many generated."""
+    """The workload's trace at rate scale 1: first --requests requests, or about that many generated
+    (--nonstationary-requests for the non-stationary mix)."""
     if workload in REAL_TRACES:
         trace = load_trace(s.traces_dir / REAL_TRACES[workload], seed=seed)
         return truncate(trace, count=s.requests)
     if workload in NONSTATIONARY:
         per_s = sum(ph.rate * ph.duration_s for ph in shifting_phases(SYNTH_BASE_RATE, 3.0)) / 3.0
-        return synthetic_trace(workload, SYNTH_BASE_RATE, s.requests / per_s, seed=seed)
+        return synthetic_trace(workload, SYNTH_BASE_RATE, s.nonstationary_requests / per_s, seed=seed)
     trace = synthetic_trace(workload, SYNTH_BASE_RATE, s.requests / SYNTH_BASE_RATE, seed=seed)
     return truncate(trace, count=s.requests)
 
@@ -421,8 +433,8 @@ def write_markdown(path: Path, doc: dict) -> None:
         "",
         "All numbers come from the discrete-event simulator with cost model "
         f"`{cfg['cost_model']}`, not from GPUs. {cfg['instances']} instances, seeds "
-        f"{', '.join(map(str, cfg['seeds']))}, about {cfg['requests']} requests per workload trace; "
-        "each value is the mean over seeds.",
+        f"{', '.join(map(str, cfg['seeds']))}, about {cfg['requests']} requests per workload trace "
+        f"({cfg['nonstationary_requests']} for nonstationary); each value is the mean over seeds.",
         "",
         f"Loads: {cfg['load_rule']}",
         "",
@@ -455,6 +467,9 @@ def write_markdown(path: Path, doc: dict) -> None:
             + f" | {blind} | "
             f"{_x(b['l4_over_best_blind_p99'])} | {_x(b['l4_over_oracle_mean'])} | {_verdict(b)} |"
         )
+    phases = [f"{c['load']}: {c['phase_s']:.0f} s" for c in doc["cells"] if "phase_s" in c]
+    if phases:
+        lines += ["", f"Non-stationary phases (chat, documents, chat) last {', '.join(phases)} each."]
     met = [f"{c['workload']} / {c['load']}" for c in doc["cells"] if c["bar"]["meets_bar"]]
     lines += [
         "",
@@ -558,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--instances must be >= 1, got {args.instances}")
     if ORACLE in policies and args.instances < 2:
         p.error(f"{ORACLE} needs --instances >= 2")
-    if args.requests < 1:
-        p.error(f"--requests must be >= 1, got {args.requests}")
+    for name in ("requests", "nonstationary_requests"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.knee_steps < 0:
@@ -579,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     s = Settings(
-        args.instances, seeds, loads, workloads, policies, args.requests, traces_dir, args.cost_model,
+        args.instances, seeds, loads, workloads, policies, args.requests, args.nonstationary_requests,
+        traces_dir, args.cost_model,
         args.knee_steps, args.oracle_buckets, knobs, args.quiet,
     )  # fmt: skip
     out = Path(args.output_dir)
@@ -594,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             "workloads": workloads,
             "policies": policies,
             "requests": s.requests,
+            "nonstationary_requests": s.nonstationary_requests,
             "cost_model": s.model.name,
             "synth_base_rate": SYNTH_BASE_RATE,
             "knee_ratio": KNEE_RATIO,
