@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -48,3 +49,73 @@ def unknown_own_flags(
         if name.startswith(prefixes) and name not in known:
             out.append((name, nearest(name, known)))
     return out
+
+
+def knob_flag(policy: str, knob: str) -> str:
+    """The command-line flag of a policy knob: `--<policy>-<knob>`, underscores as dashes."""
+    return f"--{policy.replace('_', '-')}-{knob.replace('_', '-')}"
+
+
+def knob_dest(policy: str, knob: str) -> str:
+    return f"knob__{policy}__{knob}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def add_policy_knobs(p: argparse.ArgumentParser) -> None:
+    """A flag `--<policy>-<knob> V` for every knob of every policy, from the policies' Config
+    dataclasses (`policy_config_fields`); each defaults to None (not given)."""
+    from l4_sglang.policy.registry import POLICIES, policy_config_fields
+
+    knobs = p.add_argument_group("policy knobs (--<policy>-<knob>)")
+    for name in POLICIES:
+        for f in policy_config_fields(name):
+            knobs.add_argument(
+                knob_flag(name, f.name),
+                dest=knob_dest(name, f.name),
+                default=None,
+                metavar="V",
+                help=f"{f.help} (default: {_show(f.default)})",
+            )
+
+
+def given_knobs(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{policy: {knob: parsed value}} of the knob flags given (policies without any left out);
+    a value that does not parse is a parser error naming its flag."""
+    from l4_sglang.policy.registry import POLICIES, policy_config_fields
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in POLICIES:
+        for f in policy_config_fields(name):
+            raw = getattr(args, knob_dest(name, f.name))
+            if raw is None:
+                continue
+            try:
+                out.setdefault(name, {})[f.name] = f.parse(raw)
+            except ValueError as e:
+                p.error(f"{knob_flag(name, f.name)}: {e}")
+    return out
+
+
+def check_knobs(p: argparse.ArgumentParser, policy: str, overrides: dict[str, Any]) -> None:
+    """Parser error when `overrides` do not make a valid Config of `policy`."""
+    from l4_sglang.policy.registry import make_config
+
+    try:
+        make_config(policy, overrides)
+    except ValueError as e:
+        p.error(f"policy {policy}: {e}")
+
+
+def reject_unknown(p: argparse.ArgumentParser, tokens: Sequence[str]) -> None:
+    """Exit 2 naming each unknown flag and the nearest known one."""
+    parts = []
+    for token in tokens:
+        name = token.partition("=")[0]
+        near = nearest(name, option_strings(p)) if name.startswith("-") else None
+        parts.append(f"{token} (did you mean {near}?)" if near else token)
+    p.error("unrecognized arguments: " + " ".join(parts))

@@ -27,9 +27,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from l4_sglang.cli_help import HelpFormatter, nearest, option_strings
+from l4_sglang.cli_help import (
+    HelpFormatter,
+    add_policy_knobs,
+    check_knobs,
+    given_knobs,
+    knob_flag,
+    reject_unknown,
+)
 from l4_sglang.core import CostModel
-from l4_sglang.policy.registry import POLICIES, make_config, policy_config_fields
+from l4_sglang.policy.registry import POLICIES
 from l4_sglang.router.app import RouterSettings
 
 API_KEY_ENV = "L4_ROUTER_API_KEY"
@@ -46,14 +53,6 @@ def settings_default(name: str) -> Any:
                 raise KeyError(f"RouterSettings.{name} has no plain default")
             return f.default
     raise KeyError(f"RouterSettings has no field {name}")
-
-
-def _flag(policy: str, knob: str) -> str:
-    return f"--{policy.replace('_', '-')}-{knob.replace('_', '-')}"
-
-
-def _dest(policy: str, knob: str) -> str:
-    return f"knob__{policy}__{knob}"
 
 
 def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) -> None:
@@ -168,44 +167,18 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
         choices=LOG_LEVELS,
         help="log level of the router (and the launcher)",
     )
-    knobs = p.add_argument_group("policy knobs (--<policy>-<knob>)")
-    for name in POLICIES:
-        for f in policy_config_fields(name):
-            knobs.add_argument(
-                _flag(name, f.name),
-                dest=_dest(name, f.name),
-                default=None,
-                metavar="V",
-                help=f"{f.help} (default: {_show(f.default)})",
-            )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
+    add_policy_knobs(p)
 
 
 def policy_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """The knobs given for `args.policy`; parser errors for bad values or another policy's knobs."""
-    overrides: dict[str, Any] = {}
-    for name in POLICIES:
-        for f in policy_config_fields(name):
-            raw = getattr(args, _dest(name, f.name))
-            if raw is None:
-                continue
-            if name != args.policy:
-                p.error(
-                    f"{_flag(name, f.name)} is a knob of policy {name!r}, but --policy is {args.policy!r}"
-                )
-            try:
-                overrides[f.name] = f.parse(raw)
-            except ValueError as e:
-                p.error(f"{_flag(name, f.name)}: {e}")
-    try:
-        make_config(args.policy, overrides)
-    except ValueError as e:
-        p.error(f"policy {args.policy}: {e}")
+    given = given_knobs(p, args)
+    for name, knobs in given.items():
+        if name != args.policy:
+            flag = knob_flag(name, next(iter(knobs)))
+            p.error(f"{flag} is a knob of policy {name!r}, but --policy is {args.policy!r}")
+    overrides = given.get(args.policy, {})
+    check_knobs(p, args.policy, overrides)
     return overrides
 
 
@@ -275,16 +248,6 @@ def parse_args(argv: list[str] | None = None):
     if extra:
         reject_unknown(p, extra)
     return settings_from(p, args, args.worker_urls, args.port, args.host), args
-
-
-def reject_unknown(p: argparse.ArgumentParser, tokens: Sequence[str]) -> None:
-    """Exit 2 naming each unknown flag and the nearest known one."""
-    parts = []
-    for token in tokens:
-        name = token.partition("=")[0]
-        near = nearest(name, option_strings(p)) if name.startswith("-") else None
-        parts.append(f"{token} (did you mean {near}?)" if near else token)
-    p.error("unrecognized arguments: " + " ".join(parts))
 
 
 async def _serve(settings) -> None:

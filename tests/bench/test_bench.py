@@ -195,3 +195,63 @@ def test_no_request_beats_its_oracle_without_shared_prefixes(het):
         assert len(res.completed) == len(trace)
         for r in res.completed:
             assert r.e2e_s >= oracle_e2e_s(cm, r.prompt_tokens, r.output_tokens) * (1 - 1e-9), (pol, r.index)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--l4-min-gian", "0.1"], "--l4-min-gian (did you mean --l4-min-gain?)"),
+        (["--l4-min-gain", "0.1", "--policies", "round_robin"], "which --policies does not run"),
+        (["--l4-min-gain", "-1", "--policies", "l4"], "policy l4: invalid min_gain"),
+        (["--l4-bins", "many", "--policies", "l4"], "--l4-bins: invalid bins: expected int"),
+        (["--static-buckets-boundaries", "9,3", "--policies", "static_buckets"], "invalid boundaries"),
+        (["--max-context", "1"], "--max-context must be >= 2"),
+    ],
+)
+def test_bad_knobs_exit_2(tmp_path, args, message):
+    proc = run_cli("--trace", str(TRACE), "--instances", "4", "--output-dir", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_knobs_context_cap_and_exact_timestamps_reach_the_simulator(tmp_path):
+    from l4_sglang.workload import cap_lengths, load_trace, write_mooncake
+
+    mix = LengthMixture([(0.8, 800, 0.5, 60, 0.5), (0.2, 9000, 0.3, 80, 0.3)])
+    trace = poisson(3.0, 12.0, mix, seed=5)
+    path = tmp_path / "synth.jsonl"
+    write_mooncake(trace, path)
+    exact = load_trace(path, exact_timestamps=True)
+    assert [r.arrival_s for r in exact] == pytest.approx([r.arrival_s for r in trace], rel=1e-12, abs=1e-12)
+    assert [(r.prompt_tokens, r.output_tokens) for r in exact] == [
+        (r.prompt_tokens, r.output_tokens) for r in trace
+    ]
+    jittered = load_trace(path)
+    assert jittered.arrivals().tolist() != pytest.approx(trace.arrivals().tolist(), abs=1e-3)
+
+    out = tmp_path / "out"
+    proc = run_cli(
+        "--trace", str(path), "--exact-timestamps", "--max-context", "4096", "--instances", "3",
+        "--policies", "static_buckets,l4", "--static-buckets-boundaries", "2000",
+        "--static-buckets-instances", "1,2", "--l4-migration", "false", "--output-dir", str(out), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    capped = cap_lengths(trace, 4096)
+    cm = CostModel.load()
+    for pol, knobs in [
+        ("static_buckets", {"boundaries": (2000,), "instances": (1, 2)}),
+        ("l4", {"migration": False}),
+    ]:
+        run = json.loads((out / f"{pol}.json").read_text())
+        as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()}
+        assert run["policy_overrides"] == as_json
+        want = simulate(capped, pol, cm, 3, seed=0, policy_overrides=knobs).summary()
+        assert run["mean_e2e_latency_ms"] == pytest.approx(want["mean_e2e_latency_ms"], rel=1e-9)
+        assert run["completed"] == len(trace)
+    assert run["migrations"] == 0
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["max_context"] == 4096 and config["exact_timestamps"] is True
+    md = (out / "summary.md").read_text()
+    assert "Policy knobs of static_buckets: boundaries=2000, instances=1,2." in md
+    assert "capped at 4096 tokens" in md

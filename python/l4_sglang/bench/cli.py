@@ -39,11 +39,18 @@ from pathlib import Path
 import numpy as np
 
 from l4_sglang.bench import static_oracle
-from l4_sglang.cli_help import HelpFormatter
+from l4_sglang.cli_help import (
+    HelpFormatter,
+    add_policy_knobs,
+    check_knobs,
+    given_knobs,
+    knob_flag,
+    reject_unknown,
+)
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import LayoutSample, SimResult, simulate
-from l4_sglang.workload import load_trace, scale_rate, truncate
+from l4_sglang.workload import cap_lengths, load_trace, scale_rate, truncate
 
 SLO_THRESHOLD = 0.9
 """slo_attainment a rate scale needs to count toward max_rate_at_slo."""
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         description="Compare routing policies on a trace: in the simulator (--mode sim), or against "
         "a running router over HTTP (--mode live --url URL: ours, or smg).",
+        epilog="Other commands: `python -m l4_sglang.bench synth --help` (write a synthetic trace), "
+        "`python -m l4_sglang.bench suite --help` (the simulated policy suite).",
     )
     p.add_argument(
         "--mode",
@@ -125,9 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration-s", type=float, default=None, help="keep requests arriving before this (default: all)"
     )
     cut.add_argument("--count", type=int, default=None, help="keep the first COUNT requests (default: all)")
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="fit every request in N tokens (prompt + output): a longer prompt loses its tail, then the "
+        "output is cut (workload.transform.cap_lengths; default: lengths as in the trace)",
+    )
+    p.add_argument(
+        "--exact-timestamps",
+        action="store_true",
+        help=".jsonl: replay the timestamps as written (default: each request is spread uniformly "
+        "inside Mooncake's 3 s quantum, seeded by --seed); use it for traces written by "
+        "`python -m l4_sglang.bench synth`",
+    )
     p.add_argument("--seed", type=int, default=0, help="trace jitter and policy seed")
     p.add_argument("--output-dir", required=True, help="where results and plots go")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_policy_knobs(p)
     return p
 
 
@@ -225,6 +249,7 @@ def write_markdown(path: Path, runs: list[dict], meta: dict) -> None:
         f"{meta['instances']} instances, cost model `{meta['cost_model']}`, length-mix term {het}, "
         f"seed {meta['seed']}, SLO TTFT <= {meta['slo_ttft_ms']:g} ms and TPOT <= {meta['slo_tpot_ms']:g} ms "
         f"(max rate@SLO: largest swept rate scale with SLO attainment >= {SLO_THRESHOLD}).",
+        *_knob_lines(meta),
         "",
         "| " + " | ".join(h for _, h in cols) + " |",
         "|" + "---|" * len(cols),
@@ -235,6 +260,22 @@ def write_markdown(path: Path, runs: list[dict], meta: dict) -> None:
     for p in staged:
         lines += ["", f"Stage boundaries over time ({p}): `stages_{p}*.png`, timeline in `{p}*_stages.json`."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _knob_lines(meta: dict) -> list[str]:
+    lines = []
+    if meta.get("max_context"):
+        lines.append(f"Requests capped at {meta['max_context']} tokens of context (--max-context).")
+    if meta.get("exact_timestamps"):
+        lines.append("Timestamps replayed exactly (--exact-timestamps).")
+    for pol, knobs in (meta.get("policy_overrides") or {}).items():
+        given = ", ".join(f"{k}={_show_knob(v)}" for k, v in knobs.items())
+        lines.append(f"Policy knobs of {pol}: {given}.")
+    return ["", *lines] if lines else []
+
+
+def _show_knob(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
 
 
 STAGE_PLOT_POLICIES = ("l4",)
@@ -326,6 +367,10 @@ def write_plots(
     return files
 
 
+def _jsonable(overrides: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
+
+
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     live = args.mode == "live"
     if live:
@@ -356,7 +401,25 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
         parser.error(f"unknown policy {', '.join(bad) or '(none given)'}; choices: {choices}")
     if ORACLE in policies and args.instances < 2:
         parser.error(f"{ORACLE} needs --instances >= 2 (a static split has two buckets at least)")
+    if args.max_context is not None and args.max_context < 2:
+        parser.error(f"--max-context must be >= 2, got {args.max_context}")
     return policies
+
+
+def policy_knobs(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, policies: list[str]
+) -> dict[str, dict]:
+    """{policy: overrides} from the --<policy>-<knob> flags; a knob of a policy this run does not
+    simulate (or any knob in live mode, whose router has its own) is an error."""
+    given = given_knobs(parser, args)
+    for name, knobs in given.items():
+        flag = knob_flag(name, next(iter(knobs)))
+        if args.mode == "live":
+            parser.error(f"{flag}: policy knobs are for --mode sim (the router at --url has its own)")
+        if name not in policies:
+            parser.error(f"{flag} is a knob of policy {name!r}, which --policies does not run")
+        check_knobs(parser, name, knobs)
+    return given
 
 
 def _run_summary(res: SimResult, rate: float, args: argparse.Namespace, oracle: np.ndarray) -> dict:
@@ -437,9 +500,15 @@ def _oracle_run(scaled, model: CostModel, rate: float, args: argparse.Namespace)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        reject_unknown(parser, extra)
     policies = _validate(parser, args)
+    knobs = policy_knobs(parser, args, policies)
     live = args.mode == "live"
     try:
         rates = parse_sweep(args.rate_sweep) if args.rate_sweep else [args.rate_scale or 1.0]
@@ -456,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_het:
         model = model.without_heterogeneity()
     try:
-        trace = load_trace(args.trace, seed=args.seed)
+        trace = load_trace(args.trace, seed=args.seed, exact_timestamps=args.exact_timestamps)
         trace = truncate(trace, count=args.count, duration_s=args.duration_s)
+        if args.max_context is not None:
+            trace = cap_lengths(trace, args.max_context)
     except ValueError as e:
         parser.error(str(e))
     sweep = args.rate_sweep is not None
@@ -478,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         "slo_threshold": SLO_THRESHOLD,
         "simulated": not live,
         "mode": args.mode,
+        "max_context": args.max_context,
+        "exact_timestamps": args.exact_timestamps,
+        "policy_overrides": {k: _jsonable(v) for k, v in knobs.items()},
     }
     if live:
         meta["url"] = args.url
@@ -501,9 +575,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 label = f"{pol} rate {rate:g}"
                 res = simulate(
-                    scaled, pol, model, args.instances, seed=args.seed, progress=_progress(label, args.quiet)
+                    scaled,
+                    pol,
+                    model,
+                    args.instances,
+                    seed=args.seed,
+                    policy_overrides=knobs.get(pol),
+                    progress=_progress(label, args.quiet),
                 )
                 s = _run_summary(res, rate, args, oracle)
+                s["policy_overrides"] = _jsonable(knobs.get(pol, {}))
             name = res.policy
             e2e[(name, rate)] = np.array([r.e2e_s * 1000 for r in res.completed])
             runs.append(s)
@@ -534,3 +615,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         sys.stderr.write(f"wrote {out}/summary.md, summary.json, per-run JSON and plots\n")
     return 0
+
+
+def _synth_main(argv: list[str]) -> int:
+    from l4_sglang.bench.synth import main as synth_main
+
+    return synth_main(argv)
+
+
+def _suite_main(argv: list[str]) -> int:
+    from l4_sglang.bench.suite import main as suite_main
+
+    return suite_main(argv)
+
+
+SUBCOMMANDS = {"synth": _synth_main, "suite": _suite_main}
+"""`python -m l4_sglang.bench <command> ...`; without one, the benchmark above."""

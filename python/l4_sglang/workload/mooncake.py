@@ -13,7 +13,7 @@ QUANTUM_S = 3.0
 """Mooncake timestamps are quantized to about this many seconds."""
 
 
-def load_mooncake(path: str | Path, seed: int = 0) -> Trace:
+def load_mooncake(path: str | Path, seed: int = 0, jitter: bool = True) -> Trace:
     """Read a Mooncake trace: one JSON object a line with `timestamp` (ms since the
     start), `input_length`, `output_length` and optionally `hash_ids`.
 
@@ -23,6 +23,10 @@ def load_mooncake(path: str | Path, seed: int = 0) -> Trace:
     `numpy.random.default_rng(seed)`, one draw per line in file order; the requests
     are then sorted by that arrival. The same file and seed always give the same
     trace. `duration_s` is the last quantized timestamp plus the 3 s window.
+
+    With `jitter=False` each request arrives at exactly `timestamp / 1000` seconds
+    (`seed` unused) and `duration_s` is the last arrival: for traces whose
+    timestamps are not quantized, such as those `write_mooncake` writes.
     """
     path = Path(path)
     stamps: list[float] = []
@@ -47,12 +51,28 @@ def load_mooncake(path: str | Path, seed: int = 0) -> Trace:
             ):
                 raise ValueError(f"{where}: field 'hash_ids' must be a list of integers")
             rows.append((prompt, output, tuple(hashes)))
-    rng = np.random.default_rng(seed)
-    jitter = rng.uniform(0.0, QUANTUM_S, size=len(rows))
-    arrivals = np.asarray(stamps, dtype=np.float64) / 1000.0 + jitter
+    arrivals = np.asarray(stamps, dtype=np.float64) / 1000.0
+    if jitter:
+        arrivals = arrivals + np.random.default_rng(seed).uniform(0.0, QUANTUM_S, size=len(rows))
     requests = [TraceRequest(float(t), p, o, h) for t, (p, o, h) in zip(arrivals.tolist(), rows, strict=True)]
-    duration = max(stamps) / 1000.0 + QUANTUM_S if stamps else 0.0
+    last = max(stamps) / 1000.0 if stamps else 0.0
+    duration = last + QUANTUM_S if jitter and stamps else last
     return Trace(requests, name=path.stem, duration_s=duration)
+
+
+def write_mooncake(trace: Trace, path: str | Path) -> None:
+    """Write `trace` as Mooncake JSON lines (`timestamp` in ms, as a float, so that
+    `load_mooncake(path, jitter=False)` gives back the same arrivals to float precision;
+    `hash_ids` as given, often empty for synthetic traces)."""
+    with Path(path).open("w", encoding="utf-8") as f:
+        for r in trace:
+            row = {
+                "timestamp": r.arrival_s * 1000.0,
+                "input_length": int(r.prompt_tokens),
+                "output_length": int(r.output_tokens),
+                "hash_ids": [int(h) for h in r.hash_ids],
+            }
+            f.write(json.dumps(row) + "\n")
 
 
 def _number(obj: dict, field: str, where: str) -> float:

@@ -73,12 +73,13 @@ def cap_lengths(trace: Trace, max_context: int, block_tokens: int = BLOCK_TOKENS
     return Trace(out, name=trace.name, duration_s=trace.duration_s)
 
 
-def load_trace(path: str | Path, seed: int = 0) -> Trace:
-    """Load a trace by its suffix: `.jsonl` is Mooncake (jittered with `seed`), `.csv` is Azure."""
+def load_trace(path: str | Path, seed: int = 0, exact_timestamps: bool = False) -> Trace:
+    """Load a trace by its suffix: `.jsonl` is Mooncake (jittered with `seed`, unless
+    `exact_timestamps`), `.csv` is Azure (always exact)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return load_mooncake(path, seed=seed)
+        return load_mooncake(path, seed=seed, jitter=not exact_timestamps)
     if suffix == ".csv":
         return load_azure(path)
     raise ValueError(f"unknown trace format for {path}: expected .jsonl (Mooncake) or .csv (Azure)")
