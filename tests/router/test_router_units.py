@@ -7,13 +7,6 @@ import pytest
 
 from l4_sglang.router.forwarding import prefix_hashes
 from l4_sglang.router.native import BadRequest, check_ids
-from l4_sglang.router.tokens import (
-    PLAIN_CHAT_PROMPT,
-    BuiltinTokenizer,
-    HFTokenizer,
-    OutputText,
-    TokenizerError,
-)
 from l4_sglang.router.workers import (
     BadWorkerUrl,
     Load,
@@ -22,7 +15,15 @@ from l4_sglang.router.workers import (
     parse_metrics,
     parse_v1_loads,
 )
-from l4_sglang.worker import protocol, tokenizer
+from l4_sglang.text import builtin
+from l4_sglang.text.tokens import (
+    PLAIN_CHAT_PROMPT,
+    BuiltinTokenizer,
+    HFTokenizer,
+    OutputText,
+    TokenizerError,
+)
+from l4_sglang.worker import protocol
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "gpu" / "samples"
 
@@ -86,13 +87,13 @@ def test_builtin_tokenizer_counts_as_the_emulated_worker():
     tok = BuiltinTokenizer()
     assert tok.encode_prompt("Hello, world") == protocol.text_ids("Hello, world")
     turns = [("system", "Be kind."), ("user", "Hi!")]
-    assert tok.chat_ids(turns) == tokenizer.chat_prompt_ids(turns)
+    assert tok.chat_ids(turns) == builtin.chat_prompt_ids(turns)
 
 
 def test_incremental_decoding_holds_back_split_characters():
     tok = BuiltinTokenizer()
-    ids = tokenizer.encode("naïve 日本 ok")
-    ids = [*ids, tokenizer.EOS_ID]
+    ids = builtin.encode("naïve 日本 ok")
+    ids = [*ids, builtin.EOS_ID]
     dec = tok.decoder()
     pieces = [dec.feed(ids[: i + 1]) for i in range(len(ids))]
     pieces.append(dec.flush())
@@ -102,7 +103,7 @@ def test_incremental_decoding_holds_back_split_characters():
 
 def test_output_text_cuts_a_matched_stop_string():
     tok = BuiltinTokenizer()
-    ids = tokenizer.encode(" one two three four")
+    ids = builtin.encode(" one two three four")
     out = OutputText(tok)
     assert out.update(ids, None) == " one two three four"
     assert out.update(ids, {"type": "stop", "matched": " three"}) == " one two"

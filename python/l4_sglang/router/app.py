@@ -48,8 +48,8 @@ from l4_sglang.router import admin, native, openai
 from l4_sglang.router.forwarding import Forwarder, Generation, WorkerRejected
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.passthrough import PassThrough
-from l4_sglang.router.tokens import OutputText, Tokenizer, load_tokenizer
 from l4_sglang.router.workers import BadWorkerUrl, WorkerPool, normalize_url
+from l4_sglang.text.tokens import OutputText, Tokenizer, load_tokenizer
 
 log = logging.getLogger("l4_sglang.router")
 

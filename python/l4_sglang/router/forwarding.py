@@ -60,8 +60,8 @@ from l4_sglang.policy.base import Migration, NoWorkerAvailable, Policy, RequestI
 from l4_sglang.policy.driver import PREFIX_BLOCKS, PolicyDriver
 from l4_sglang.router.http1 import Exchange, WorkerConnectionError, WorkerHttp
 from l4_sglang.router.metrics import RouterMetrics
-from l4_sglang.router.tokens import Tokenizer
 from l4_sglang.router.workers import WorkerPool
+from l4_sglang.text.tokens import Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 engine.py        the scheduler state machine (pure; fake-clock testable)
 prefix_cache.py  KV block cache keyed by block hashes
 runner.py        drives the engine in real time on asyncio
-tokenizer.py     a built-in deterministic tokenizer (shared with the router)
 protocol.py      /generate validation and response shapes
 openai_api.py    /v1/completions and /v1/chat/completions shapes
 server_info.py   /server_info, /model_info, /v1/loads, /get_load bodies

@@ -32,7 +32,8 @@ from aiohttp import web
 
 from l4_sglang.background import BackgroundLoop
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
-from l4_sglang.worker import openai_api, protocol, server_info, tokenizer
+from l4_sglang.text import builtin
+from l4_sglang.worker import openai_api, protocol, server_info
 from l4_sglang.worker.engine import Engine, EngineConfig, Request, SamplingParams
 from l4_sglang.worker.metrics import WorkerMetrics
 from l4_sglang.worker.protocol import BadRequest, Clock, Limits, dumps
@@ -142,7 +143,7 @@ class EmulatedWorker:
         self.clock = Clock(offset=0.0)
         self.app = self._build_app()
         self._site_runner: web.AppRunner | None = None
-        tokenizer.encode("warm up the tables")
+        builtin.encode("warm up the tables")
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -441,7 +442,7 @@ class EmulatedWorker:
         if not self.engine.idle:
             return web.Response(status=200)  # requests are making progress
         params = SamplingParams(max_new_tokens=1, ignore_eos=True)
-        req, event = self._submit(f"HEALTH_CHECK_{uuid.uuid4().hex}", [tokenizer.BOS_ID], params, None)
+        req, event = self._submit(f"HEALTH_CHECK_{uuid.uuid4().hex}", [builtin.BOS_ID], params, None)
         try:
             await asyncio.wait_for(self._wait(req, event), HEALTH_GENERATE_TIMEOUT_S)
         except TimeoutError:
