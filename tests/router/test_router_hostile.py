@@ -237,11 +237,11 @@ def test_an_openai_client_leaving_mid_stream_aborts_its_request_on_the_worker():
 def test_a_client_that_stalls_mid_stream_holds_back_its_worker_and_then_gets_every_token(monkeypatch):
     """A client that stops reading: the router stops reading the worker once a leg holds
     LEG_QUEUE_HIGH chunks (no unbounded buffering), and reads on once the client does."""
-    from l4_sglang.router import forwarding
+    from l4_sglang.router import legs
 
     resumed = []
-    caught_up = forwarding.Leg.caught_up
-    monkeypatch.setattr(forwarding.Leg, "caught_up", lambda leg: resumed.append(1) or caught_up(leg))
+    caught_up = legs.Leg.caught_up
+    monkeypatch.setattr(legs.Leg, "caught_up", lambda leg: resumed.append(1) or caught_up(leg))
     new = 2000  # cumulative ids: ~20 MB of events, far more than the sockets' buffers hold
     params = {"max_new_tokens": new, "ignore_eos": True}
     body = json.dumps({"input_ids": [5, 6, 7], "stream": True, "sampling_params": params}).encode()

@@ -543,7 +543,7 @@ def test_a_leg_nobody_reads_stops_reading_its_worker_then_hands_on_everything_in
     """A slow client must not make the router buffer a worker's whole stream: past LEG_QUEUE_HIGH
     unread chunks the leg's connection stops reading (the worker's writes back up in TCP), and
     once the reader catches up every chunk still comes, in order, then the end."""
-    from l4_sglang.router.forwarding import LEG_QUEUE_HIGH, Leg
+    from l4_sglang.router.legs import LEG_QUEUE_HIGH, Leg
 
     n = 4000
     events = [b'{"output_ids":[%d],"pad":"%s"}' % (i, b"x" * 2000) for i in range(n)]
@@ -576,7 +576,7 @@ def test_a_leg_nobody_reads_stops_reading_its_worker_then_hands_on_everything_in
 def test_a_connection_paused_in_the_read_that_ended_its_stream_reads_again_once_idle():
     """The leg's mark and the stream's end in one read: the connection goes back idle paused;
     it must read again there, or the next request on it waits forever (a hang seen once under load)."""
-    from l4_sglang.router.forwarding import LEG_QUEUE_HIGH, Leg
+    from l4_sglang.router.legs import LEG_QUEUE_HIGH, Leg
 
     events = [b'{"i":%d}' % i for i in range(LEG_QUEUE_HIGH + 40)]
     body = b"".join(b"data: %s\n\n" % e for e in events) + b"data: [DONE]\n\n"

@@ -33,7 +33,8 @@ from router_http import (
 )
 
 from l4_sglang.router import BackgroundRouter, RouterSettings, http1
-from l4_sglang.router.forwarding import Forwarder, Generation, GenerationSpec
+from l4_sglang.router.forwarding import Forwarder
+from l4_sglang.router.generation import Generation, GenerationSpec
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.text.tokens import BuiltinTokenizer
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from l4_sglang.router.forwarding import prefix_hashes
+from l4_sglang.router.generation import prefix_hashes
 from l4_sglang.router.native import BadRequest, check_ids
 from l4_sglang.router.workers import (
     BadWorkerUrl,
@@ -178,7 +178,9 @@ def test_hf_tokenizer_path_errors(tmp_path):
 def test_worker_chunks_cumulative_or_incremental(incremental):
     from router_http import Scripted
 
-    from l4_sglang.router.forwarding import Forwarder, GenerationSpec, Leg
+    from l4_sglang.router.forwarding import Forwarder
+    from l4_sglang.router.generation import GenerationSpec
+    from l4_sglang.router.legs import Leg
     from l4_sglang.router.metrics import RouterMetrics
 
     fwd = Forwarder(Scripted(), None, BuiltinTokenizer(), RouterMetrics(), lambda: None, lambda: 0.0)

@@ -45,7 +45,9 @@ from l4_sglang.policy.base import NoWorkerAvailable, Policy
 from l4_sglang.policy.driver import PolicyDriver
 from l4_sglang.policy.registry import make_policy
 from l4_sglang.router import admin, native, openai
-from l4_sglang.router.forwarding import Forwarder, Generation, WorkerRejected
+from l4_sglang.router.forwarding import Forwarder
+from l4_sglang.router.generation import Generation
+from l4_sglang.router.legs import WorkerRejected
 from l4_sglang.router.metrics import RouterMetrics
 from l4_sglang.router.passthrough import PassThrough
 from l4_sglang.router.workers import BadWorkerUrl, WorkerPool, normalize_url
