@@ -212,11 +212,11 @@ def test_policy_clock_runs_in_model_seconds_under_a_worker_time_scale():
 
 
 def test_stages_json_has_no_infinity():
-    from l4_sglang.router.app import _finite_or_none
+    from l4_sglang.router.web_io import finite_or_none
 
-    assert _finite_or_none(float("inf")) is None
-    assert _finite_or_none(1.5) == 1.5
-    assert _finite_or_none(None) is None
+    assert finite_or_none(float("inf")) is None
+    assert finite_or_none(1.5) == 1.5
+    assert finite_or_none(None) is None
 
 
 @pytest.mark.parametrize(
