@@ -21,9 +21,9 @@ from bench_cli import run_cli
 from l4_sglang.bench import oracle_e2e_s
 from l4_sglang.bench.live import LiveSettings, prompt_ids, replay
 from l4_sglang.core import CostModel
+from l4_sglang.text.builtin import VOCAB_SIZE
 from l4_sglang.worker.prefix_cache import BLOCK_SIZE
 from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
-from l4_sglang.worker.tokenizer import VOCAB_SIZE
 
 SCALE = 0.2
 KEYS = [

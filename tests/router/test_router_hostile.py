@@ -7,6 +7,7 @@ import json
 import re
 import select
 import socket
+import threading
 import time
 import urllib.parse
 
@@ -237,11 +238,20 @@ def test_an_openai_client_leaving_mid_stream_aborts_its_request_on_the_worker():
 def test_a_client_that_stalls_mid_stream_holds_back_its_worker_and_then_gets_every_token(monkeypatch):
     """A client that stops reading: the router stops reading the worker once a leg holds
     LEG_QUEUE_HIGH chunks (no unbounded buffering), and reads on once the client does."""
-    from l4_sglang.router import forwarding
+    from l4_sglang.router import legs
 
     resumed = []
-    caught_up = forwarding.Leg.caught_up
-    monkeypatch.setattr(forwarding.Leg, "caught_up", lambda leg: resumed.append(1) or caught_up(leg))
+    caught_up = legs.Leg.caught_up
+    monkeypatch.setattr(legs.Leg, "caught_up", lambda leg: resumed.append(1) or caught_up(leg))
+    paused = threading.Event()
+    event = legs.Leg.event
+
+    def noting_the_pause(leg, payload: bytes) -> None:
+        event(leg, payload)
+        if leg.paused:
+            paused.set()
+
+    monkeypatch.setattr(legs.Leg, "event", noting_the_pause)
     new = 2000  # cumulative ids: ~20 MB of events, far more than the sockets' buffers hold
     params = {"max_new_tokens": new, "ignore_eos": True}
     body = json.dumps({"input_ids": [5, 6, 7], "stream": True, "sampling_params": params}).encode()
@@ -255,7 +265,8 @@ def test_a_client_that_stalls_mid_stream_holds_back_its_worker_and_then_gets_eve
             conn.sock.settimeout(30)
             conn.sock.connect((host, int(port)))
             conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
-            time.sleep(2)  # the worker is done by now: its chunks wait in the router or in TCP
+            # The client reads nothing until the router has stopped reading the worker.
+            assert paused.wait(30), "the leg never paused"
             raw = conn.getresponse().read()
             conn.close()
     events = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]

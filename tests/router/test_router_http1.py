@@ -93,6 +93,12 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
+async def until(condition: Callable[[], object]) -> None:
+    """Polls `condition` until it holds (`run`'s 10 s bound the wait)."""
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.parametrize("answer", [LENGTH, CHUNKED, TRAILERS], ids=["length", "chunked", "trailers"])
 @pytest.mark.parametrize("split", [0, 1, 7])
 def test_kept_alive_answers_split_anywhere(answer, split):
@@ -190,11 +196,12 @@ def test_broken_answers_raise_connection_errors(answer):
 
 def test_closing_the_exchange_ends_a_request_in_flight():
     async def go():
-        async with Scripted(lambda _: b"") as url:  # answers nothing
+        server = Scripted(lambda _: b"")  # answers nothing
+        async with server as url:
             http = WorkerHttp()
             exchange = Exchange()
             task = asyncio.ensure_future(http.post(url, "/generate", b"{}", exchange))
-            await asyncio.sleep(0.1)
+            await until(lambda: server.requests)  # sent, waiting for its answer
             assert not task.done()
             exchange.close()
             with pytest.raises(ConnectionError):
@@ -211,7 +218,7 @@ def test_a_cancelled_request_drops_its_connection():
         async with server as url:
             http = WorkerHttp()
             task = asyncio.ensure_future(http.post(url, "/generate", b"{}"))
-            await asyncio.sleep(0.1)
+            await until(lambda: server.requests)  # sent, waiting for its answer
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -523,13 +530,16 @@ def test_a_stream_cancelled_after_its_answer_ended_leaves_its_connection_to_othe
 
 def test_an_exchange_closed_while_connecting_ends_the_request_and_connects_time_out(monkeypatch):
     async def go():
+        connecting = asyncio.Event()
+
         async def never(*args, **kwargs):
+            connecting.set()
             await asyncio.sleep(3600)
 
         monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never)
         exchange = Exchange()
         task = asyncio.ensure_future(stream(WorkerHttp(), "http://127.0.0.1:9", exchange))
-        await asyncio.sleep(0.05)
+        await connecting.wait()
         exchange.close()
         with pytest.raises(WorkerConnectionError, match="closed"):
             await task
@@ -543,7 +553,7 @@ def test_a_leg_nobody_reads_stops_reading_its_worker_then_hands_on_everything_in
     """A slow client must not make the router buffer a worker's whole stream: past LEG_QUEUE_HIGH
     unread chunks the leg's connection stops reading (the worker's writes back up in TCP), and
     once the reader catches up every chunk still comes, in order, then the end."""
-    from l4_sglang.router.forwarding import LEG_QUEUE_HIGH, Leg
+    from l4_sglang.router.legs import LEG_QUEUE_HIGH, Leg
 
     n = 4000
     events = [b'{"output_ids":[%d],"pad":"%s"}' % (i, b"x" * 2000) for i in range(n)]
@@ -576,7 +586,7 @@ def test_a_leg_nobody_reads_stops_reading_its_worker_then_hands_on_everything_in
 def test_a_connection_paused_in_the_read_that_ended_its_stream_reads_again_once_idle():
     """The leg's mark and the stream's end in one read: the connection goes back idle paused;
     it must read again there, or the next request on it waits forever (a hang seen once under load)."""
-    from l4_sglang.router.forwarding import LEG_QUEUE_HIGH, Leg
+    from l4_sglang.router.legs import LEG_QUEUE_HIGH, Leg
 
     events = [b'{"i":%d}' % i for i in range(LEG_QUEUE_HIGH + 40)]
     body = b"".join(b"data: %s\n\n" % e for e in events) + b"data: [DONE]\n\n"

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 from fleet_procs import RouterProc, worker_procs
-from router_http import MODEL, get_json, post_json
+from router_http import MODEL, call, get_json, metric, post_json
 
 CLIENTS = 1000
 VARIANTS = 10
@@ -102,6 +102,10 @@ def test_a_thousand_concurrent_streams_all_complete(tmp_path):
             # All four workers took a share, and none was ejected on the way.
             states = get_json(router.url + "/workers")["workers"]
             assert [w["healthy"] for w in states] == [True] * 4
+            _, _, text = call("GET", router.url + "/metrics")
+            legs = {w["url"]: metric(text, "l4_router_worker_legs_total", worker=w["url"]) for w in states}
+            assert sum(legs.values()) == CLIENTS, legs  # one leg each: nothing resumed elsewhere
+            assert min(legs.values()) >= CLIENTS / 8, legs  # least_load: about a quarter each
             print(
                 f"\n{CLIENTS} streams: all complete in {wall:.1f} s, at most {overlap} open at once; "
                 f"router RSS {rss_before} -> {rss_after} KiB"

@@ -33,9 +33,10 @@ from router_http import (
 )
 
 from l4_sglang.router import BackgroundRouter, RouterSettings, http1
-from l4_sglang.router.forwarding import Forwarder, Generation, GenerationSpec
+from l4_sglang.router.forwarding import Forwarder
+from l4_sglang.router.generation import Generation, GenerationSpec
 from l4_sglang.router.metrics import RouterMetrics
-from l4_sglang.router.tokens import BuiltinTokenizer
+from l4_sglang.text.tokens import BuiltinTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +124,11 @@ def test_a_stop_string_across_a_move_stops_as_unmoved(three):
     ref = post_json(three[0].url + "/generate", prompt)
     # A stop string straddling tokens 30 and 31, first seen there.
     ids = ref["output_ids"]
-    from l4_sglang.worker import tokenizer
+    from l4_sglang.text import builtin
 
-    head = tokenizer.decode(ids[:31])
-    stop = head[-2:] + tokenizer.decode(ids[31:32])[:3]
-    assert stop not in tokenizer.decode(ids[:30]) + tokenizer.decode(ids[30:31])[:-2]
+    head = builtin.decode(ids[:31])
+    stop = head[-2:] + builtin.decode(ids[31:32])[:3]
+    assert stop not in builtin.decode(ids[:30]) + builtin.decode(ids[30:31])[:-2]
     body = {**prompt, "sampling_params": {**prompt["sampling_params"], "stop": stop}}
     direct = post_json(three[0].url + "/generate", body)
     assert direct["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}

@@ -5,15 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from l4_sglang.router.forwarding import prefix_hashes
+from l4_sglang.router.generation import prefix_hashes
 from l4_sglang.router.native import BadRequest, check_ids
-from l4_sglang.router.tokens import (
-    PLAIN_CHAT_PROMPT,
-    BuiltinTokenizer,
-    HFTokenizer,
-    OutputText,
-    TokenizerError,
-)
 from l4_sglang.router.workers import (
     BadWorkerUrl,
     Load,
@@ -22,7 +15,15 @@ from l4_sglang.router.workers import (
     parse_metrics,
     parse_v1_loads,
 )
-from l4_sglang.worker import protocol, tokenizer
+from l4_sglang.text import builtin
+from l4_sglang.text.tokens import (
+    PLAIN_CHAT_PROMPT,
+    BuiltinTokenizer,
+    HFTokenizer,
+    OutputText,
+    TokenizerError,
+)
+from l4_sglang.worker import protocol
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "gpu" / "samples"
 
@@ -86,13 +87,13 @@ def test_builtin_tokenizer_counts_as_the_emulated_worker():
     tok = BuiltinTokenizer()
     assert tok.encode_prompt("Hello, world") == protocol.text_ids("Hello, world")
     turns = [("system", "Be kind."), ("user", "Hi!")]
-    assert tok.chat_ids(turns) == tokenizer.chat_prompt_ids(turns)
+    assert tok.chat_ids(turns) == builtin.chat_prompt_ids(turns)
 
 
 def test_incremental_decoding_holds_back_split_characters():
     tok = BuiltinTokenizer()
-    ids = tokenizer.encode("naïve 日本 ok")
-    ids = [*ids, tokenizer.EOS_ID]
+    ids = builtin.encode("naïve 日本 ok")
+    ids = [*ids, builtin.EOS_ID]
     dec = tok.decoder()
     pieces = [dec.feed(ids[: i + 1]) for i in range(len(ids))]
     pieces.append(dec.flush())
@@ -102,7 +103,7 @@ def test_incremental_decoding_holds_back_split_characters():
 
 def test_output_text_cuts_a_matched_stop_string():
     tok = BuiltinTokenizer()
-    ids = tokenizer.encode(" one two three four")
+    ids = builtin.encode(" one two three four")
     out = OutputText(tok)
     assert out.update(ids, None) == " one two three four"
     assert out.update(ids, {"type": "stop", "matched": " three"}) == " one two"
@@ -177,7 +178,9 @@ def test_hf_tokenizer_path_errors(tmp_path):
 def test_worker_chunks_cumulative_or_incremental(incremental):
     from router_http import Scripted
 
-    from l4_sglang.router.forwarding import Forwarder, GenerationSpec, Leg
+    from l4_sglang.router.forwarding import Forwarder
+    from l4_sglang.router.generation import GenerationSpec
+    from l4_sglang.router.legs import Leg
     from l4_sglang.router.metrics import RouterMetrics
 
     fwd = Forwarder(Scripted(), None, BuiltinTokenizer(), RouterMetrics(), lambda: None, lambda: 0.0)
@@ -209,11 +212,11 @@ def test_policy_clock_runs_in_model_seconds_under_a_worker_time_scale():
 
 
 def test_stages_json_has_no_infinity():
-    from l4_sglang.router.app import _finite_or_none
+    from l4_sglang.router.web_io import finite_or_none
 
-    assert _finite_or_none(float("inf")) is None
-    assert _finite_or_none(1.5) == 1.5
-    assert _finite_or_none(None) is None
+    assert finite_or_none(float("inf")) is None
+    assert finite_or_none(1.5) == 1.5
+    assert finite_or_none(None) is None
 
 
 @pytest.mark.parametrize(

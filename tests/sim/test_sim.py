@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,13 @@ def test_l4_vs_round_robin_on_bimodal(cm, report):
             f"\n{policy}: mean E2E {s['mean_e2e_latency_ms']:.1f} ms, mean TTFT {s['mean_ttft_ms']:.1f} ms, "
             f"mean TPOT {s['mean_tpot_ms']:.2f} ms, migrations {s['migrations']}, wall {s['wall_s']:.2f} s"
         )
-    assert results["round_robin"]["migrations"] == 0
+    rr, l4 = results["round_robin"], results["l4"]
+    assert rr["migrations"] == 0
+    assert l4["migrations"] > 0
+    # L4's claim on a length mix: stages keep chats off the workers busy with long documents.
+    # A deterministic run (seed 0); the margin is wide (about 2x measured) so tuning noise passes.
+    assert l4["mean_e2e_latency_ms"] < 0.75 * rr["mean_e2e_latency_ms"]
+    assert l4["mean_tpot_ms"] < 0.75 * rr["mean_tpot_ms"]
 
 
 def test_l4_migrates_requests_that_cross_stage_bounds(cm, report):
@@ -206,6 +213,11 @@ def test_64_instances_2000_requests(cm, report):
     s = res.summary()
     report(f"\n64 instances x {n} requests: wall {wall:.2f} s, {s['steps']} steps, {s['events']} events")
     assert s["completed"] == n
+    # Round robin over 64 instances: each one took its share, none more than one over another.
+    share = Counter(r.worker for r in res.records)
+    assert len(share) == 64
+    assert max(share.values()) - min(share.values()) <= 1
+    assert all(len(r.token_times) == r.output_tokens for r in res.records)
 
 
 class _MoveOnce(Policy):

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from l4_sglang import CostModel
-from l4_sglang.worker import tokenizer
+from l4_sglang.text import builtin
 from l4_sglang.worker.engine import Engine, EngineConfig, Phase, Request, SamplingParams, token_hash
 
 
@@ -179,7 +179,7 @@ def test_prefix_cache_lives_in_free_kv_and_flushes_only_when_idle(model):
 
 
 def test_resumed_request_continues_the_same_stream(model):
-    prompt = tokenizer.encode("The emulated worker resumes a migrated request exactly.")
+    prompt = builtin.encode("The emulated worker resumes a migrated request exactly.")
     engine = make_engine(model)
     whole = req("whole", prompt, max_new=50, ignore_eos=True)
     engine.add(whole, 0.0)
@@ -205,17 +205,17 @@ def test_token_hash_depends_on_every_input():
 
 
 def test_stop_conditions(model):
-    eos_at_three = iter([5, 6, tokenizer.EOS_ID, 8, 9])
+    eos_at_three = iter([5, 6, builtin.EOS_ID, 8, 9])
     engine = Engine(
         EngineConfig(1000, 8, 512),
         model.step_time,
-        token_picker=lambda h: next(eos_at_three, tokenizer.EOS_ID),
+        token_picker=lambda h: next(eos_at_three, builtin.EOS_ID),
     )
     r = req("eos", 5, max_new=10)
     engine.add(r, 0.0)
     run(engine)
-    assert r.output_ids == [5, 6, tokenizer.EOS_ID]
-    assert r.finish_reason == {"type": "stop", "matched": tokenizer.EOS_ID}
+    assert r.output_ids == [5, 6, builtin.EOS_ID]
+    assert r.finish_reason == {"type": "stop", "matched": builtin.EOS_ID}
 
     engine = make_engine(model)
     free = req("free", 5, max_new=40, ignore_eos=True)
@@ -227,9 +227,9 @@ def test_stop_conditions(model):
         ("min_new", {"stop_token_ids": frozenset({ids[4]}), "min_new_tokens": 6}, 40, None),
         (
             "stop_str",
-            {"stop": (tokenizer.decode(ids[6:8]),)},
+            {"stop": (builtin.decode(ids[6:8]),)},
             8,
-            {"type": "stop", "matched": tokenizer.decode(ids[6:8])},
+            {"type": "stop", "matched": builtin.decode(ids[6:8])},
         ),
         ("length", {}, 40, {"type": "length", "length": 40}),
     ]:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from worker_http import SAMPLES, call, get_json, poll, post_json, sse
 
-from l4_sglang.worker import tokenizer
+from l4_sglang.text import builtin
 from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
 
 FAST = 0.05  # time scale: 20x faster than the modelled GPU
@@ -56,7 +56,7 @@ def test_generate_has_the_keys_of_real_sglang_in_order(worker):
     meta = ours["meta_info"]
     assert meta["finish_reason"] == {"type": "length", "length": 4}
     assert (meta["prompt_tokens"], meta["completion_tokens"], meta["cached_tokens"]) == (4, 4, 0)
-    assert len(ours["output_ids"]) == 4 and ours["text"] == tokenizer.decode(ours["output_ids"])
+    assert len(ours["output_ids"]) == 4 and ours["text"] == builtin.decode(ours["output_ids"])
     for key, value in sample["meta_info"].items():
         if value is not None and key != "finish_reason":
             assert isinstance(meta[key], type(value)), key
@@ -82,7 +82,7 @@ def test_generate_stream_matches_the_sample_framing_and_keys(worker):
         assert list(ours["meta_info"]) == list(real["meta_info"]), i
         assert ours["output_ids"] == final_ids[: i + 1]  # cumulative
         assert ours["meta_info"]["id"] == "abc123"
-        assert ours["text"] == tokenizer.decode(ours["output_ids"])
+        assert ours["text"] == builtin.decode(ours["output_ids"])
     assert chunks[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 4}
     assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
 
@@ -91,7 +91,7 @@ def test_text_prompts_count_a_bos_and_batches_return_lists(worker):
     out = post_json(
         worker.url + "/generate", {"text": "Hello world", "sampling_params": {"max_new_tokens": 3}}
     )
-    assert out["meta_info"]["prompt_tokens"] == 1 + len(tokenizer.encode("Hello world"))
+    assert out["meta_info"]["prompt_tokens"] == 1 + len(builtin.encode("Hello world"))
     batch = post_json(
         worker.url + "/generate",
         {"text": ["one", "two three"], "rid": ["b1", "b2"], "sampling_params": {"max_new_tokens": 2}},
@@ -104,14 +104,14 @@ def test_stop_strings_cut_the_text_as_sglang_does(worker):
     free = post_json(
         worker.url + "/generate", {"text": "stop here", "sampling_params": {"max_new_tokens": 12}}
     )
-    stop = tokenizer.decode(free["output_ids"][5:7])
+    stop = builtin.decode(free["output_ids"][5:7])
     out = post_json(
         worker.url + "/generate",
         {"text": "stop here", "sampling_params": {"max_new_tokens": 12, "stop": stop}},
     )
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
     assert out["output_ids"] == free["output_ids"][:7]
-    assert out["text"] == tokenizer.decode(free["output_ids"][:5])
+    assert out["text"] == builtin.decode(free["output_ids"][:5])
 
 
 # ---- errors ---------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_malformed_json_reads_like_the_sample(worker):
         ({}, "Either text, input_ids"),
         ({"text": "a", "input_ids": [1]}, "Only one of"),
         ({"input_ids": []}, "must not be empty"),
-        ({"input_ids": [1, tokenizer.VOCAB_SIZE]}, "out of range"),
+        ({"input_ids": [1, builtin.VOCAB_SIZE]}, "out of range"),
         ({"input_ids": [1, "x"]}, "list of token ids"),
         ({"input_ids": [1], "sampling_params": {"max_new_tokens": 200_000}}, "maximum context length"),
         ({"input_ids": [1], "sampling_params": {"temperature": -1}}, "temperature"),
@@ -375,7 +375,7 @@ def test_prefix_cache_reports_cached_tokens_and_flushes(worker):
 
 
 def test_resume_on_another_worker_continues_the_same_tokens(worker, other_worker):
-    prompt = tokenizer.encode("A request migrated between workers keeps its stream.")
+    prompt = builtin.encode("A request migrated between workers keeps its stream.")
     params = {"max_new_tokens": 50, "ignore_eos": True}
     whole = post_json(worker.url + "/generate", {"input_ids": prompt, "sampling_params": params})[
         "output_ids"
@@ -401,7 +401,7 @@ def test_openai_chat(client):
     assert r.object == "chat.completion" and r.model == "m"
     assert r.choices[0].finish_reason == "length" and r.choices[0].message.role == "assistant"
     assert r.usage.completion_tokens == 7
-    assert r.usage.prompt_tokens == len(tokenizer.chat_prompt_ids([("system", "Be brief."), ("user", "Hi!")]))
+    assert r.usage.prompt_tokens == len(builtin.chat_prompt_ids([("system", "Be brief."), ("user", "Hi!")]))
     chunks = list(
         client.chat.completions.create(
             model="m", messages=messages, max_tokens=7, stream=True, stream_options={"include_usage": True}
@@ -418,7 +418,7 @@ def test_openai_chat(client):
 def test_openai_completions(client):
     r = client.completions.create(model="m", prompt="Once upon a time", max_tokens=9)
     assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
-    assert r.usage.prompt_tokens == 1 + len(tokenizer.encode("Once upon a time"))
+    assert r.usage.prompt_tokens == 1 + len(builtin.encode("Once upon a time"))
     assert r.usage.completion_tokens == 9
     chunks = list(client.completions.create(model="m", prompt="Once upon a time", max_tokens=9, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text

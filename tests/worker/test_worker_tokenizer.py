@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l4_sglang.worker import tokenizer
+from l4_sglang.text import builtin
 from l4_sglang.worker.engine import Request, SamplingParams
 from l4_sglang.worker.protocol import TextStream
 
@@ -17,45 +17,45 @@ ENGLISH = (
 
 @given(st.text())
 def test_any_text_round_trips(text):
-    ids = tokenizer.encode(text)
-    assert all(0 <= i < tokenizer.VOCAB_SIZE for i in ids)
-    assert tokenizer.decode(ids) == text
+    ids = builtin.encode(text)
+    assert all(0 <= i < builtin.VOCAB_SIZE for i in ids)
+    assert builtin.decode(ids) == text
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1))
 def test_lone_surrogates_do_not_crash(text):
-    assert set(tokenizer.decode(tokenizer.encode(text))) == {"\ufffd"}
+    assert set(builtin.decode(builtin.encode(text))) == {"\ufffd"}
 
 
-@given(st.lists(st.integers(min_value=-5, max_value=tokenizer.VOCAB_SIZE + 5)))
+@given(st.lists(st.integers(min_value=-5, max_value=builtin.VOCAB_SIZE + 5)))
 def test_any_ids_decode(ids):
-    assert isinstance(tokenizer.decode(ids), str)
+    assert isinstance(builtin.decode(ids), str)
 
 
 def test_english_counts_about_three_characters_per_token():
     text = ENGLISH * 20
-    chars_per_token = len(text) / tokenizer.count_tokens(text)
+    chars_per_token = len(text) / builtin.count_tokens(text)
     assert 2.5 <= chars_per_token <= 4.5
-    assert tokenizer.encode(" the") == [tokenizer.encode(" the")[0]]  # a short word is one token
-    assert len(tokenizer.encode("日本語")) == 3
+    assert builtin.encode(" the") == [builtin.encode(" the")[0]]  # a short word is one token
+    assert len(builtin.encode("日本語")) == 3
 
 
 def test_generated_pieces_re_encode_to_the_same_ids():
     rng = random.Random(0)
-    ids = [tokenizer.word_piece(rng.getrandbits(64)) for _ in range(500)]
-    assert tokenizer.encode(tokenizer.decode(ids)) == ids
+    ids = [builtin.word_piece(rng.getrandbits(64)) for _ in range(500)]
+    assert builtin.encode(builtin.decode(ids)) == ids
 
 
 def test_special_tokens_and_chat_template():
-    assert tokenizer.decode([tokenizer.BOS_ID, tokenizer.EOS_ID, tokenizer.EOT_ID]) == ""
-    assert tokenizer.token_name(tokenizer.EOT_ID) == "<|eot_id|>"
-    ids = tokenizer.chat_prompt_ids([("user", "hi")])
-    assert ids[0] == tokenizer.BOS_ID and ids.count(tokenizer.START_HEADER_ID) == 2
-    assert tokenizer.decode(ids) == "user\n\nhiassistant\n\n"
+    assert builtin.decode([builtin.BOS_ID, builtin.EOS_ID, builtin.EOT_ID]) == ""
+    assert builtin.token_name(builtin.EOT_ID) == "<|eot_id|>"
+    ids = builtin.chat_prompt_ids([("user", "hi")])
+    assert ids[0] == builtin.BOS_ID and ids.count(builtin.START_HEADER_ID) == 2
+    assert builtin.decode(ids) == "user\n\nhiassistant\n\n"
 
 
 def test_text_stream_holds_back_a_character_split_across_tokens():
-    ids = tokenizer.encode("ok 🙂!")
+    ids = builtin.encode("ok 🙂!")
     req = Request("r", [1], SamplingParams(max_new_tokens=len(ids)))
     stream = TextStream()
     seen = []

@@ -45,8 +45,8 @@ import aiohttp
 
 from l4_sglang.sim.cluster import unique_hash_ids
 from l4_sglang.sim.metrics import LayoutSample, RequestRecord, SimResult
+from l4_sglang.text.builtin import VOCAB_SIZE
 from l4_sglang.worker.prefix_cache import BLOCK_SIZE
-from l4_sglang.worker.tokenizer import VOCAB_SIZE
 
 _TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
 _ABORT = re.compile(rb'"finish_reason":\s*\{[^}]*"type":\s*"abort"')

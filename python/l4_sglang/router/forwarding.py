@@ -1,5 +1,8 @@
 """One request's life on the workers: route, stream, migrate, fail over, stitch.
 
+The request's own shapes are in `generation.py`, a leg's in `legs.py`; plain
+legs (`plain_legs.py`) and moves (`migration.py`) are mixins of `Forwarder`.
+
 The router talks to a worker with `POST /generate` and `input_ids`, as a
 rule with `"stream": true`, so it sees every generated id. A request runs as
 one or more *legs*, each one worker request with its own rid (`<rid>`, then
@@ -51,169 +54,28 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
 from l4_sglang.policy.base import Migration, NoWorkerAvailable, Policy, RequestInfo
-from l4_sglang.policy.driver import PREFIX_BLOCKS, PolicyDriver
+from l4_sglang.policy.driver import PolicyDriver
+from l4_sglang.router.generation import Generation, GenerationSpec
 from l4_sglang.router.http1 import Exchange, WorkerConnectionError, WorkerHttp
+from l4_sglang.router.legs import MAX_FAILOVERS, WAKE, Leg, LegFailed, Signal, WorkerRejected, error_message
 from l4_sglang.router.metrics import RouterMetrics
-from l4_sglang.router.tokens import Tokenizer
+from l4_sglang.router.migration import Migrations
+from l4_sglang.router.plain_legs import PlainLegs
 from l4_sglang.router.workers import WorkerPool
+from l4_sglang.text.tokens import Tokenizer
 
 log = logging.getLogger(__name__)
 
-MAX_FAILOVERS = 3
-"""Resumes in a row without a new token before a request is given up."""
-PREFIX_BLOCK = 512
-"""Tokens per prefix block hashed for `RequestInfo.prefix_hashes`."""
-LEG_QUEUE_HIGH = 256
-"""Worker chunks a leg holds unread before its connection stops reading..."""
-LEG_QUEUE_LOW = 32
-"""...and how few before it reads again."""
 FINISHED_LEG_GRACE_S = 5.0
 """How long a finished leg's answer may take to end (SGLang sends `data: [DONE]` right after the
 finishing chunk) before its connection is closed rather than left waiting for reuse."""
 
 
-class WorkerRejected(Exception):
-    """The worker refused the request (4xx, or an error event) before generating anything."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class LegFailed(Exception):
-    """A worker could not be reached or answered 5xx."""
-
-
-@dataclass
-class GenerationSpec:
-    """What an API adapter asks for, in worker terms."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: dict[str, Any] = field(default_factory=dict)
-    """sampling_params for the worker, less max_new_tokens and min_new_tokens."""
-    min_new_tokens: int = 0
-    stop: tuple[str, ...] = ()
-    policy_max_new: int | None = None
-    """max_new_tokens as the policy hears it: None when the client gave none."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Other top-level /generate fields sent on every leg (e.g. hash_ids)."""
-    prefix_hashes: tuple[int, ...] = ()
-
-
-def prefix_hashes(ids: list[int], hash_ids: list[int] | None = None) -> tuple[int, ...]:
-    """Chained hashes of the first PREFIX_BLOCKS full blocks (the client's hash_ids if it gave them)."""
-    if hash_ids:
-        return tuple(int(h) for h in hash_ids[:PREFIX_BLOCKS])
-    out, h = [], 0
-    for i in range(min(len(ids) // PREFIX_BLOCK, PREFIX_BLOCKS)):
-        h = hash((h, tuple(ids[i * PREFIX_BLOCK : (i + 1) * PREFIX_BLOCK])))
-        out.append(h)
-    return tuple(out)
-
-
-class _Signal:
-    def __init__(self, name: str, error: BaseException | None = None) -> None:
-        self.name = name
-        self.error = error
-
-
-_WAKE = _Signal("wake")
-_STREAMED = "answered with an event stream"
-
-
-@dataclass(eq=False)
-class Leg:
-    """A streamed worker request; its connection feeds `queue` (as `http1.StreamEvents`)."""
-
-    worker: str
-    rid: str
-    exchange: Exchange = field(default_factory=Exchange)
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    received: int = 0
-    """Ids this leg has delivered."""
-    incremental: bool | None = None
-    """The worker streams only new ids per chunk (SGLang --incremental-streaming-output)."""
-    finished: bool = False
-    """The worker sent this leg's finishing chunk."""
-    paused: bool = False
-    """The connection stopped reading: the queue was full (a slow client)."""
-
-    def event(self, payload: bytes) -> None:
-        self.queue.put_nowait(payload)
-        if not self.paused and self.queue.qsize() >= LEG_QUEUE_HIGH:
-            # A client that reads slower than its worker writes would make the router hold every
-            # chunk (with cumulative ids, memory growing with the square of the output): stop
-            # reading, so TCP pushes back on the worker, until the consumer has caught up.
-            self.paused = self.exchange.pause_reading()
-
-    def caught_up(self) -> None:
-        if self.queue.qsize() <= LEG_QUEUE_LOW:
-            self.paused = False
-            self.exchange.resume_reading()
-
-    def end(self, error: Exception | None) -> None:
-        self.queue.put_nowait(_Signal("ended") if error is None else _Signal("broke", error))
-
-
-@dataclass(eq=False, slots=True)
-class PlainLeg:
-    """A non-streaming worker request: the whole answer comes at once."""
-
-    worker: str
-    rid: str
-    exchange: Exchange = field(default_factory=Exchange)
-    answered: bool = False
-
-
-@dataclass(eq=False)
-class Generation:
-    rid: str
-    spec: GenerationSpec
-    arrival: float
-    output_ids: list[int] = field(default_factory=list)
-    finish_reason: dict | None = None
-    meta: dict = field(default_factory=dict)
-    """The last meta_info a worker sent."""
-    text: str | None = None
-    """The worker's own text of the whole output, when one plain leg made all of it."""
-    leg: Leg | None = None
-    plain: PlainLeg | None = None
-    """Set instead of `leg` while the request runs as one plain worker request."""
-    legs: int = 0
-    workers: list[str] = field(default_factory=list)
-    """Worker of each leg, in order."""
-    migrations: list[Migration] = field(default_factory=list)
-    first_sent: float | None = None
-    first_token: float | None = None
-    last_chunk: float | None = None
-    pending: Migration | None = None
-    failovers: int = 0
-    booked: bool = False
-    on_abort: Callable[[], None] | None = None
-    """How to stop it when it runs outside any leg (a pass-through: close its worker connection)."""
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    @property
-    def worker(self) -> str | None:
-        return self.leg.worker if self.leg is not None else None
-
-    @property
-    def remaining(self) -> int:
-        return max(self.spec.max_new_tokens - len(self.output_ids), 0)
-
-
-class Forwarder:
+class Forwarder(PlainLegs, Migrations):
     def __init__(
         self,
         driver: PolicyDriver | Policy,
@@ -268,8 +130,8 @@ class Forwarder:
                 leg.caught_up()
             if gen.leg is not leg:
                 continue  # a migration swapped legs while we waited
-            if isinstance(item, _Signal):
-                if item is _WAKE:
+            if isinstance(item, Signal):
+                if item is WAKE:
                     if gen.pending is not None:
                         await self._migrate(gen)
                     continue
@@ -362,7 +224,7 @@ class Forwarder:
                 continue
             gen.pending = m
             if gen.leg is not None:
-                gen.leg.queue.put_nowait(_WAKE)
+                gen.leg.queue.put_nowait(WAKE)
 
     def abort(self, gen: Generation, message: str) -> None:
         """End a request from outside (e.g. /abort_request): it finishes with reason abort."""
@@ -370,7 +232,7 @@ class Forwarder:
             return
         gen.finish_reason = {"type": "abort", "message": message}
         if gen.leg is not None:
-            gen.leg.queue.put_nowait(_WAKE)
+            gen.leg.queue.put_nowait(WAKE)
         elif gen.plain is not None and not gen.plain.answered:
             self._send_abort(gen.plain.worker, gen.plain.rid)  # it answers with what it has so far
         elif gen.on_abort is not None:
@@ -387,7 +249,7 @@ class Forwarder:
                 plain.exchange.close()  # its `_run_plain` routes it again
             leg = gen.leg
             if leg is not None and leg.worker == worker and not gen.finished and not leg.finished:
-                leg.queue.put_nowait(_Signal("ejected", ConnectionError(f"worker {worker} was ejected")))
+                leg.queue.put_nowait(Signal("ejected", ConnectionError(f"worker {worker} was ejected")))
 
     async def close(self, abort_timeout: float = 2.0) -> None:
         """Send the aborts still pending (at most `abort_timeout` s), then close the connections."""
@@ -480,7 +342,7 @@ class Forwarder:
                 del self._opening[worker]
         if status != 200:
             if 400 <= status < 500:
-                raise WorkerRejected(status, _error_message(answer.decode("utf-8", "replace")))
+                raise WorkerRejected(status, error_message(answer.decode("utf-8", "replace")))
             raise LegFailed(f"HTTP {status}")
         gen.legs += 1
         gen.workers.append(worker)
@@ -507,88 +369,6 @@ class Forwarder:
             ) as resp:
                 await resp.read()
 
-    # ---- plain legs ---------------------------------------------------------------
-
-    async def _run_plain(self, gen: Generation, worker: str) -> str | None:
-        """One plain worker request; on a broken connection (or a worker-side abort) the request is
-        routed again and starts afresh elsewhere, at most MAX_FAILOVERS times in all. Returns None,
-        or a worker that answered with an event stream: the request goes on there on streamed legs."""
-        attempt = 0
-        while True:
-            attempt += 1
-            leg = gen.plain = PlainLeg(worker, gen.rid if attempt == 1 else f"{gen.rid}-{attempt}")
-            why = await self._plain_attempt(gen, leg, last=attempt >= MAX_FAILOVERS)
-            if why is _STREAMED:
-                gen.plain = None
-                return worker
-            if why is None or gen.finished:
-                return None
-            if attempt >= MAX_FAILOVERS:
-                raise NoWorkerAvailable(f"no worker took the request ({why})")
-            worker = self._route(gen)
-
-    async def _plain_attempt(self, gen: Generation, leg: PlainLeg, last: bool) -> str | None:
-        """Send one plain request and take its answer; None when done, else why to try again."""
-        body = self._leg_body(gen, leg.rid, stream=False)
-        try:
-            status, answer = await self._http.post(leg.worker, "/generate", body, leg.exchange)
-        except (OSError, TimeoutError) as e:
-            why = f"{type(e).__name__}: {e}"
-            if leg.exchange.closed:  # we gave up on it (ejected, maybe hung): it may still be running
-                self._send_abort(leg.worker, leg.rid)
-            elif not gen.finished:
-                self.pool.report_failure(leg.worker, why)
-            return why
-        leg.answered = True
-        if status == 200:
-            return self._take_plain(gen, leg, answer, last)
-        if not gen.finished:
-            if 400 <= status < 500:
-                raise WorkerRejected(status, _error_message(answer.decode("utf-8", "replace")))
-            self.pool.report_failure(leg.worker, f"HTTP {status}")
-        return f"HTTP {status}"
-
-    def _take_plain(self, gen: Generation, leg: PlainLeg, answer: bytes, last: bool) -> str | None:
-        try:
-            out = json.loads(answer)
-        except ValueError:
-            out = None
-        ids = out.get("output_ids") if isinstance(out, dict) else None
-        if out is None and answer.lstrip().startswith(b"data:"):
-            self._streams_only.add(leg.worker)  # it streams whatever it is asked
-            return _STREAMED
-        if not isinstance(ids, list):
-            why = "an answer without output_ids"
-            if not gen.finished:
-                if isinstance(out, dict) and "error" in out:
-                    raise WorkerRejected(400, _error_message(answer.decode("utf-8", "replace")))
-                self.pool.report_failure(leg.worker, why)
-            return why
-        meta = out.get("meta_info")
-        meta = meta if isinstance(meta, dict) else {}
-        reason = meta.get("finish_reason")
-        if not isinstance(reason, dict):
-            reason = {"type": "abort", "message": "the worker's answer has no finish reason"}
-        if reason.get("type") == "abort" and not gen.finished and not last:
-            return "aborted by the worker"  # shutdown, KV exhausted: try another one
-        gen.legs += 1
-        gen.workers.append(leg.worker)
-        self.metrics.on_leg(leg.worker)
-        gen.output_ids = ids
-        gen.meta = meta
-        text = out.get("text")
-        gen.text = text if isinstance(text, str) else None
-        gen.last_chunk = self._clock()
-        if not gen.finished:
-            if reason.get("type") == "length":
-                reason = {"type": "length", "length": gen.spec.max_new_tokens}
-            gen.finish_reason = reason
-        if ids:
-            self.metrics.generated_tokens += len(ids)
-            # It is done: `dispatch` refuses whatever move this report brings.
-            self.dispatch(self.driver.progress(gen.rid, len(ids), self._policy_clock()))
-        return None
-
     # ---- chunks -------------------------------------------------------------------
 
     def _absorb(self, gen: Generation, leg: Leg, payload: bytes) -> list[int] | None:
@@ -602,7 +382,7 @@ class Forwarder:
             return None
         now = self._clock()
         if "error" in chunk and "output_ids" not in chunk:
-            message = _error_message(json.dumps(chunk))
+            message = error_message(json.dumps(chunk))
             if not gen.output_ids and gen.legs == 1:
                 raise WorkerRejected(400, message)
             gen.finish_reason = {"type": "abort", "message": message}
@@ -629,7 +409,7 @@ class Forwarder:
         if reason is not None and not gen.finished:
             if reason.get("type") == "abort":
                 # The worker gave up on it (shutdown, KV exhausted): resume elsewhere.
-                leg.queue.put_nowait(_Signal("aborted by the worker"))
+                leg.queue.put_nowait(Signal("aborted by the worker"))
                 return new or None
             if reason.get("type") == "length":
                 reason = {"type": "length", "length": gen.spec.max_new_tokens}
@@ -666,90 +446,3 @@ class Forwarder:
                     gen.finish_reason = {"type": "stop", "matched": s}
                     return kept
         return kept
-
-    # ---- moving -------------------------------------------------------------------
-
-    async def _migrate(self, gen: Generation) -> None:
-        m, gen.pending = gen.pending, None
-        old = gen.leg
-        if m is None:
-            return
-        if old is None or gen.finished:
-            self.driver.migration_refused(m, self._policy_clock())
-            return
-        if m.source != old.worker or m.target == old.worker or m.target not in self.pool:
-            self.metrics.on_failed_migration(m.reason)
-            self.driver.migration_refused(m, self._policy_clock())
-            return
-        try:
-            new = await self._open_leg(gen, m.target)
-        except (LegFailed, WorkerRejected) as e:
-            if isinstance(e, LegFailed):
-                self.pool.report_failure(m.target, str(e))
-            self.metrics.on_failed_migration(m.reason)
-            self.driver.migration_refused(m, self._policy_clock())
-            log.info("migration of %s to %s failed (%s); it stays on %s", gen.rid, m.target, e, old.worker)
-            return
-        if gen.finished:  # aborted from outside while the target was opening
-            self._drop_leg(new, abort=True)
-            self.driver.migration_refused(m, self._policy_clock())
-            return
-        gen.leg = new
-        self._drop_leg(old, abort=True)
-        gen.migrations.append(m)
-        self.driver.migration_accepted(m, self._policy_clock())
-        self.metrics.on_migration(m.reason)
-
-    async def _resume(self, gen: Generation, why: str, broken: bool, abort: bool) -> None:
-        """The current leg ended without finishing: route again and continue (reason failover)."""
-        old = gen.leg
-        assert old is not None
-        if broken:
-            self.pool.report_failure(old.worker, why)
-        self._drop_leg(old, abort=abort)
-        while True:
-            gen.failovers += 1
-            if gen.failovers > MAX_FAILOVERS:
-                gen.finish_reason = {"type": "abort", "message": f"gave up after {MAX_FAILOVERS} failovers"}
-                gen.leg = None
-                return
-            # Route it afresh at its current length (the driver counts progress from here).
-            gen.pending = None
-            try:
-                target = self.driver.failover(gen.rid, len(gen.output_ids), self._policy_clock())
-            except (NoWorkerAvailable, ValueError) as e:
-                gen.finish_reason = {"type": "abort", "message": f"no healthy worker to resume on: {e}"}
-                gen.leg = None
-                return
-            try:
-                gen.leg = await self._open_leg(gen, target)
-            except LegFailed as e:
-                self.pool.report_failure(target, str(e))
-                continue
-            except WorkerRejected as e:
-                gen.finish_reason = {"type": "abort", "message": e.message}
-                gen.leg = None
-                return
-            m = Migration(gen.rid, old.worker, target, "failover")
-            gen.migrations.append(m)
-            self.driver.migration_accepted(m, self._policy_clock())
-            self.metrics.on_migration("failover")
-            log.info("request %s resumed on %s after %s", gen.rid, target, why)
-            return
-
-
-def _error_message(text: str) -> str:
-    """The message of a worker's error body, whatever its shape."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text.strip()[:500] or "the worker refused the request"
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
-        if isinstance(body.get("message"), str):
-            return body["message"]
-        if isinstance(body.get("detail"), str):
-            return body["detail"]
-    return text.strip()[:500]

@@ -17,8 +17,8 @@ from typing import Any
 from l4_sglang.api_shapes import BadRequest as BadRequest
 from l4_sglang.api_shapes import finite_number, generate_rids, generate_stream, generate_texts, is_int
 from l4_sglang.api_shapes import parse_stop as check_stop
-from l4_sglang.router.forwarding import Generation, GenerationSpec, prefix_hashes
-from l4_sglang.router.tokens import Tokenizer
+from l4_sglang.router.generation import Generation, GenerationSpec, prefix_hashes
+from l4_sglang.text.tokens import Tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's SamplingParams default
 VOCAB_LIMIT = 1 << 31

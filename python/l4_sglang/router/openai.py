@@ -26,9 +26,9 @@ from typing import Any
 
 from l4_sglang import api_shapes
 from l4_sglang.api_shapes import error_body as error_body  # app.py answers with it
-from l4_sglang.router.forwarding import Generation, GenerationSpec, prefix_hashes
+from l4_sglang.router.generation import Generation, GenerationSpec, prefix_hashes
 from l4_sglang.router.native import BadRequest, check_ids, is_int, sampling_spec
-from l4_sglang.router.tokens import Tokenizer
+from l4_sglang.text.tokens import Tokenizer
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 # OpenAI name -> SGLang sampling_params name, for the knobs passed through.

@@ -31,7 +31,9 @@ from aiohttp import web
 
 from l4_sglang.api_shapes import error_body
 from l4_sglang.policy.base import NoWorkerAvailable
-from l4_sglang.router.forwarding import MAX_FAILOVERS, Forwarder, Generation
+from l4_sglang.router.forwarding import Forwarder
+from l4_sglang.router.generation import Generation
+from l4_sglang.router.legs import MAX_FAILOVERS
 from l4_sglang.router.workers import WorkerPool
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
-from l4_sglang.worker import tokenizer
+from l4_sglang.text import builtin
 from l4_sglang.worker.prefix_cache import BLOCK_SIZE, PrefixCache, hash_id_blocks, token_block_keys
 
 StepTimeFn = Callable[[list[tuple[int, int]]], float]
@@ -60,9 +60,9 @@ def token_hash(seed: int, position: int, prev1: int, prev2: int, prev3: int) -> 
 
 def pick_token(h: int) -> int:
     """The generated id for hash `h`: EOS once in VOCAB_SIZE draws, else a " xyz" word piece."""
-    if h % tokenizer.VOCAB_SIZE == tokenizer.EOS_ID:
-        return tokenizer.EOS_ID
-    return tokenizer.word_piece(h >> 20)
+    if h % builtin.VOCAB_SIZE == builtin.EOS_ID:
+        return builtin.EOS_ID
+    return builtin.word_piece(h >> 20)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class EngineConfig:
     chunked_prefill_size: int  # <= 0: no chunking, a prompt is prefilled in one step
     context_length: int = 131072
     seed: int = 0
-    eos_token_ids: frozenset[int] = frozenset({tokenizer.EOS_ID})
+    eos_token_ids: frozenset[int] = frozenset({builtin.EOS_ID})
     enable_prefix_cache: bool = True
     block_size: int = BLOCK_SIZE
 
@@ -186,7 +186,7 @@ class Engine:
         self,
         config: EngineConfig,
         step_time: StepTimeFn,
-        detokenize: Callable[[Sequence[int]], str] = tokenizer.decode,
+        detokenize: Callable[[Sequence[int]], str] = builtin.decode,
         token_picker: Callable[[int], int] = pick_token,
         on_update: Callable[[Request, float], None] | None = None,
     ) -> None:

@@ -15,7 +15,7 @@ from l4_sglang.api_shapes import BadRequest as BadRequest
 from l4_sglang.api_shapes import finite_number as _number
 from l4_sglang.api_shapes import generate_rids, generate_stream, generate_texts, is_int
 from l4_sglang.api_shapes import parse_stop as parse_stop
-from l4_sglang.worker import tokenizer
+from l4_sglang.text import builtin
 from l4_sglang.worker.engine import Request, SamplingParams
 from l4_sglang.worker.vocab import BUILTIN, Vocab
 
@@ -93,7 +93,7 @@ def parse_sampling_params(raw: Any, default_max_new_tokens: int = DEFAULT_MAX_NE
     )
 
 
-def parse_ids(raw: Any, name: str, vocab_size: int = tokenizer.VOCAB_SIZE) -> list[int]:
+def parse_ids(raw: Any, name: str, vocab_size: int = builtin.VOCAB_SIZE) -> list[int]:
     if not isinstance(raw, list):
         raise BadRequest(f"{name} must be a list of token ids.", name)
     ids = []

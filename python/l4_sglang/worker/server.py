@@ -20,32 +20,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from l4_sglang.background import BackgroundLoop
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
-from l4_sglang.worker import openai_api, protocol, server_info, tokenizer
+from l4_sglang.text import builtin
+from l4_sglang.worker import openai_api, protocol, server_info
 from l4_sglang.worker.engine import Engine, EngineConfig, Request, SamplingParams
 from l4_sglang.worker.metrics import WorkerMetrics
 from l4_sglang.worker.protocol import BadRequest, Clock, Limits, dumps
 from l4_sglang.worker.runner import EngineRunner
+from l4_sglang.worker.status_routes import StatusRoutes
 from l4_sglang.worker.vocab import load_vocab
+from l4_sglang.worker.web_io import MalformedJson, json_response, read_json, sse_event
 
 DEFAULT_MODEL_PATH = "meta-llama/Meta-Llama-3-8B"
 DEFAULT_CONTEXT_LENGTH = 131072
-HEALTH_GENERATE_TIMEOUT_S = 20.0
-FLUSH_CACHE_MESSAGE = (
-    "Cache flushed.\nPlease check backend logs for more details. "
-    "(When there are running or waiting requests, the operation will not be performed.)"
-)
 
 log = logging.getLogger(__name__)
 
@@ -73,36 +69,7 @@ class WorkerSettings:
     host_latency_s: float = 0.0
 
 
-class MalformedJson(ValueError):
-    pass
-
-
-def _utf8(text: str) -> bytes:
-    # A lone surrogate (a client's rid or model name may carry one) becomes its JSON escape.
-    return text.encode("utf-8", "backslashreplace")
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=_utf8(dumps(obj)), status=status, content_type="application/json", charset="utf-8"
-    )
-
-
-async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise MalformedJson(e.msg) from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise MalformedJson(str(e)) from None
-
-
-def _sse(payload: str) -> bytes:
-    return b"data: " + _utf8(payload) + b"\n\n"
-
-
-class EmulatedWorker:
+class EmulatedWorker(StatusRoutes):
     """One emulated SGLang server: engine, runner, metrics and the aiohttp app."""
 
     def __init__(self, settings: WorkerSettings) -> None:
@@ -142,7 +109,7 @@ class EmulatedWorker:
         self.clock = Clock(offset=0.0)
         self.app = self._build_app()
         self._site_runner: web.AppRunner | None = None
-        tokenizer.encode("warm up the tables")
+        builtin.encode("warm up the tables")
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -222,9 +189,9 @@ class EmulatedWorker:
         try:
             response = await handler(request)
         except web.HTTPNotFound:
-            response = _json({"detail": "Not Found"}, 404)
+            response = json_response({"detail": "Not Found"}, 404)
         except web.HTTPMethodNotAllowed:
-            response = _json({"detail": "Method Not Allowed"}, 405)
+            response = json_response({"detail": "Method Not Allowed"}, 405)
         except web.HTTPException:
             raise
         except (asyncio.CancelledError, ConnectionError):
@@ -284,9 +251,9 @@ class EmulatedWorker:
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await _read_json(request)
+            body = await read_json(request)
         except MalformedJson as e:
-            return _json(protocol.malformed_json_body(str(e), request.path), 400)
+            return json_response(protocol.malformed_json_body(str(e), request.path), 400)
         try:
             inputs, is_batch, stream = protocol.parse_generate(body, self.limits)
             submitted = []
@@ -298,7 +265,7 @@ class EmulatedWorker:
                     self.runner.abort(req.rid, "Abort: another request of its batch was rejected")
                 raise
         except BadRequest as e:
-            return _json(protocol.error_body(str(e)), 400)
+            return json_response(protocol.error_body(str(e)), 400)
         with_text = not self.settings.skip_tokenizer_init
         if stream:
             req, event = submitted[0]
@@ -308,7 +275,7 @@ class EmulatedWorker:
         outs = [
             protocol.generate_response(req, self.clock, now, with_text, self.vocab) for req, _ in submitted
         ]
-        return _json(outs if is_batch else outs[0])
+        return json_response(outs if is_batch else outs[0])
 
     async def _stream_generate(
         self, request: web.Request, req: Request, event: asyncio.Event, with_text: bool
@@ -333,7 +300,7 @@ class EmulatedWorker:
                 first = False
                 text_part = f'"text":{dumps(text.update(req))},' if with_text else ""
                 payload = f'{{{text_part}"output_ids":[{ids_text}],"meta_info":{meta}}}'
-                await resp.write(_sse(payload))
+                await resp.write(sse_event(payload))
             await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -347,21 +314,21 @@ class EmulatedWorker:
 
     async def _openai(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            body = await _read_json(request)
+            body = await read_json(request)
         except MalformedJson as e:
-            return _json(openai_api.error_body(f"JSON decode error: {e}"), 400)
+            return json_response(openai_api.error_body(f"JSON decode error: {e}"), 400)
         try:
             parse = openai_api.parse_chat if chat else openai_api.parse_completion
             inp = parse(body, self.limits)
             submitted = self._submit_choices(inp)
         except BadRequest as e:
-            return _json(openai_api.error_body(str(e), e.param), 400)
+            return json_response(openai_api.error_body(str(e), e.param), 400)
         created = int(time.time())
         reqs = [req for req, _ in submitted]
         if not inp.stream:
             await asyncio.gather(*(self._wait(req, event) for req, event in submitted))
             texts = [protocol.output_text(req, self.vocab) for req in reqs]
-            return _json(openai_api.response(inp, reqs, texts, created, self.vocab))
+            return json_response(openai_api.response(inp, reqs, texts, created, self.vocab))
         rid = inp.rid or reqs[0].rid
         with self._owned(*reqs), contextlib.suppress(ConnectionError):
             resp = await self._open_stream(request)
@@ -369,7 +336,7 @@ class EmulatedWorker:
             for index, (req, event) in enumerate(submitted):
                 await self._stream_choice(resp, inp, rid, index, req, event, created)
             if inp.include_usage:
-                await resp.write(_sse(dumps(openai_api.usage_chunk(inp, rid, reqs, created))))
+                await resp.write(sse_event(dumps(openai_api.usage_chunk(inp, rid, reqs, created))))
             await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -405,7 +372,9 @@ class EmulatedWorker:
         sent_ids = 0  # output ids whose logprobs were sent
         offset = base = len(head)
         if inp.chat:
-            await resp.write(_sse(dumps(openai_api.chunk(inp, rid, created, "", role=True, index=index))))
+            await resp.write(
+                sse_event(dumps(openai_api.chunk(inp, rid, created, "", role=True, index=index)))
+            )
         async for _ in self._updates(req, event):
             so_far = text.update(req)
             delta = so_far[emitted:]  # empty when a stop string cut back what was sent
@@ -421,132 +390,15 @@ class EmulatedWorker:
                 last = openai_api.chunk(
                     inp, rid, created, delta, finish=finish, matched=matched, index=index, logprobs=lp
                 )
-                await resp.write(_sse(dumps(last)))
+                await resp.write(sse_event(dumps(last)))
             elif delta or lp:
                 await resp.write(
-                    _sse(dumps(openai_api.chunk(inp, rid, created, delta, index=index, logprobs=lp)))
+                    sse_event(dumps(openai_api.chunk(inp, rid, created, delta, index=index, logprobs=lp)))
                 )
 
     async def models(self, request: web.Request) -> web.Response:
-        return _json(
+        return json_response(
             openai_api.models_list(self.settings.model_path, self.settings.context_length, int(time.time()))
-        )
-
-    # ---- health, info, load ------------------------------------------------
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
-
-    async def health_generate(self, request: web.Request) -> web.Response:
-        if not self.engine.idle:
-            return web.Response(status=200)  # requests are making progress
-        params = SamplingParams(max_new_tokens=1, ignore_eos=True)
-        req, event = self._submit(f"HEALTH_CHECK_{uuid.uuid4().hex}", [tokenizer.BOS_ID], params, None)
-        try:
-            await asyncio.wait_for(self._wait(req, event), HEALTH_GENERATE_TIMEOUT_S)
-        except TimeoutError:
-            return web.Response(status=503)
-        return web.Response(status=200)
-
-    def _gen_throughput(self) -> float:
-        return self.metrics.gen_throughput(self.runner.now()) if self.runner else 0.0
-
-    def _cache_hit_rate(self) -> float:
-        stats = self.engine.stats
-        return stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
-
-    async def get_server_info(self, request: web.Request) -> web.Response:
-        info = server_info.server_info(self.identity, self.config, self._gen_throughput())
-        if self.runner is not None:
-            info.update(
-                request_overhead_s=float(self.cost_model.params.get("request_overhead_s", 0.0)),
-                host_latency_s=self.settings.host_latency_s,
-                request_delay_s=self.runner.request_delay_s,
-            )
-        return _json(info)
-
-    async def get_model_info(self, request: web.Request) -> web.Response:
-        return _json(server_info.model_info(self.identity))
-
-    async def v1_loads(self, request: web.Request) -> web.Response:
-        query = request.query
-        try:
-            include = server_info.parse_include(query.get("include"))
-            dp_rank = int(query["dp_rank"]) if "dp_rank" in query else None
-        except ValueError as e:
-            return _json({"detail": str(e)}, 400)
-        load = self.engine.load()
-        if query.get("format") == "prometheus":
-            text = server_info.loads_prometheus(load, self._gen_throughput(), self._cache_hit_rate())
-            return web.Response(text=text, content_type="text/plain", charset="utf-8")
-        return _json(
-            server_info.loads(load, self._gen_throughput(), self._cache_hit_rate(), include, dp_rank)
-        )
-
-    async def get_load(self, request: web.Request) -> web.Response:
-        return _json(server_info.get_load(self.engine.load()))
-
-    async def prometheus(self, request: web.Request) -> web.Response:
-        now = self.runner.now() if self.runner else 0.0
-        text = self.metrics.render(self.engine.load(), self.engine.stats, now)
-        resp = web.Response(text=text)
-        resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-        return resp
-
-    # ---- control -----------------------------------------------------------
-
-    async def abort_request(self, request: web.Request) -> web.Response:
-        try:
-            body = await _read_json(request)
-        except MalformedJson as e:
-            return _json(protocol.error_body(f"JSON decode error: {e}"), 400)
-        if not isinstance(body, dict):
-            return _json(protocol.error_body("The request body must be a JSON object."), 400)
-        assert self.runner is not None
-        rid = body.get("rid")
-        if body.get("abort_all"):
-            self.runner.abort_all()
-        elif isinstance(rid, str):
-            self.runner.abort(rid)
-        elif isinstance(rid, list):
-            for one in rid:
-                if isinstance(one, str):
-                    self.runner.abort(one)
-        return web.Response(status=200)
-
-    async def flush_cache(self, request: web.Request) -> web.Response:
-        if request.method not in ("GET", "POST"):
-            return _json({"detail": "Method Not Allowed"}, 405)
-        ok = self.engine.flush_cache()
-        return web.Response(text=FLUSH_CACHE_MESSAGE, status=200 if ok else 400)
-
-    async def emulated_steps(self, request: web.Request) -> web.Response:
-        """Debug: the engine's recent steps (modelled cost vs when they ran) and lag."""
-        assert self.runner is not None
-        try:
-            last = max(int(request.query.get("last", "200")), 0)
-        except ValueError:
-            return _json({"detail": "last must be an integer"}, 400)
-        records = list(self.runner.step_log)[-last:] if last else []
-        lags = sorted(r.applied - r.deadline for r in self.runner.step_log)
-        stats = dataclasses.asdict(self.engine.stats)
-        return _json(
-            {
-                "emulated": True,
-                "cost_model": self.cost_model.name,
-                "time_scale": self.settings.time_scale,
-                "stats": stats,
-                # Busy time as modelled (cost x scale) and lost by falling behind: the time dilation
-                # of this worker is (modelled_s + lost_s) / modelled_s, 1.0 when it keeps real time.
-                "modelled_s": self.runner.modelled_s,
-                "lost_s": self.runner.lost_s,
-                "lag_s": {
-                    "mean": sum(lags) / len(lags) if lags else 0.0,
-                    "p99": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
-                    "max": lags[-1] if lags else 0.0,
-                },
-                "steps": [r.to_json() for r in records],
-            }
         )
 
 

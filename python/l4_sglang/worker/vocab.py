@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from l4_sglang.router.tokens import BuiltinTokenizer, HFTokenizer, Tokenizer
-from l4_sglang.worker import tokenizer as builtin
+from l4_sglang.text import builtin
+from l4_sglang.text.tokens import BuiltinTokenizer, HFTokenizer, Tokenizer
 
 MIN_VOCAB_SIZE = 512
 

@@ -1,4 +1,8 @@
-"""A replayable request trace: arrivals in seconds with prompt and output lengths."""
+"""A replayable request trace: arrivals in seconds with prompt and output lengths.
+
+A trace knows nothing of policies: whoever replays it (the simulator, the live
+bench) turns its rows into the policy's `RequestInfo` itself.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-from l4_sglang.policy.base import RequestInfo
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,6 @@ class TraceRequest:
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"invalid {field}: must be an integer >= 0, got {value!r}")
-
-    def to_request_info(self, rid: str) -> RequestInfo:
-        """The policy's view: `max_new_tokens` is the output length, `prefix_hashes` the hash ids."""
-        return RequestInfo(
-            rid=rid,
-            prompt_tokens=int(self.prompt_tokens),
-            max_new_tokens=int(self.output_tokens),
-            prefix_hashes=tuple(self.hash_ids),
-        )
 
 
 class Trace:
@@ -94,7 +87,3 @@ class Trace:
 
     def output_lengths(self) -> np.ndarray:
         return np.array([r.output_tokens for r in self._requests], dtype=np.int64)
-
-    def request_info(self, i: int, rid: str | None = None) -> RequestInfo:
-        """`RequestInfo` of the `i`-th request; `rid` defaults to `"<name>-<i>"`."""
-        return self._requests[i].to_request_info(f"{self.name}-{i}" if rid is None else rid)

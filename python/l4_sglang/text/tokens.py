@@ -1,9 +1,9 @@
-"""The router's tokenizer: prompt ids in, text out, the same on every leg of a request.
+"""Tokenizers: prompt ids in, text out, the same on every leg of a request (router and emulated worker).
 
 Two kinds, one interface (`Tokenizer`):
 
 - `BuiltinTokenizer` (no `--tokenizer-path`): the emulated worker's own
-  arithmetic tokenizer (`l4_sglang.worker.tokenizer`), so the router and the
+  arithmetic tokenizer (`l4_sglang.text.builtin`), so the router and the
   emulated workers count the same tokens. Text prompts get BOS first; chats use
   the Llama 3 template, exactly as the emulated worker builds them.
 - `HFTokenizer` (`--tokenizer-path DIR|tokenizer.json`): the `tokenizers`
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from l4_sglang.worker import tokenizer as builtin
+from l4_sglang.text import builtin
 
 PLAIN_CHAT_TEMPLATE = "{role}: {content}\n"
 PLAIN_CHAT_PROMPT = "assistant:"
