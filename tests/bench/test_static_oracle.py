@@ -50,8 +50,10 @@ def test_the_oracle_is_at_least_as_good_as_the_even_split_and_scores_what_it_rep
     assert reported == pytest.approx(found.best.mean_e2e_s)
     assert found.best == min(found.tried, key=static_oracle.Candidate.key)
     assert len({(c.boundaries, c.instances) for c in found.tried}) == len(found.tried)
-    # The long 4% need their own bucket: the best cut lies between the two modes.
-    assert 1500 < found.best.boundaries[0] <= 40000 * 0.7
+    # The long 4% need their own bucket: the best cut lies above the short mode's median and below
+    # the long mode (with split-KV a few short requests beside the long ones cost little, so it
+    # may sit in the short mode's upper tail).
+    assert 1000 < found.best.boundaries[0] <= 40000 * 0.7
 
 
 def test_three_buckets_are_searched_when_asked(model):

@@ -21,6 +21,7 @@ TRUE_SWITCH = 16.0
 def _model(switch: float | None) -> CostModel:
     params = CostModel.load(BASE).params
     params.pop("measurements", None)
+    params.pop("split_kv_requests", None)
     if switch is not None:
         params["split_kv_requests"] = switch
     return CostModel.from_json(json.dumps(params))
