@@ -577,7 +577,16 @@ def test_evaluate_layout_inputs(cuts, instances, expected):
 # Instance classes: a mixed pool (partition_classes)
 # --------------------------------------------------------------------------
 
-H200 = CostModel.load("llama3-8b-h200-flashinfer")
+
+def _without_split(name: str) -> CostModel:
+    """The shipped fit without its split-KV switch: tests/reference_partition.py does not model
+    split-KV yet, so the mixed-pool checks against it run on the form it restates."""
+    params = CostModel.load(name).params
+    params.pop("split_kv_requests", None)
+    return CostModel.from_json(json.dumps(params))
+
+
+H200 = _without_split("llama3-8b-h200-flashinfer")
 CLASS_MODELS = {**MODELS, "h200": H200}
 CLASS_PARAMS = {name: model.params for name, model in CLASS_MODELS.items()}
 

@@ -90,8 +90,11 @@ BAR_P99 = 1.0
 
 
 def default_traces_dir() -> Path:
-    """`<checkout>/../shared/data/traces`, where the project keeps the public traces."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "traces"
+    """`<checkout>/../shared/data/traces`, where the project keeps the public traces: beside the
+    source tree of an editable install, else beside the working directory (an installed package
+    lives in site-packages, far from any checkout)."""
+    beside_source = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "traces"
+    return beside_source if beside_source.is_dir() else Path.cwd().parent / "shared" / "data" / "traces"
 
 
 class _Parser(argparse.ArgumentParser):
