@@ -3,6 +3,7 @@
 # rounds (`profile job --lone-rounds`) on one SGLang backend after another, each a fresh server;
 # a backend starts only while the call is younger than START_BEFORE_S. Results in $OUT/<label>-<backend>.
 #   OUT=... bash docs/calibration/lone_rounds.sh LABEL ROUNDS BACKEND [BACKEND...]
+# JOB_ARGS replaces `--lone-rounds ROUNDS` (docs/calibration/long_batches.sh runs the long plan so).
 set -u
 out=${OUT:?set OUT}
 label=$1 rounds=$2
@@ -19,7 +20,8 @@ for backend in "$@"; do
     echo "skip $backend: call is $(( $(date +%s) - t0 )) s old" | tee -a "$out/job.log"
     continue
   fi
-  python3 -m l4_sglang.profile job --backend "$backend" --lone-rounds "$rounds" \
+  # shellcheck disable=SC2086 # JOB_ARGS is a list of flags
+  python3 -m l4_sglang.profile job --backend "$backend" ${JOB_ARGS:---lone-rounds $rounds} \
     --out "$out/$label-$backend" 2>&1 | tee -a "$out/job.log"
   echo "$backend done at $(( $(date +%s) - t0 )) s" | tee -a "$out/job.log"
 done

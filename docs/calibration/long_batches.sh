@@ -1,26 +1,10 @@
 #!/usr/bin/env bash
-# One device call: unpack .device/pack/site.tar.xz (docs/gpu/pack_device.sh), then the long-batch
-# plan (`profile job --plan long`: long requests alone, together and beside short ones) on one
-# SGLang backend after another, each a fresh server with BUDGET_S seconds (start included); a
-# backend starts only while the call is younger than START_BEFORE_S. Results in $OUT/<label>-<backend>.
+# One device call: the long-batch plan (`profile job --plan long`: long requests alone, together
+# and beside short ones) on one SGLang backend after another, each a fresh server with BUDGET_S
+# seconds (start included), through lone_rounds.sh (unpacking, start cut-off, logs). Results in
+# $OUT/<label>-<backend>.
 #   OUT=... bash docs/calibration/long_batches.sh LABEL BACKEND [BACKEND...]
-set -u
-out=${OUT:?set OUT}
 label=$1
 shift
-t0=$(date +%s)
-if [ ! -f /tmp/site/.unpacked ]; then
-  tar -C /tmp -xJf .device/pack/site.tar.xz && touch /tmp/site/.unpacked || exit 1
-fi
-echo "unpacked in $(( $(date +%s) - t0 )) s" | tee -a "$out/job.log"
-export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$out/job.log"
-for backend in "$@"; do
-  if [ $(( $(date +%s) - t0 )) -gt "${START_BEFORE_S:-330}" ]; then
-    echo "skip $backend: call is $(( $(date +%s) - t0 )) s old" | tee -a "$out/job.log"
-    continue
-  fi
-  python3 -m l4_sglang.profile job --backend "$backend" --plan long --budget-s "${BUDGET_S:-260}" \
-    --out "$out/$label-$backend" 2>&1 | tee -a "$out/job.log"
-  echo "$backend done at $(( $(date +%s) - t0 )) s" | tee -a "$out/job.log"
-done
+JOB_ARGS="--plan long --budget-s ${BUDGET_S:-260}" START_BEFORE_S=${START_BEFORE_S:-330} \
+  exec bash "$(dirname "$0")/lone_rounds.sh" "$label" 0 "$@"
