@@ -179,6 +179,17 @@ def queue_wait(rho, m, residual: float):
     return rho ** (np.sqrt(2.0 * (m + 1.0)) - 1.0) / (m * (1.0 - rho)) * residual
 
 
+def overload_wait(rho, u: float, m, residual: float, horizon: float):
+    """An overloaded stage's wait (rho >= u): queue_wait(u) plus its derivative at u times
+    (rho - u), plus (rho - 1) * horizon / 2 past rho = 1 (the backlog's mean over the horizon)."""
+    rho = np.asarray(rho, dtype=np.float64)
+    m = np.asarray(m, dtype=np.float64)
+    e = np.sqrt(2.0 * (m + 1.0)) - 1.0
+    # d/drho of rho^e / (m (1 - rho)) = rho^(e-1) (e (1 - rho) + rho) / (m (1 - rho)^2)
+    slope = u ** (e - 1.0) * (e * (1.0 - u) + u) / (m * (1.0 - u) ** 2) * residual
+    return queue_wait(u, m, residual) + slope * (rho - u) + np.maximum(rho - 1.0, 0.0) * horizon / 2.0
+
+
 @dataclass
 class StageShape:
     """Everything about bins [j, i) that does not depend on the instance count."""
@@ -212,6 +223,7 @@ class Reference:
         self.slo_tpot = float(qoe.slo_tpot_s)
         self.penalty = float(qoe.slo_penalty_s)
         self.max_util = float(qoe.max_utilization)
+        self.horizon = float(getattr(qoe, "overload_horizon_s", 0.0))
         # prefill(prompt_tokens[b]) of each bin, as the spec reads (no running max).
         self.prefill = [prefill_time(self.p, x) for x in self.prompt]
         self._shapes: dict[tuple[int, int], StageShape] = {}
@@ -271,19 +283,30 @@ class Reference:
             return np.zeros_like(m)  # a stage with no traffic costs 0
         cost = np.full_like(m, INF)
         rho = s.work / m
-        feasible = rho < self.max_util
-        if not np.any(feasible):
+        over = rho >= self.max_util
+        # Overloaded stages have a price only with an overload horizon.
+        priced_mask = ~over | (self.horizon > 0)
+        if not np.any(priced_mask):
             return cost
-        mf = m[feasible]
-        rho = rho[feasible]
-        busy = 1.0 - s.prefill_work / mf  # 1 - u_p
+        mf = m[priced_mask]
+        rho = rho[priced_mask]
+        over = over[priced_mask]
+        # Overloaded, prefill and decode keep their shares of the time the stage has.
+        share = np.where(over, self.max_util / np.maximum(rho, self.max_util), 1.0)
+        busy = 1.0 - s.prefill_work / mf * share  # 1 - u_p
         tpot = np.zeros_like(mf)
         if s.decode_rate > 0:
+            # Unsolved (demand beyond the largest batch), the step is the one at n_cap.
             _, step, solved = solve_decode(self.p, s.decode_rate / mf / busy, s.mean_kv, s.max_kv)
             tpot = step / busy
             # Cannot happen while rho < max_utilization < 1; priced as infeasible if it does.
-            rho = np.where(solved, rho, np.nan)
-        wait = queue_wait(rho, mf, s.residual)
+            rho = np.where(solved | over, rho, np.nan)
+        safe = np.where(over, 0.5, rho)
+        wait = np.where(
+            over,
+            overload_wait(rho, self.max_util, mf, s.residual, self.horizon),
+            queue_wait(safe, mf, s.residual),
+        )
         latency = s.mig * (wait + s.mig_prefill) + s.decode_rate * tpot
         violations = np.zeros_like(mf)
         for b in range(j, i):
@@ -293,8 +316,8 @@ class Reference:
                 violations = violations + np.where(ttft > self.slo_ttft, self.arrival[b], 0.0)
         if s.decode_rate > 0:
             violations = violations + np.where(tpot > self.slo_tpot, entering, 0.0)
-        priced = latency + self.penalty * violations
-        cost[feasible] = np.where(np.isnan(priced), INF, priced)
+        total = latency + self.penalty * violations
+        cost[priced_mask] = np.where(np.isnan(total), INF, total)
         return cost
 
     def layout_cost(self, layout) -> float:

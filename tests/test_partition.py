@@ -137,12 +137,14 @@ def workload_strategy(draw, params: dict, instances: int, min_bins: int, max_bin
 
 qoe_strategy = st.one_of(
     st.just(QoeConfig()),
+    st.just(QoeConfig(overload_horizon_s=60.0)),
     st.builds(
         QoeConfig,
         slo_ttft_s=st.floats(0.05, 20.0),
         slo_tpot_s=st.floats(0.005, 0.5),
         slo_penalty_s=st.sampled_from([0.0, 1.0, 100.0, 1000.0]),
         max_utilization=st.sampled_from([0.6, 0.75, 0.9, 0.95]),
+        overload_horizon_s=st.sampled_from([0.0, 0.0, 5.0, 600.0]),
     ),
 )
 
@@ -173,19 +175,22 @@ def check_against_reference(name: str, workload: Workload, instances: int, qoe: 
     assert layout[0][0] == 0 and layout[-1][1] == bins
     assert all(a[1] == b[0] for a, b in itertools.pairwise(layout))
     assert sum(m for _, _, m in layout) == instances and all(m >= 1 for _, _, m in layout)
-    assert got.feasible == math.isfinite(want), (got.total_cost, want, layout, want_layout)
+    # Finite unless an overloaded stage has no price (no overload horizon).
+    priced = math.isfinite(got.total_cost)
+    assert priced == math.isfinite(want), (got.total_cost, want, layout, want_layout)
+    assert priced or not got.feasible
     again = evaluate_layout(
         model, workload, [j for j, _, _ in layout] + [bins], [m for _, _, m in layout], qoe
     )
     assert again.feasible == got.feasible
     checker = ref.Reference(params, workload, qoe)
-    if got.feasible:
+    if priced:
         assert close(got.total_cost, want), (got.total_cost, want, layout, want_layout)
         assert close(again.total_cost, got.total_cost), (again.total_cost, got.total_cost)
         assert close(checker.layout_cost(layout), got.total_cost), (checker.layout_cost(layout), layout)
-        assert got.excess_work == 0.0
+        assert (got.excess_work == 0.0) is got.feasible, (got.excess_work, got.feasible)
     else:
-        assert math.isinf(got.total_cost) and math.isinf(again.total_cost)
+        assert math.isinf(again.total_cost)
         least, _ = ref.reference_min_excess(params, workload, instances, qoe)
         assert least > 0
         assert close(got.excess_work, least), (got.excess_work, least, layout, want_layout)
@@ -247,6 +252,14 @@ def test_bimodal_examples(name, scale, instances, feasible):
     assert check_against_reference(name, workload, instances, qoe) is feasible
     best = ref.brute_force(PARAMS[name], workload, instances, qoe)
     assert close(best, ref.reference_partition(PARAMS[name], workload, instances, qoe)[0])
+    # Priced overload: every layout has a finite price, a feasible one the same as before, so
+    # the optimum can only fall.
+    priced = QoeConfig(overload_horizon_s=60.0)
+    check_against_reference(name, workload, instances, priced)
+    with_price = ref.brute_force(PARAMS[name], workload, instances, priced)
+    assert math.isfinite(with_price)
+    assert with_price <= best * (1 + 1e-12)
+    assert close(with_price, partition(MODELS[name], workload, instances, priced).total_cost)
 
 
 # --------------------------------------------------------------------------
@@ -508,6 +521,8 @@ PARTITION_CASES = [
     pytest.param({}, 4, {"slo_tpot_s": 0.0}, Err("slo_tpot_s"), id="slo-tpot-0"),
     pytest.param({}, 4, {"slo_ttft_s": NAN}, Err("slo_ttft_s"), id="slo-ttft-nan"),
     pytest.param({}, 4, {"slo_penalty_s": -1.0}, Err("slo_penalty_s"), id="negative-penalty"),
+    pytest.param({}, 4, {"overload_horizon_s": -1.0}, Err("overload_horizon_s"), id="negative-horizon"),
+    pytest.param({}, 4, {"overload_horizon_s": math.inf}, Err("overload_horizon_s"), id="infinite-horizon"),
     pytest.param(with_("arrival_rate", 1, "lots"), 4, {}, Err("arrival_rate"), id="text-arrival-rate"),
     pytest.param(with_("decode_rate", 0, None), 4, {}, Err("decode_rate"), id="none-decode-rate"),
     pytest.param({"edges": "0 1024 8192"}, 4, {}, Err("edges"), id="text-edges"),
@@ -612,12 +627,14 @@ def check_mixed(names: list[str], counts: list[int], workload: Workload, qoe: Qo
     assert all(a[1] == b[0] for a, b in itertools.pairwise(layout))
     for c, k in enumerate(counts):
         assert sum(m for _, _, m, cls in layout if cls == c) == k, (layout, counts)
-    assert got.feasible == math.isfinite(want), (got.total_cost, want, layout, want_layout)
+    priced = math.isfinite(got.total_cost)  # see check_against_reference
+    assert priced == math.isfinite(want), (got.total_cost, want, layout, want_layout)
+    assert priced or not got.feasible
     again = evaluate_layout_classes(
         classes, workload, [s[0] for s in layout] + [bins], got.instances, got.classes, qoe
     )
     cost, excess = ref.layout_cost_classes(params, workload, qoe, layout)
-    if got.feasible:
+    if priced:
         assert close(got.total_cost, want), (got.total_cost, want, layout, want_layout)
         assert close(again.total_cost, got.total_cost)
         assert close(cost, got.total_cost), (cost, got.total_cost)

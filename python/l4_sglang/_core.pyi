@@ -28,7 +28,7 @@ build_profile: str
 
 _Workload = tuple[list[float], list[float], list[float], list[float], list[float], list[float]]
 """(edges, arrival_rate, prompt_tokens, decode_rate, decode_context, growth_rate)"""
-_Qoe = tuple[float, float, float, float]
+_Qoe = tuple[float, float, float, float, float]
 """(slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization)"""
 _Load = tuple[float, float, float, float, float, float]
 """(running, kv_tokens, max_kv, queued_requests, queued_tokens, mean_remaining)"""

@@ -232,12 +232,15 @@ class QoeConfig:
     slo_tpot_s: float = 0.1
     slo_penalty_s: float = 100.0
     max_utilization: float = 0.9
+    overload_horizon_s: float = 0.0
+    """Seconds an overloaded stage's backlog is priced over; 0: an overloaded stage is
+    infeasible (the DP avoids it while any layout can)."""
 
-    def _args(self) -> tuple[float, float, float, float]:
+    def _args(self) -> tuple[float, float, float, float, float]:
         return tuple(_as_number(f, getattr(self, f)) for f in QOE_FIELDS)  # type: ignore[return-value]
 
 
-QOE_FIELDS = ("slo_ttft_s", "slo_tpot_s", "slo_penalty_s", "max_utilization")
+QOE_FIELDS = ("slo_ttft_s", "slo_tpot_s", "slo_penalty_s", "max_utilization", "overload_horizon_s")
 
 
 def _as_number(field: str, value) -> float:

@@ -39,6 +39,23 @@
 //! SLO violation worth that many seconds of latency, so attainment comes
 //! first and mean E2E breaks ties.
 //!
+//! # Overload
+//! With `overload_horizon_s = H > 0` an overloaded stage (`rho >= u`,
+//! `u = max_utilization`) has a finite price, reported `feasible = false`:
+//! ```text
+//! share = u / rho                  prefill and decode keep their shares of the time there is
+//! u_p   = P / m * share
+//! tpot  = step(n) / (1 - u_p), n solved as above, or the largest batch's step
+//!         when the decode demand exceeds it
+//! wait  = wait(u) + wait'(u) * (rho - u) + max(0, rho - 1) * H / 2
+//! ```
+//! the M/G/m wait continued along its tangent at `u`, plus the fluid
+//! backlog past `rho = 1` (growing by `rho - 1` seconds per second) averaged
+//! over the horizon. Without it a transient overload of one length mode makes
+//! every split infinite and the DP pools that mode with the rest, so every
+//! request waits behind its prefills. Every stage may then run on any `m >= 1`.
+//! With `H = 0` an overloaded stage is infeasible, as follows.
+//!
 //! # The DP
 //! `f[i][k]` = least cost of bins `[0, i)` on exactly `k` instances:
 //! `f[0][0] = 0`, `f[0][k>0] = inf`, `f[i][k] = min over j < i, 1 <= m <= k of
@@ -103,6 +120,9 @@ pub struct QoeConfig {
     pub slo_tpot_s: f64,
     pub slo_penalty_s: f64,
     pub max_utilization: f64,
+    /// Seconds an overload is priced over (0: an overloaded stage is
+    /// infeasible). See "Overload" in the module doc.
+    pub overload_horizon_s: f64,
 }
 
 impl Default for QoeConfig {
@@ -112,6 +132,7 @@ impl Default for QoeConfig {
             slo_tpot_s: 0.1,
             slo_penalty_s: 100.0,
             max_utilization: 0.9,
+            overload_horizon_s: 0.0,
         }
     }
 }
@@ -262,7 +283,18 @@ impl QoeConfig {
                 format!("must be in (0, 1), got {}", self.max_utilization),
             ));
         }
+        if !(self.overload_horizon_s.is_finite() && self.overload_horizon_s >= 0.0) {
+            return Err(CoreError::invalid(
+                "overload_horizon_s",
+                format!("must be finite and >= 0, got {}", self.overload_horizon_s),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether an overloaded stage gets a finite price.
+    fn prices_overload(&self) -> bool {
+        self.overload_horizon_s > 0.0
     }
 }
 
@@ -298,12 +330,13 @@ impl StageShape {
         self.lam + self.mig <= 0.0 && self.decode_rate <= 0.0
     }
 
-    /// Fewest instances that keep the stage under `max_utilization`.
-    fn min_instances(&self, max_utilization: f64) -> usize {
-        if self.is_empty() {
+    /// Fewest instances the stage may run on: those that keep it under
+    /// `max_utilization`, or 1 when an overload has a finite price.
+    fn min_instances(&self, qoe: &QoeConfig) -> usize {
+        if self.is_empty() || qoe.prices_overload() {
             1
         } else {
-            ((self.work / max_utilization).floor() as usize + 1).max(1)
+            ((self.work / qoe.max_utilization).floor() as usize + 1).max(1)
         }
     }
 }
@@ -352,6 +385,15 @@ fn queue_wait(rho: f64, m: f64, residual: f64) -> f64 {
     }
     let exponent = (2.0 * (m + 1.0)).sqrt() - 1.0;
     rho.powf(exponent) / (m * (1.0 - rho)) * residual
+}
+
+/// The wait of an overloaded stage (`rho >= u`, `u` = max_utilization): the
+/// M/G/m wait at `u`, continued along its tangent, plus the fluid backlog past
+/// `rho = 1` averaged over the horizon (it grows by `rho - 1` seconds per second).
+fn overload_wait(rho: f64, u: f64, m: f64, residual: f64, horizon: f64) -> f64 {
+    let e = (2.0 * (m + 1.0)).sqrt() - 1.0;
+    let slope = residual / m * u.powf(e - 1.0) * (e * (1.0 - u) + u) / ((1.0 - u) * (1.0 - u));
+    queue_wait(u, m, residual) + slope * (rho - u) + (rho - 1.0).max(0.0) * horizon / 2.0
 }
 
 impl<'a> Prepared<'a> {
@@ -495,15 +537,26 @@ impl<'a> Prepared<'a> {
         if s.is_empty() {
             return out;
         }
-        if utilization >= q.max_utilization {
+        let over = utilization >= q.max_utilization;
+        if over {
             out.feasible = false;
-            out.cost = f64::INFINITY;
-            return out;
+            if !q.prices_overload() {
+                out.cost = f64::INFINITY;
+                return out;
+            }
         }
-        let busy = 1.0 - prefill_utilization;
+        // Overloaded, prefill and decode keep their shares of the time the stage has.
+        let share = if over {
+            q.max_utilization / utilization
+        } else {
+            1.0
+        };
+        let busy = 1.0 - prefill_utilization * share;
         if let Some(curve) = &s.curve {
             match curve.solve(s.decode_rate / mf / busy) {
                 Some((_, step)) => out.tpot = step / busy,
+                // Decode demand beyond the largest batch: it runs full, the rest waits.
+                None if over => out.tpot = curve.step(curve.n_cap()) / busy,
                 None => {
                     out.feasible = false;
                     out.cost = f64::INFINITY;
@@ -511,7 +564,17 @@ impl<'a> Prepared<'a> {
                 }
             }
         }
-        out.wait = queue_wait(utilization, mf, s.residual);
+        out.wait = if over {
+            overload_wait(
+                utilization,
+                q.max_utilization,
+                mf,
+                s.residual,
+                q.overload_horizon_s,
+            )
+        } else {
+            queue_wait(utilization, mf, s.residual)
+        };
         out.latency = s.lam * out.wait
             + s.prefill_arrivals
             + s.mig * (out.wait + s.mig_prefill)
@@ -571,33 +634,35 @@ impl<'a> Prepared<'a> {
     /// workload and the QoE are the same for every class).
     fn totals(&self, stages: Vec<StageReport>, excess: f64) -> Partition {
         let feasible = stages.iter().all(|s| s.feasible);
+        // Finite when every stage has a price (an overload has one with a horizon).
+        let priced = stages.iter().all(|s| s.cost.is_finite());
         let total_lam = self.cum_lam[self.w.bins()];
         let total_decode = self.cum_decode[self.w.bins()];
         let sum = |f: fn(&StageReport) -> f64| stages.iter().map(f).sum::<f64>();
         let latency = sum(|s| s.latency_rate);
         let tpot_ok = stages
             .iter()
-            .filter(|s| s.feasible && s.tpot_s <= self.qoe.slo_tpot_s)
+            .filter(|s| s.cost.is_finite() && s.tpot_s <= self.qoe.slo_tpot_s)
             .map(|s| s.decode_rate)
             .sum::<f64>();
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 1.0 };
         Partition {
-            total_cost: if feasible {
+            total_cost: if priced {
                 sum(|s| s.cost)
             } else {
                 f64::INFINITY
             },
-            mean_e2e_s: if feasible {
+            mean_e2e_s: if priced {
                 ratio(latency, total_lam)
             } else {
                 f64::INFINITY
             },
-            ttft_attainment: if feasible {
+            ttft_attainment: if priced {
                 ratio(sum(|s| s.ttft_ok_rate), total_lam)
             } else {
                 0.0
             },
-            tpot_attainment: if feasible {
+            tpot_attainment: if priced {
                 ratio(tpot_ok, total_decode)
             } else {
                 0.0
@@ -615,7 +680,7 @@ impl<'a> Prepared<'a> {
             if excess_mode {
                 1
             } else {
-                self.shape(j, i).min_instances(self.qoe.max_utilization)
+                self.shape(j, i).min_instances(&self.qoe)
             }
         })
     }
@@ -642,7 +707,7 @@ impl<'a> Prepared<'a> {
     ) -> Option<(usize, usize)> {
         let suf = b.suf[i];
         let floor = self.price(j, i, m_hi, (j, i));
-        if !floor.feasible || b.pre[j] + floor.cost + suf > b.upper {
+        if !floor.cost.is_finite() || b.pre[j] + floor.cost + suf > b.upper {
             return None;
         }
         let mut top = m_hi;
@@ -800,7 +865,7 @@ impl<'a> Prepared<'a> {
                 let m_lo = if excess_mode {
                     1
                 } else {
-                    self.shape(j, i).min_instances(self.qoe.max_utilization)
+                    self.shape(j, i).min_instances(&self.qoe)
                 };
                 if m_lo > m_hi {
                     continue;
@@ -830,7 +895,7 @@ impl<'a> Prepared<'a> {
                                 self.excess(j, i, m)
                             } else {
                                 let c = self.price(j, i, m, (late_from, i));
-                                if c.feasible {
+                                if c.cost.is_finite() {
                                     late_from = c.first_late;
                                 }
                                 c.cost
@@ -996,7 +1061,7 @@ pub fn merge_stages(
     let mut stages: Stages = layout_stages(workload.bins(), cuts, instances)?;
     let prepared = Prepared::new(model, workload, qoe);
     let mut layout = prepared.summarize(&stages);
-    if stage_gain <= 0.0 || !layout.feasible {
+    if stage_gain <= 0.0 || !layout.total_cost.is_finite() {
         return Ok(layout);
     }
     while stages.len() > 1 {
@@ -1007,7 +1072,7 @@ pub fn merge_stages(
             let (_, i, m2) = merged.remove(k + 1);
             merged[k] = (j, i, m1 + m2);
             let trial = prepared.summarize(&merged);
-            if trial.feasible
+            if trial.total_cost.is_finite()
                 && best
                     .as_ref()
                     .is_none_or(|(b, _)| trial.total_cost < b.total_cost)
@@ -1144,7 +1209,7 @@ impl<'a> Mixed<'a> {
             1
         } else {
             let p = &self.preps[c];
-            p.shape(j, i).min_instances(p.qoe.max_utilization)
+            p.shape(j, i).min_instances(&p.qoe)
         }
     }
 
@@ -1542,13 +1607,20 @@ mod tests {
         assert!(p.mean_e2e_s.is_finite() && p.mean_e2e_s > 0.0);
     }
 
+    fn priced_overload() -> QoeConfig {
+        QoeConfig {
+            overload_horizon_s: 60.0,
+            ..QoeConfig::default()
+        }
+    }
+
     #[test]
     fn dp_matches_brute_force() {
         let m = model();
-        for scale in [0.2, 1.0, 3.0] {
-            for n in 1..=5 {
+        for scale in [0.2, 1.0, 3.0, 12.0] {
+            for (n, q) in (1..=5).flat_map(|n| [(n, QoeConfig::default()), (n, priced_overload())])
+            {
                 let w = bimodal(scale);
-                let q = QoeConfig::default();
                 let p = partition(&m, &w, n, q).unwrap();
                 let best = brute_force(&m, &w, n, q);
                 if best.is_finite() {
@@ -1605,15 +1677,16 @@ mod tests {
         for seed in 0..24 {
             for (bins, n, scale) in [(24, 6, 0.3), (32, 12, 1.0), (40, 16, 3.0), (48, 9, 0.05)] {
                 let w = scattered(bins, seed, scale);
-                let q = QoeConfig::default();
-                let p = Prepared::new(&m, &w, q);
-                let plain = p.solve(n, false, None).map(|c| p.layout_cost(&c));
-                let pruned = p.solve_pruned(n).map(|c| p.layout_cost(&c));
-                pruned_paths += usize::from(same_cost(
-                    plain,
-                    pruned,
-                    &format!("seed {seed} bins {bins}"),
-                ));
+                for q in [QoeConfig::default(), priced_overload()] {
+                    let p = Prepared::new(&m, &w, q);
+                    let plain = p.solve(n, false, None).map(|c| p.layout_cost(&c));
+                    let pruned = p.solve_pruned(n).map(|c| p.layout_cost(&c));
+                    pruned_paths += usize::from(same_cost(
+                        plain,
+                        pruned,
+                        &format!("seed {seed} bins {bins} {q:?}"),
+                    ));
+                }
             }
         }
         assert!(
@@ -1628,6 +1701,61 @@ mod tests {
         assert!(!p.feasible);
         assert!(p.excess_work > 0.0);
         assert_eq!(p.stages.iter().map(|s| s.instances).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn a_priced_overload_is_finite_and_falls_with_instances() {
+        let m = model();
+        let (w, q) = (bimodal(200.0), priced_overload());
+        let p = partition(&m, &w, 2, q).unwrap();
+        assert!(!p.feasible && p.excess_work > 0.0, "{p:?}");
+        assert!(
+            p.total_cost.is_finite() && p.mean_e2e_s.is_finite(),
+            "{p:?}"
+        );
+        let prepared = Prepared::new(&m, &w, q);
+        let bins = w.bins();
+        let costs: Vec<f64> = (1..=40)
+            .map(|n| prepared.price(0, bins, n, (0, bins)).cost)
+            .collect();
+        assert!(costs.iter().all(|c| c.is_finite()), "{costs:?}");
+        assert!(costs.windows(2).all(|c| c[1] <= c[0]), "{costs:?}");
+        // A longer horizon prices the same backlog higher.
+        let longer = QoeConfig {
+            overload_horizon_s: 600.0,
+            ..q
+        };
+        let c60 = prepared.price(0, bins, 1, (0, bins)).cost;
+        let c600 = Prepared::new(&m, &w, longer)
+            .price(0, bins, 1, (0, bins))
+            .cost;
+        assert!(c600 > c60, "{c600} vs {c60}");
+    }
+
+    #[test]
+    fn the_overload_wait_continues_the_queue_wait() {
+        let (u, residual) = (0.9, 4.0);
+        for m in [1.0, 2.0, 8.0] {
+            let below = queue_wait(u - 1e-7, m, residual);
+            let above = overload_wait(u, u, m, residual, 60.0);
+            assert!(
+                (below - above).abs() <= 1e-4 * above,
+                "m {m}: {below} vs {above}"
+            );
+            let step = 1e-6;
+            let slope = (queue_wait(u, m, residual) - queue_wait(u - step, m, residual)) / step;
+            let ext = (overload_wait(u + 0.01, u, m, residual, 60.0) - above) / 0.01;
+            assert!(
+                (slope - ext).abs() <= 1e-3 * slope,
+                "m {m}: {slope} vs {ext}"
+            );
+        }
+        // Past rho = 1 the backlog adds (rho - 1) * horizon / 2.
+        let at1 = overload_wait(1.0, u, 1.0, residual, 60.0);
+        let at12 = overload_wait(1.2, u, 1.0, residual, 60.0);
+        let tangent =
+            overload_wait(1.2, u, 1.0, residual, 0.0) - overload_wait(1.0, u, 1.0, residual, 0.0);
+        assert!(((at12 - at1) - tangent - 0.2 * 30.0).abs() < 1e-9);
     }
 
     #[test]

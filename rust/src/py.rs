@@ -121,8 +121,9 @@ impl PyCostModel {
 /// (edges, arrival_rate, prompt_tokens, decode_rate, decode_context, growth_rate), as
 /// `l4_sglang.core.Workload._args()` sends it.
 type WorkloadArgs = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
-/// (slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization), as `QoeConfig._args()` sends it.
-type QoeArgs = (f64, f64, f64, f64);
+/// (slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization, overload_horizon_s), as
+/// `QoeConfig._args()` sends it.
+type QoeArgs = (f64, f64, f64, f64, f64);
 
 fn workload(args: WorkloadArgs) -> Workload {
     let (edges, arrival_rate, prompt_tokens, decode_rate, decode_context, growth_rate) = args;
@@ -136,12 +137,15 @@ fn workload(args: WorkloadArgs) -> Workload {
     }
 }
 
-fn qoe((slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization): QoeArgs) -> QoeConfig {
+fn qoe(
+    (slo_ttft_s, slo_tpot_s, slo_penalty_s, max_utilization, overload_horizon_s): QoeArgs,
+) -> QoeConfig {
     QoeConfig {
         slo_ttft_s,
         slo_tpot_s,
         slo_penalty_s,
         max_utilization,
+        overload_horizon_s,
     }
 }
 

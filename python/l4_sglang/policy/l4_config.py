@@ -63,6 +63,11 @@ class L4Config(PolicyConfig):
     slo_tpot_s: float = _knob(_QOE.slo_tpot_s, "TPOT SLO of the DP's QoE, seconds")
     slo_penalty_s: float = _knob(_QOE.slo_penalty_s, "seconds of latency one SLO violation is worth")
     max_utilization: float = _knob(_QOE.max_utilization, "utilisation above which a stage is overloaded")
+    overload_horizon_s: float = _knob(
+        60.0,
+        "seconds the DP prices an overloaded stage's growing backlog over (0: an overloaded stage "
+        "is infeasible, so a transient overload pools stages)",
+    )
     min_samples: int = _knob(0, "finished requests before the first DP (until then one stage)")
     min_arrivals: int = _knob(
         20, "arrivals before the first DP (until then one stage; prompt lengths are known at admission)"
@@ -97,6 +102,7 @@ class L4Config(PolicyConfig):
             "slo_tpot_s": positive,
             "slo_penalty_s": at_least_0,
             "max_utilization": ("in (0, 1)", lambda x: 0 < x < 1),
+            "overload_horizon_s": at_least_0,
             "min_samples": (">= 0", lambda x: x >= 0),
             "min_arrivals": (">= 0", lambda x: x >= 0),
             "balance_interval_s": at_least_0,
@@ -119,7 +125,8 @@ class L4Config(PolicyConfig):
         return out
 
     def qoe(self) -> QoeConfig:
-        return QoeConfig(self.slo_ttft_s, self.slo_tpot_s, self.slo_penalty_s, self.max_utilization)
+        fields = (self.slo_ttft_s, self.slo_tpot_s, self.slo_penalty_s, self.max_utilization)
+        return QoeConfig(*fields, self.overload_horizon_s)
 
 
 @dataclass(frozen=True)

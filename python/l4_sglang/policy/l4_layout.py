@@ -29,13 +29,14 @@ def snap_cuts(edges: np.ndarray, bounds: Sequence[float]) -> list[int]:
 
 
 def relative_gain(current: Layout, proposed: Layout) -> float:
-    """How much better `proposed` is, as a share of `current`'s price (inf: it ends an overload)."""
-    if current.feasible and proposed.feasible:
+    """How much better `proposed` is, as a share of `current`'s price (inf: it ends an overload
+    that has no price; both priced, overloaded or not, compare by price)."""
+    if math.isfinite(current.total_cost) and math.isfinite(proposed.total_cost):
         c = current.total_cost
         return (c - proposed.total_cost) / c if c > 0 else 0.0
-    if proposed.feasible:
+    if math.isfinite(proposed.total_cost):
         return math.inf
-    if current.feasible:
+    if math.isfinite(current.total_cost):
         return -math.inf
     e = current.excess_work
     return (e - proposed.excess_work) / e if e > 0 else 0.0
