@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from l4_sglang import (
     partition,
     partition_classes,
 )
+from l4_sglang.bench.suite import trace_path
 from l4_sglang.workload import load_mooncake, truncate
 
 if l4_sglang.BUILD_PROFILE != "release":
@@ -41,7 +43,8 @@ if l4_sglang.BUILD_PROFILE != "release":
     )
 
 REPO = Path(__file__).resolve().parents[1]
-MOONCAKE = REPO.parent / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
+MOONCAKE = trace_path(os.environ.get("L4_TRACES_DIR"), "mooncake_conversation")
+"""The bench suite's lookup: $L4_TRACES_DIR, else its default traces folder (`default_traces_dir`)."""
 REQUESTS = 4000
 
 MODEL = CostModel.load("llama3-8b-h100-default")
@@ -76,7 +79,9 @@ def close(a: float, b: float) -> bool:
 @functools.cache
 def trace() -> tuple[np.ndarray, np.ndarray, float]:
     if not MOONCAKE.is_file():
-        pytest.fail(f"Mooncake trace not found at {MOONCAKE}: the benchmarks are built from it")
+        pytest.fail(
+            f"Mooncake trace not found at {MOONCAKE} (set L4_TRACES_DIR): the benchmarks are built from it"
+        )
     first = truncate(load_mooncake(MOONCAKE), count=REQUESTS)
     arrivals = first.arrivals()
     return first.prompt_lengths(), first.output_lengths(), float(arrivals[-1] - arrivals[0])

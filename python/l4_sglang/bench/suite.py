@@ -97,6 +97,14 @@ def default_traces_dir() -> Path:
     return beside_source if beside_source.is_dir() else Path.cwd().parent / "shared" / "data" / "traces"
 
 
+TRACES_DIR_HELP = "the public traces (default: <checkout>/../shared/data/traces)"
+
+
+def trace_path(traces_dir: str | Path | None, workload: str) -> Path:
+    """The file of a real workload (`REAL_TRACES`) under traces_dir (None: `default_traces_dir()`)."""
+    return (Path(traces_dir) if traces_dir else default_traces_dir()) / REAL_TRACES[workload]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         self.print_usage(sys.stderr)
@@ -136,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "47 req/s, so 15000 give phases of about 100 s there (3000 would give 21 s, shorter than "
         "l4's 60 s histogram half-life)",
     )
-    p.add_argument(
-        "--traces-dir", default=None, help="the public traces (default: <checkout>/../shared/data/traces)"
-    )
+    p.add_argument("--traces-dir", default=None, help=TRACES_DIR_HELP)
     p.add_argument(
         "--cost-model",
         default=DEFAULT_COST_MODEL,
