@@ -48,14 +48,7 @@ from l4_sglang.bench.report import (
     write_markdown,
     write_plots,
 )
-from l4_sglang.cli_help import (
-    HelpFormatter,
-    add_policy_knobs,
-    check_knobs,
-    given_knobs,
-    knob_flag,
-    reject_unknown,
-)
+from l4_sglang.cli_help import HelpFormatter, add_policy_knobs, knobs_for, parse_strict
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import SimResult, simulate
@@ -254,15 +247,11 @@ def policy_knobs(
 ) -> dict[str, dict]:
     """{policy: overrides} from the --<policy>-<knob> flags; a knob of a policy this run does not
     simulate (or any knob in live mode, whose router has its own) is an error."""
-    given = given_knobs(parser, args)
-    for name, knobs in given.items():
-        flag = knob_flag(name, next(iter(knobs)))
-        if args.mode == "live":
-            parser.error(f"{flag}: policy knobs are for --mode sim (the router at --url has its own)")
-        if name not in policies:
-            parser.error(f"{flag} is a knob of policy {name!r}, which --policies does not run")
-        check_knobs(parser, name, knobs)
-    return given
+    if args.mode == "live":
+        return knobs_for(
+            parser, args, (), "but policy knobs are for --mode sim (the router at --url has its own)"
+        )
+    return knobs_for(parser, args, policies, "which --policies does not run")
 
 
 def _run_summary(res: SimResult, rate: float, args: argparse.Namespace, oracle: np.ndarray) -> dict:
@@ -347,9 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        reject_unknown(parser, extra)
+    args = parse_strict(parser, argv)
     policies = _validate(parser, args)
     knobs = policy_knobs(parser, args, policies)
     live = args.mode == "live"

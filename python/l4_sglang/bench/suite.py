@@ -53,14 +53,7 @@ import numpy as np
 
 from l4_sglang.bench import static_oracle
 from l4_sglang.bench.cli import ORACLE, _jsonable, oracle_e2e_s
-from l4_sglang.cli_help import (
-    HelpFormatter,
-    add_policy_knobs,
-    check_knobs,
-    given_knobs,
-    knob_flag,
-    reject_unknown,
-)
+from l4_sglang.cli_help import HelpFormatter, add_policy_knobs, knobs_for, parse_strict
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import SimResult, simulate
@@ -566,9 +559,7 @@ def run_all(s: Settings, pool: ProcessPoolExecutor | None, doc: dict, save: Call
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    args, extra = p.parse_known_args(argv)
-    if extra:
-        reject_unknown(p, extra)
+    args = parse_strict(p, argv)
     try:
         seeds = list(dict.fromkeys(int(x) for x in args.seeds.split(",") if x.strip()))
     except ValueError:
@@ -589,12 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.knee_steps < 0:
         p.error(f"--knee-steps must be >= 0, got {args.knee_steps}")
-    knobs = given_knobs(p, args)
-    for name, given in knobs.items():
-        if name not in policies:
-            flag = knob_flag(name, next(iter(given)))
-            p.error(f"{flag} is a knob of policy {name!r}, which --policies does not run")
-        check_knobs(p, name, given)
+    knobs = knobs_for(p, args, policies, "which --policies does not run")
     traces_dir = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
     for w in workloads:
         if w in REAL_TRACES and not (traces_dir / REAL_TRACES[w]).is_file():
