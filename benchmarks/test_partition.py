@@ -13,14 +13,12 @@ checked against the reference class DP at N = 16.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_partition as ref
 
 import l4_sglang
 from l4_sglang import (
@@ -42,7 +40,6 @@ if l4_sglang.BUILD_PROFILE != "release":
         returncode=1,
     )
 
-REPO = Path(__file__).resolve().parents[1]
 MOONCAKE = trace_path(os.environ.get("L4_TRACES_DIR"), "mooncake_conversation")
 """The bench suite's lookup: $L4_TRACES_DIR, else its default traces folder (`default_traces_dir`)."""
 REQUESTS = 4000
@@ -58,18 +55,6 @@ SIZES = [(16, 32), (64, 128), (256, 128)]
 # about 0.3 s at (16, 32), 6 s at (64, 128), 8 s at (256, 128): all under the
 # 2-minute budget, so no reference case is skipped).
 REFERENCE_ROUNDS = {(16, 32): 5, (64, 128): 1, (256, 128): 1}
-
-
-def _load_reference():
-    path = REPO / "tests" / "reference_partition.py"
-    spec = importlib.util.spec_from_file_location("l4_reference_partition", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
 
 
 def close(a: float, b: float) -> bool:
