@@ -119,22 +119,21 @@ def test_reference_moderate(benchmark, instances, bins):
 @pytest.mark.benchmark(group="partition")
 @pytest.mark.parametrize(("instances", "bins"), SIZES, ids=[size_id(s) for s in SIZES])
 def test_rust_moderate(benchmark, instances, bins):
-    w = workload(instances, bins, MODERATE)
-    got = partition(MODEL, w, instances, QOE)
-    want = reference_total(instances, bins, MODERATE)
-    assert got.feasible and close(got.total_cost, want), (got.total_cost, want)
-    benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=MODERATE)
-    benchmark(partition, MODEL, w, instances, QOE)
+    _bench_rust(benchmark, instances, bins, MODERATE)
 
 
 @pytest.mark.benchmark(group="partition")
 def test_rust_light(benchmark):
-    instances, bins = 64, 128
-    w = workload(instances, bins, LIGHT)
+    _bench_rust(benchmark, 64, 128, LIGHT)
+
+
+def _bench_rust(benchmark, instances: int, bins: int, utilization: float) -> None:
+    """The Rust DP timed on one case, after checking it against the reference's total."""
+    w = workload(instances, bins, utilization)
     got = partition(MODEL, w, instances, QOE)
-    want = reference_total(instances, bins, LIGHT)
+    want = reference_total(instances, bins, utilization)
     assert got.feasible and close(got.total_cost, want), (got.total_cost, want)
-    benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=LIGHT)
+    benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=utilization)
     benchmark(partition, MODEL, w, instances, QOE)
 
 
