@@ -13,13 +13,12 @@ checked against the reference class DP at N = 16.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
-import sys
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
+import reference_partition as ref
 
 import l4_sglang
 from l4_sglang import (
@@ -31,6 +30,7 @@ from l4_sglang import (
     partition,
     partition_classes,
 )
+from l4_sglang.bench.suite import trace_path
 from l4_sglang.workload import load_mooncake, truncate
 
 if l4_sglang.BUILD_PROFILE != "release":
@@ -40,8 +40,8 @@ if l4_sglang.BUILD_PROFILE != "release":
         returncode=1,
     )
 
-REPO = Path(__file__).resolve().parents[1]
-MOONCAKE = REPO.parent / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
+MOONCAKE = trace_path(os.environ.get("L4_TRACES_DIR"), "mooncake_conversation")
+"""The bench suite's lookup: $L4_TRACES_DIR, else its default traces folder (`default_traces_dir`)."""
 REQUESTS = 4000
 
 MODEL = CostModel.load("llama3-8b-h100-default")
@@ -57,18 +57,6 @@ SIZES = [(16, 32), (64, 128), (256, 128)]
 REFERENCE_ROUNDS = {(16, 32): 5, (64, 128): 1, (256, 128): 1}
 
 
-def _load_reference():
-    path = REPO / "tests" / "reference_partition.py"
-    spec = importlib.util.spec_from_file_location("l4_reference_partition", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
-
-
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
@@ -76,7 +64,9 @@ def close(a: float, b: float) -> bool:
 @functools.cache
 def trace() -> tuple[np.ndarray, np.ndarray, float]:
     if not MOONCAKE.is_file():
-        pytest.fail(f"Mooncake trace not found at {MOONCAKE}: the benchmarks are built from it")
+        pytest.fail(
+            f"Mooncake trace not found at {MOONCAKE} (set L4_TRACES_DIR): the benchmarks are built from it"
+        )
     first = truncate(load_mooncake(MOONCAKE), count=REQUESTS)
     arrivals = first.arrivals()
     return first.prompt_lengths(), first.output_lengths(), float(arrivals[-1] - arrivals[0])
@@ -129,22 +119,21 @@ def test_reference_moderate(benchmark, instances, bins):
 @pytest.mark.benchmark(group="partition")
 @pytest.mark.parametrize(("instances", "bins"), SIZES, ids=[size_id(s) for s in SIZES])
 def test_rust_moderate(benchmark, instances, bins):
-    w = workload(instances, bins, MODERATE)
-    got = partition(MODEL, w, instances, QOE)
-    want = reference_total(instances, bins, MODERATE)
-    assert got.feasible and close(got.total_cost, want), (got.total_cost, want)
-    benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=MODERATE)
-    benchmark(partition, MODEL, w, instances, QOE)
+    _bench_rust(benchmark, instances, bins, MODERATE)
 
 
 @pytest.mark.benchmark(group="partition")
 def test_rust_light(benchmark):
-    instances, bins = 64, 128
-    w = workload(instances, bins, LIGHT)
+    _bench_rust(benchmark, 64, 128, LIGHT)
+
+
+def _bench_rust(benchmark, instances: int, bins: int, utilization: float) -> None:
+    """The Rust DP timed on one case, after checking it against the reference's total."""
+    w = workload(instances, bins, utilization)
     got = partition(MODEL, w, instances, QOE)
-    want = reference_total(instances, bins, LIGHT)
+    want = reference_total(instances, bins, utilization)
     assert got.feasible and close(got.total_cost, want), (got.total_cost, want)
-    benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=LIGHT)
+    benchmark.extra_info.update(impl="rust", instances=instances, bins=bins, utilization=utilization)
     benchmark(partition, MODEL, w, instances, QOE)
 
 

@@ -34,7 +34,7 @@ def test_step_time_is_monotone_in_new_tokens(model):
 
 
 def test_mixed_batch_costs_more_than_its_homogeneous_twin(model):
-    # DESIGN.md's premise: one 128K request beside 63 short ones, same total KV as 64 x 4064.
+    # docs/design.md's premise: one 128K request beside 63 short ones, same total KV as 64 x 4064.
     mixed = [(1, 2048)] * 63 + [(1, 131072)]
     homogeneous = [(1, 4064)] * 64
     assert sum(c for _, c in mixed) == sum(c for _, c in homogeneous)
@@ -45,7 +45,7 @@ def test_mixed_batch_costs_more_than_its_homogeneous_twin(model):
 
 
 def test_kernel_premise_is_reproduced_by_the_attention_term(model):
-    """The default calibration's decode term, per layer, against DESIGN.md's kernel numbers."""
+    """The default calibration's decode term, per layer, against docs/design.md's kernel numbers."""
     p = model.params
     per_layer = p["decode_kv_s"] / 32
 

@@ -9,16 +9,15 @@ Mooncake conversation trace.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
-import sys
+import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_partition as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,20 +33,8 @@ from l4_sglang import (
     partition,
     partition_classes,
 )
+from l4_sglang.bench.suite import trace_path
 from l4_sglang.workload import load_mooncake, truncate
-
-
-def _load_reference():
-    """tests/reference_partition.py by path, whatever pytest's import mode."""
-    path = Path(__file__).resolve().with_name("reference_partition.py")
-    spec = importlib.util.spec_from_file_location("l4_reference_partition", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
 
 MODEL = CostModel.load("llama3-8b-h100-default")
 # The heavy-step and cached-prefix terms on (floor moved into the step overhead, which must hold
@@ -67,8 +54,7 @@ HEAVY = CostModel.from_json(
 MODELS = {"het": MODEL, "no-het": MODEL.without_heterogeneity(), "heavy": HEAVY}
 PARAMS = {name: model.params for name, model in MODELS.items()}
 
-REPO = Path(__file__).resolve().parents[1]
-MOONCAKE = REPO.parent / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
+MOONCAKE = trace_path(os.environ.get("L4_TRACES_DIR"), "mooncake_conversation")
 
 REL = 1e-9
 ABS = 1e-12

@@ -22,7 +22,7 @@ for _ in $(seq 1 100); do
   kill -0 $launcher 2>/dev/null || break
   sleep 5
 done
-python3 docs/gpu/launch_proof_client.py http://127.0.0.1:30000 > "$out/client.txt" 2>&1
+python3 -m l4_sglang.bench proof http://127.0.0.1:30000 > "$out/client.txt" 2>&1
 echo "client rc $?" >> "$out/client.txt"
 kill -TERM $launcher
 wait $launcher; echo "launcher rc $?" > "$out/stop.txt"

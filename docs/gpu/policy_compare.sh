@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issues 7/8 in one device call (docs/bench/real-gpu/README.md): unpack what travels in .device/pack
 # (built here by docs/gpu/pack_device.sh: the SGLang 0.5.14 site + model folder, and smg), then
-# docs/gpu/policy_compare.py: the launcher with SGLang instances, every policy on the same requests,
-# results in $OUT (job.log, summary.md, summary.json, compare.png, results.tar.gz), all stopped.
-#   bash docs/gpu/policy_compare.sh [policy_compare.py options] [-- SGLang server flags]
+# `python3 -m l4_sglang.bench compare` (python/l4_sglang/bench/fleet_compare.py): the launcher with
+# SGLang instances, every policy on the same requests, results in $OUT (job.log, summary.md,
+# summary.json, compare.png, results.tar.gz), all stopped. The workload: the trace slice and
+# workloads.json of docs/bench/real-gpu/ (options given here come after, so --trace etc. override).
+#   bash docs/gpu/policy_compare.sh [compare options] [-- SGLang server flags]
 # Env: PACK (default .device/pack), UNPACK (default /tmp: /tmp/site, /tmp/model, /tmp/smg).
 set -u
 export JOB_T0=${JOB_T0:-$(date +%s.%N)}
@@ -41,7 +43,9 @@ if [ "$backend" = sglang ]; then
     python3 -c 'import sys, importlib.metadata, torch, sglang; print(sys.version.split()[0], "torch", torch.__version__, "sglang", sglang.__version__, "smg", importlib.metadata.version("smg"))'
   } 2>&1 | tee -a "$out/job.log"
 fi
-python3 docs/gpu/policy_compare.py --out "$out" "$@"
+real_gpu=docs/bench/real-gpu
+python3 -m l4_sglang.bench compare --out "$out" --trace "$real_gpu/mooncake_conversation_first150s.jsonl" \
+  --workloads "$real_gpu/workloads.json" "$@"
 rc=$?
-echo "policy_compare rc $rc" | tee -a "$out/job.log"
+echo "bench compare rc $rc" | tee -a "$out/job.log"
 exit $rc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 
@@ -109,6 +109,27 @@ def check_knobs(p: argparse.ArgumentParser, policy: str, overrides: dict[str, An
         make_config(policy, overrides)
     except ValueError as e:
         p.error(f"policy {policy}: {e}")
+
+
+def knobs_for(
+    p: argparse.ArgumentParser, args: argparse.Namespace, policies: Collection[str], elsewhere: str
+) -> dict[str, dict[str, Any]]:
+    """{policy: overrides} of the knob flags given, each checked as a Config of its policy. A knob of
+    a policy outside `policies` is a parser error: `<flag> is a knob of policy 'p', <elsewhere>`."""
+    given = given_knobs(p, args)
+    for name, knobs in given.items():
+        if name not in policies:
+            p.error(f"{knob_flag(name, next(iter(knobs)))} is a knob of policy {name!r}, {elsewhere}")
+        check_knobs(p, name, knobs)
+    return given
+
+
+def parse_strict(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`p.parse_args`, with each unknown flag named beside the nearest known one (`reject_unknown`)."""
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        reject_unknown(p, extra)
+    return args
 
 
 def reject_unknown(p: argparse.ArgumentParser, tokens: Sequence[str]) -> None:

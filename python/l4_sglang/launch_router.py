@@ -27,14 +27,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from l4_sglang.cli_help import (
-    HelpFormatter,
-    add_policy_knobs,
-    check_knobs,
-    given_knobs,
-    knob_flag,
-    reject_unknown,
-)
+from l4_sglang.cli_help import HelpFormatter, add_policy_knobs, check_knobs, knobs_for, parse_strict
 from l4_sglang.core import CostModel
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.router.app import RouterSettings
@@ -172,13 +165,9 @@ def add_router_args(p: argparse.ArgumentParser, *, with_workers: bool = True) ->
 
 def policy_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """The knobs given for `args.policy`; parser errors for bad values or another policy's knobs."""
-    given = given_knobs(p, args)
-    for name, knobs in given.items():
-        if name != args.policy:
-            flag = knob_flag(name, next(iter(knobs)))
-            p.error(f"{flag} is a knob of policy {name!r}, but --policy is {args.policy!r}")
+    given = knobs_for(p, args, (args.policy,), f"but --policy is {args.policy!r}")
     overrides = given.get(args.policy, {})
-    check_knobs(p, args.policy, overrides)
+    check_knobs(p, args.policy, overrides)  # with none given, its defaults must make a Config too
     return overrides
 
 
@@ -244,9 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None):
     p = build_parser()
-    args, extra = p.parse_known_args(argv)
-    if extra:
-        reject_unknown(p, extra)
+    args = parse_strict(p, argv)
     return settings_from(p, args, args.worker_urls, args.port, args.host), args
 
 

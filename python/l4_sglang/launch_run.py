@@ -38,6 +38,48 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def spawn_group(
+    cmd: Sequence[str], env: dict[str, str] | None = None, *, die_with_parent: bool = True, **popen
+) -> subprocess.Popen:
+    """`cmd` as the leader of its own process group (so the whole group can be stopped, or left
+    running); with `die_with_parent`, it also gets SIGTERM when this process dies (Linux)."""
+    preexec = _die_with_parent if die_with_parent and sys.platform.startswith("linux") else None
+    return subprocess.Popen(
+        list(cmd), env={**os.environ, **(env or {})}, start_new_session=True, preexec_fn=preexec, **popen
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_group(pid: int, grace: float, popen: subprocess.Popen | None = None) -> tuple[int | None, bool]:
+    """SIGTERM to the process group led by `pid`, up to `grace` s for its leader to go, then SIGKILL
+    to the group (children that outlive their leader, such as SGLang's scheduler processes).
+    Returns (the leader's exit status if `popen` is ours, whether it went within the grace)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    in_time = False
+    while time.monotonic() < end:
+        if (popen.poll() is not None) if popen is not None else not pid_alive(pid):
+            in_time = True
+            break
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    rc = None
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rc = popen.wait(10)
+    return rc, in_time
+
+
 class Children:
     """Worker processes, each the leader of its own process group."""
 
@@ -45,10 +87,7 @@ class Children:
         self.procs: list[tuple[WorkerPlan, subprocess.Popen]] = []
 
     def spawn(self, plan: WorkerPlan) -> None:
-        env = {**os.environ, **plan.env}
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        proc = subprocess.Popen(plan.cmd, env=env, start_new_session=True, preexec_fn=preexec)
-        self.procs.append((plan, proc))
+        self.procs.append((plan, spawn_group(plan.cmd, plan.env)))
 
     def exited(self) -> list[tuple[WorkerPlan, int]]:
         return [(plan, p.returncode) for plan, p in self.procs if p.poll() is not None]
@@ -63,10 +102,7 @@ class Children:
                 p.wait(max(deadline - time.monotonic(), 0.1))
         for _, p in self.procs:
             # The group too: a worker's own children (SGLang's scheduler processes) may outlive it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
+            stop_group(p.pid, 0.0, p)
 
 
 async def wait_healthy(

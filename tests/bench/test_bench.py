@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,13 @@ import pytest
 from bench_cli import run_cli as _run_cli
 
 from l4_sglang.bench import oracle_e2e_s
+from l4_sglang.bench.suite import trace_path
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import simulate
 from l4_sglang.workload import LengthMixture, poisson
 
-ROOT = Path(__file__).resolve().parents[2]
-TRACE = ROOT.parent / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
+TRACE = trace_path(os.environ.get("L4_TRACES_DIR"), "mooncake_conversation")
 POLS = ["l4", "round_robin"]
 RATES = ["0.5", "1"]
 KEYS = [

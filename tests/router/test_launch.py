@@ -12,6 +12,7 @@ import pytest
 from router_http import MODEL, Process, call, free_port, poll
 
 from l4_sglang import launch
+from l4_sglang.launch_run import pid_alive
 
 
 def _children(pid: int) -> set[int]:
@@ -31,14 +32,6 @@ def _children(pid: int) -> set[int]:
         frontier = {c for c, p in parents.items() if p in frontier} - found
         found |= frontier
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_emulated_launch_serves_and_sigterm_leaves_no_child(tmp_path):
@@ -75,9 +68,9 @@ def test_emulated_launch_serves_and_sigterm_leaves_no_child(tmp_path):
         assert len(call("GET", url + "/workers")[2]) > 0
         assert proc.stop(signal.SIGTERM) == 0
         deadline = time.monotonic() + 10
-        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        while any(pid_alive(k) for k in kids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [k for k in kids if _alive(k)]
+        assert not [k for k in kids if pid_alive(k)]
         log = proc.output()
         assert "EMULATED BACKEND" in log and f"serving on {url}" in log
         assert "cost model: llama3-8b-h100-flashinfer (fitted on a real SGLang engine" in log, log

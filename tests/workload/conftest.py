@@ -1,4 +1,5 @@
-"""The real traces under ../shared/data/traces, loaded once per session.
+"""The real traces (the bench suite's traces folder: $L4_TRACES_DIR, else ../shared/data/traces beside
+the checkout), loaded once per session.
 
 A missing file fails the test that needs it (never skips): these traces are part
 of the workplace, so their absence is a broken setup.
@@ -6,16 +7,18 @@ of the workplace, so their absence is a broken setup.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from l4_sglang.bench.suite import REAL_TRACES, default_traces_dir
 from l4_sglang.workload import Trace, load_azure, load_mooncake
 
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces"
-MOONCAKE = TRACES / "mooncake" / "conversation_trace.jsonl"
-AZURE_CODE = TRACES / "azure2023" / "AzureLLMInferenceTrace_code.csv"
-AZURE_CONV = TRACES / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
+TRACES = Path(os.environ.get("L4_TRACES_DIR") or default_traces_dir())
+MOONCAKE = TRACES / REAL_TRACES["mooncake_conversation"]
+AZURE_CODE = TRACES / REAL_TRACES["azure_code"]
+AZURE_CONV = TRACES / REAL_TRACES["azure_conversation"]
 
 
 def trace_path(path: Path) -> Path:

@@ -3,7 +3,7 @@
 # sweeps from light load to past round_robin's saturation, the length-mix term on and off.
 # Mooncake: the first 20 minutes of the trace (3,650 requests; a 2-core machine: the whole hour
 # at 11 rate points x 6 policies x 2 would take hours). Azure: the whole hour. Usage: bash docs/bench/headline/run.sh [OUT_DIR] (default: /tmp/headline); then
-# python docs/bench/headline/tables.py OUT_DIR > docs/bench/headline/tables.md
+# python -m l4_sglang.bench tables headline OUT_DIR > docs/bench/headline/tables.md
 # (ONLY=mooncake or ONLY=azure runs one half, e.g. the two halves in parallel on two cores.)
 set -euo pipefail
 OUT=${1:-/tmp/headline}

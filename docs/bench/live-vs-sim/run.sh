@@ -51,5 +51,5 @@ python -m l4_sglang.bench --mode live --url "http://127.0.0.1:$PORT" --worker-ti
   "${COMMON[@]}" --policies smg --output-dir "$OUT/live_smg"
 cleanup
 
-python docs/bench/live-vs-sim/compare.py "$OUT" > "$OUT/comparison.md"
+python -m l4_sglang.bench tables live-vs-sim "$OUT" > "$OUT/comparison.md"
 cat "$OUT/comparison.md"

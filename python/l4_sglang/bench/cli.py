@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import sys
@@ -47,14 +48,7 @@ from l4_sglang.bench.report import (
     write_markdown,
     write_plots,
 )
-from l4_sglang.cli_help import (
-    HelpFormatter,
-    add_policy_knobs,
-    check_knobs,
-    given_knobs,
-    knob_flag,
-    reject_unknown,
-)
+from l4_sglang.cli_help import HelpFormatter, add_policy_knobs, knobs_for, parse_strict
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import SimResult, simulate
@@ -77,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         description="Compare routing policies on a trace: in the simulator (--mode sim), or against "
         "a running router over HTTP (--mode live --url URL: ours, or smg).",
-        epilog="Other commands: `python -m l4_sglang.bench synth --help` (write a synthetic trace), "
-        "`python -m l4_sglang.bench suite --help` (the simulated policy suite).",
+        epilog=f"Other commands: `python -m l4_sglang.bench COMMAND --help`, COMMAND one of "
+        f"{', '.join(SUBCOMMANDS)} (bench/cli.py's SUBCOMMANDS says what each does).",
     )
     p.add_argument(
         "--mode",
@@ -253,15 +247,11 @@ def policy_knobs(
 ) -> dict[str, dict]:
     """{policy: overrides} from the --<policy>-<knob> flags; a knob of a policy this run does not
     simulate (or any knob in live mode, whose router has its own) is an error."""
-    given = given_knobs(parser, args)
-    for name, knobs in given.items():
-        flag = knob_flag(name, next(iter(knobs)))
-        if args.mode == "live":
-            parser.error(f"{flag}: policy knobs are for --mode sim (the router at --url has its own)")
-        if name not in policies:
-            parser.error(f"{flag} is a knob of policy {name!r}, which --policies does not run")
-        check_knobs(parser, name, knobs)
-    return given
+    if args.mode == "live":
+        return knobs_for(
+            parser, args, (), "but policy knobs are for --mode sim (the router at --url has its own)"
+        )
+    return knobs_for(parser, args, policies, "which --policies does not run")
 
 
 def _run_summary(res: SimResult, rate: float, args: argparse.Namespace, oracle: np.ndarray) -> dict:
@@ -344,11 +334,9 @@ def _oracle_run(scaled, model: CostModel, rate: float, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
+        return run_subcommand(argv[0], argv[1:])
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        reject_unknown(parser, extra)
+    args = parse_strict(parser, argv)
     policies = _validate(parser, args)
     knobs = policy_knobs(parser, args, policies)
     live = args.mode == "live"
@@ -459,17 +447,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _synth_main(argv: list[str]) -> int:
-    from l4_sglang.bench.synth import main as synth_main
+SUBCOMMANDS = {
+    "synth": "synth",  # write a synthetic trace
+    "suite": "suite",  # the simulated policy suite
+    "compare": "fleet_compare",  # policies on the same live instances (the real-GPU job)
+    "capacity": "capacity",  # round robin's simulated capacity, the compare job's workloads
+    "ablation": "ablation",  # where L4's time goes (simulated variants)
+    "tables": "tables",  # markdown tables from benchmark results
+    "proof": "proof",  # the launch proof's requests through a router
+}
+"""`python -m l4_sglang.bench <command> ...` -> the module of l4_sglang.bench whose `main(argv)` runs it;
+without a command, the benchmark above."""
 
-    return synth_main(argv)
 
-
-def _suite_main(argv: list[str]) -> int:
-    from l4_sglang.bench.suite import main as suite_main
-
-    return suite_main(argv)
-
-
-SUBCOMMANDS = {"synth": _synth_main, "suite": _suite_main}
-"""`python -m l4_sglang.bench <command> ...`; without one, the benchmark above."""
+def run_subcommand(name: str, argv: list[str]) -> int:
+    module = importlib.import_module(f"l4_sglang.bench.{SUBCOMMANDS[name]}")
+    return module.main(argv)

@@ -53,14 +53,7 @@ import numpy as np
 
 from l4_sglang.bench import static_oracle
 from l4_sglang.bench.cli import ORACLE, _jsonable, oracle_e2e_s
-from l4_sglang.cli_help import (
-    HelpFormatter,
-    add_policy_knobs,
-    check_knobs,
-    given_knobs,
-    knob_flag,
-    reject_unknown,
-)
+from l4_sglang.cli_help import HelpFormatter, add_policy_knobs, knobs_for, parse_strict
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel, available_cost_models
 from l4_sglang.policy.registry import POLICIES
 from l4_sglang.sim import SimResult, simulate
@@ -95,6 +88,14 @@ def default_traces_dir() -> Path:
     lives in site-packages, far from any checkout)."""
     beside_source = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "traces"
     return beside_source if beside_source.is_dir() else Path.cwd().parent / "shared" / "data" / "traces"
+
+
+TRACES_DIR_HELP = "the public traces (default: <checkout>/../shared/data/traces)"
+
+
+def trace_path(traces_dir: str | Path | None, workload: str) -> Path:
+    """The file of a real workload (`REAL_TRACES`) under traces_dir (None: `default_traces_dir()`)."""
+    return (Path(traces_dir) if traces_dir else default_traces_dir()) / REAL_TRACES[workload]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "47 req/s, so 15000 give phases of about 100 s there (3000 would give 21 s, shorter than "
         "l4's 60 s histogram half-life)",
     )
-    p.add_argument(
-        "--traces-dir", default=None, help="the public traces (default: <checkout>/../shared/data/traces)"
-    )
+    p.add_argument("--traces-dir", default=None, help=TRACES_DIR_HELP)
     p.add_argument(
         "--cost-model",
         default=DEFAULT_COST_MODEL,
@@ -560,9 +559,7 @@ def run_all(s: Settings, pool: ProcessPoolExecutor | None, doc: dict, save: Call
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    args, extra = p.parse_known_args(argv)
-    if extra:
-        reject_unknown(p, extra)
+    args = parse_strict(p, argv)
     try:
         seeds = list(dict.fromkeys(int(x) for x in args.seeds.split(",") if x.strip()))
     except ValueError:
@@ -583,12 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.knee_steps < 0:
         p.error(f"--knee-steps must be >= 0, got {args.knee_steps}")
-    knobs = given_knobs(p, args)
-    for name, given in knobs.items():
-        if name not in policies:
-            flag = knob_flag(name, next(iter(given)))
-            p.error(f"{flag} is a knob of policy {name!r}, which --policies does not run")
-        check_knobs(p, name, given)
+    knobs = knobs_for(p, args, policies, "which --policies does not run")
     traces_dir = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
     for w in workloads:
         if w in REAL_TRACES and not (traces_dir / REAL_TRACES[w]).is_file():

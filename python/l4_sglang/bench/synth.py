@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l4_sglang.cli_help import HelpFormatter, reject_unknown
+from l4_sglang.cli_help import HelpFormatter, parse_strict
 from l4_sglang.workload import SYNTHETIC_KINDS, synthetic_trace, truncate, write_mooncake
 from l4_sglang.workload.trace import Trace
 
@@ -75,9 +75,7 @@ def describe(trace: Trace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    args, extra = p.parse_known_args(argv)
-    if extra:
-        reject_unknown(p, extra)
+    args = parse_strict(p, argv)
     for name in ("rate", "duration_s", "cv"):
         v = getattr(args, name)
         if not (math.isfinite(v) and v > 0):

@@ -1,23 +1,33 @@
-"""Where L4's time goes (SIMULATED): L4 as shipped, L4 with its defaults before the in-stage pick
-and stage_gain changes, L4 with only the new in-stage pick, L4 without boundary diffusion
-(diffusion_rate 0: the DP's bounds stay as set), without migrations, with one stage (the DP never
-runs: admission and in-stage balance only), least_load and power_of_two, at a few loads; plus how
-many stages L4 ran and how long a stage had collapsed to almost no length range.
+"""`python -m l4_sglang.bench ablation`: where L4's time goes (SIMULATED).
 
-python docs/bench/headline/ablation.py > docs/bench/headline/ablation.md"""
+L4 as shipped, L4 with its defaults before the in-stage pick and stage_gain changes, L4 with only
+the new in-stage pick, L4 without boundary diffusion (diffusion_rate 0: the DP's bounds stay as
+set), without migrations, with one stage (the DP never runs: admission and in-stage balance only),
+least_load and power_of_two, at a few loads; plus how many stages L4 ran and how long a stage had
+collapsed to almost no length range.
 
+    python -m l4_sglang.bench ablation [--traces-dir D]
+        --cost-model docs/bench/llama3-8b-h100-flashinfer.snapshot.json > docs/bench/headline/ablation.md
+
+(the H100 FlashInfer snapshot of the headline sweeps, docs/bench/headline/run.sh)."""
+
+from __future__ import annotations
+
+import argparse
 from collections import Counter
 
+from l4_sglang.bench.suite import TRACES_DIR_HELP, trace_path
+from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import CostModel
 from l4_sglang.sim import simulate
 from l4_sglang.workload import load_trace, scale_rate, truncate
 
-T = "../shared/data/traces"
 CASES = [
-    ("mooncake (first 20 min)", f"{T}/mooncake/conversation_trace.jsonl", 1200, [3.0, 4.5]),
-    ("azure code (1 h)", f"{T}/azure2023/AzureLLMInferenceTrace_code.csv", None, [10.0, 30.0]),
-    ("azure conversation (1 h)", f"{T}/azure2023/AzureLLMInferenceTrace_conv.csv", None, [30.0]),
+    ("mooncake (first 20 min)", "mooncake_conversation", 1200, [3.0, 4.5]),
+    ("azure code (1 h)", "azure_code", None, [10.0, 30.0]),
+    ("azure conversation (1 h)", "azure_conversation", None, [30.0]),
 ]
+"""(label, workload of bench/suite.py's REAL_TRACES, trace seconds kept, rate scales)."""
 OLD = {"pick": "work", "candidates": 2, "stage_gain": 0.0}  # l4's defaults before 2026-11-23's fix
 VARIANTS = [
     ("l4", "l4", None),
@@ -50,14 +60,20 @@ def narrow(layouts, end_s: float) -> str:
     return f"{k}; {bad / total:.0%}" if total > 0 else "-"
 
 
-def main() -> None:
-    cm = CostModel.load("docs/bench/llama3-8b-h100-flashinfer.snapshot.json")  # as in run.sh
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m l4_sglang.bench ablation", description=__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument("--cost-model", required=True, help="shipped name or JSON path")
+    p.add_argument("--traces-dir", default=None, help=TRACES_DIR_HELP)
+    args = p.parse_args(argv)
+    cm = CostModel.load(args.cost_model)
     print("All SIMULATED: 16 instances, the H100 FlashInfer snapshot, length-mix term on, seed 0.\n")
     print("| trace | rate | variant | mean E2E s | P99 E2E s | mean TTFT s | mean TPOT ms | migr. "
           "| stages (most of the run); time with a collapsed stage |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, path, dur, rates in CASES:
-        trace = truncate(load_trace(path, seed=0), duration_s=dur)
+    for label, workload, dur, rates in CASES:
+        trace = truncate(load_trace(trace_path(args.traces_dir, workload), seed=0), duration_s=dur)
         for rate in rates:
             scaled = scale_rate(trace, rate)
             for name, pol, over in VARIANTS:
@@ -70,7 +86,4 @@ def main() -> None:
                     f"| {s['mean_tpot_ms']:.1f} | {s['migrations']} | {narrow(res.layouts, end)} |",
                     flush=True,
                 )
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,7 +1,9 @@
-"""Round-robin's capacity on N instances (simulator, H200 FlashInfer calibration) and the arrival rate
-of the policy-comparison workload: ~70% of it.
+"""`python -m l4_sglang.bench capacity`: round-robin's capacity on N instances (simulator, H200
+FlashInfer calibration) and the arrival rate of the policy-comparison workload: ~70% of it
+(SIMULATED).
 
-    python docs/bench/real-gpu/capacity.py [--trace T] [--instances 2,4,16] > docs/bench/real-gpu/capacity.md
+    python -m l4_sglang.bench capacity [--trace T | --traces-dir D] [--instances 2,4,16]
+        [--workloads-out docs/bench/real-gpu/workloads.json] > docs/bench/real-gpu/capacity.md
 
 Capacity: the first --mix-s seconds of the Mooncake conversation trace (the length mix), sent at
 --saturate-x times its rate so every instance has a queue throughout; round-robin's completions
@@ -12,8 +14,8 @@ stable only while lambda < C(N); its utilisation is lambda / C(N).
 Workload of the live run on N instances: the first S seconds of the trace (SLICE_S) (N=2: 35 s,
 N=4: 60 s, ...), its rate scaled so that it arrives at --load x C(N) on average:
 rate_scale = load x C(N) / (slice requests / slice seconds). The slice is then replayed in
-slice / rate_scale seconds. Writes the choices to workloads.json beside this file (read by
-docs/gpu/policy_compare.py) unless --no-write.
+slice / rate_scale seconds. With --workloads-out, writes the choices there (the `--workloads` of
+`python -m l4_sglang.bench compare`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from l4_sglang.bench.suite import TRACES_DIR_HELP, trace_path
+from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import CostModel
 from l4_sglang.sim import simulate
 from l4_sglang.workload import load_trace, scale_rate, truncate
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_TRACE = HERE.parents[3] / "shared/data/traces/mooncake/conversation_trace.jsonl"
 SLICE_S = {2: 35.0, 4: 60.0, 16: 600.0}
 """Trace seconds replayed per instance count: ~1-1.5 minutes of traffic live per policy for N = 2 and 4,
 so that three policies fit one device call (10 minutes) after SGLang's start-up."""
@@ -46,17 +48,21 @@ def sig3(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--trace", default=str(DEFAULT_TRACE))
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m l4_sglang.bench capacity", description=__doc__,
+                                formatter_class=HelpFormatter)  # fmt: skip
+    p.add_argument("--trace", default=None, help="default: the Mooncake conversation trace of --traces-dir")
+    p.add_argument("--traces-dir", default=None, help=TRACES_DIR_HELP)
     p.add_argument("--cost-model", default="llama3-8b-h200-flashinfer")
     p.add_argument("--instances", default="2,4,16")
     p.add_argument("--mix-s", type=float, default=1200.0, help="trace seconds that define the length mix")
     p.add_argument("--saturate-x", type=float, default=20.0)
     p.add_argument("--load", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-write", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--workloads-out", default=None, help="write the workloads (JSON) there")
+    args = p.parse_args(argv)
+    if args.trace is None:
+        args.trace = str(trace_path(args.traces_dir, "mooncake_conversation"))
     model = CostModel.load(args.cost_model)
     trace = load_trace(args.trace, seed=args.seed)
     mix = truncate(trace, duration_s=args.mix_s)
@@ -132,11 +138,7 @@ def main() -> int:
             res = simulate(scale_rate(mix, u * caps[n] / mix_rate), "round_robin", model, n, seed=args.seed)
             cells.append(f"{res.summary()['mean_e2e_latency_ms'] / 1000:.1f} s")
         print(f"| {n} | " + " | ".join(cells) + " |")
-    if not args.no_write:
-        (HERE / "workloads.json").write_text(json.dumps(out, indent=2) + "\n")
-        print("\n(wrote workloads.json)", file=sys.stderr)
+    if args.workloads_out:
+        Path(args.workloads_out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\n(wrote {args.workloads_out})", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
