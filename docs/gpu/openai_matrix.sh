@@ -77,13 +77,15 @@ say "unpacked; host $(hostname); $(nvidia-smi --query-gpu=name,memory.total,driv
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 L4OM_JOB=$t0
 # The import stubs go last: used only for what the host lacks (bench_serving imports `datasets`).
 export PYTHONPATH=$PWD/python:$site:$PWD/tests/router/import_stubs
-if ! python3 -c 'import pytest' 2>/dev/null; then
-  if ls .device/wheels/pytest-*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/pytest-site .device/wheels/*.whl
-    export PYTHONPATH=$PYTHONPATH:/tmp/pytest-site
-  fi
+# pytest, if the host lacks it, from wheels carried in .device/wheels (docs/gpu/README.md), on the
+# path of the matrix's pytest only (its packaging wheel must not shadow the host's for SGLang).
+pytest_path=$PYTHONPATH
+if ! python3 -c 'import pytest' 2>/dev/null && ls .device/wheels/pytest-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/pytest-site .device/wheels/*.whl
+  pytest_path=$PYTHONPATH:/tmp/pytest-site
 fi
-python3 -c 'import pytest; print("pytest", pytest.__version__)' || say "no pytest on this host and no .device/wheels: the matrix cannot run"
+PYTHONPATH=$pytest_path python3 -c 'import pytest; print("pytest", pytest.__version__)' \
+  || say "no pytest on this host and none in .device/wheels: the matrix cannot run"
 
 # 2. the model folder with a tokenizer
 mkdir -p /tmp/model-words && cp "$model_dir"/config.json "$model_dir"/generation_config.json /tmp/model-words/
@@ -126,7 +128,7 @@ curl -s "$worker/get_server_info" > "$out/server_info.json"
 say "router $router, worker $worker, model $model, SGLang's tokenizer: $tokenizer"
 
 # 4a. the openai SDK matrix
-L4_OPENAI_ROUTER_URL=$router L4_OPENAI_WORKER_URL=$worker L4_OPENAI_RESULTS=$out/matrix.jsonl \
+PYTHONPATH=$pytest_path L4_OPENAI_ROUTER_URL=$router L4_OPENAI_WORKER_URL=$worker L4_OPENAI_RESULTS=$out/matrix.jsonl \
   limit 150 python3 -m pytest -p no:cacheprovider -o addopts= --import-mode=importlib -rA -q \
   --junitxml="$out/matrix.xml" tests/router/test_openai_real.py > "$out/matrix.txt" 2>&1
 say "openai matrix (pytest rc $?): $(tail -1 "$out/matrix.txt")"
