@@ -75,8 +75,10 @@ if [ ! -f "$site/.unpacked" ]; then
 fi
 say "unpacked; host $(hostname); $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 L4OM_JOB=$t0
-# The import stubs go last: used only for what the host lacks (bench_serving imports `datasets`).
-export PYTHONPATH=$PWD/python:$site:$PWD/tests/router/import_stubs
+export PYTHONPATH=$PWD/python:$site
+# bench_serving and the frontend only: the import stubs last, used only for what the host lacks
+# (bench_serving imports `datasets`); SGLang itself never sees them.
+bench_path=$PYTHONPATH:$PWD/tests/router/import_stubs
 # pytest, if the host lacks it, from wheels carried in .device/wheels (docs/gpu/README.md), on the
 # path of the matrix's pytest only (its packaging wheel must not shadow the host's for SGLang).
 pytest_path=$PYTHONPATH
@@ -136,7 +138,7 @@ grep -E '^(FAILED|ERROR)' "$out/matrix.txt" | head -30 | sed 's/^/  | /' >&3
 
 # 4b. sglang.bench_serving through the router, and SGLang's frontend
 bench() {
-  limit 100 python3 -m sglang.bench_serving --backend "$1" --base-url "$router" --model "$model" \
+  PYTHONPATH=$bench_path limit 100 python3 -m sglang.bench_serving --backend "$1" --base-url "$router" --model "$model" \
     --tokenizer /tmp/model-words --dataset-name random --dataset-path /tmp/sharegpt-words.json \
     --num-prompts "$prompts" --random-input-len 256 --random-output-len 32 --random-range-ratio 0.5 \
     --request-rate inf --seed 1 --disable-tqdm --flush-cache --output-file "$out/bench-$1.jsonl" \
@@ -154,7 +156,7 @@ PY
   say "bench_serving --backend $1 (rc $rc): $res"
 }
 bench sglang
-limit 60 python3 - "$router" > "$out/frontend.txt" 2>&1 <<'PY'
+PYTHONPATH=$bench_path limit 60 python3 - "$router" > "$out/frontend.txt" 2>&1 <<'PY'
 import json, sys
 import sglang as sgl
 
