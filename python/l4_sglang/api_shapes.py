@@ -145,6 +145,13 @@ def chat_max_tokens(body: dict) -> Any:
     return max_tokens
 
 
+def chat_open_ended_max_tokens(context_length: int, prompt_tokens: int) -> int:
+    """max_tokens of a chat that gives none, as SGLang 0.5.14: up to the context length (prompt +
+    new < context), never below 0 (its scheduler's `max(0, max_req_len - input_len - 1)`). The
+    router (from its workers' context length) and the emulated worker (its own) both use this."""
+    return max(context_length - prompt_tokens - 1, 0)
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {
         "prompt_tokens": prompt_tokens,

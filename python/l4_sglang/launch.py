@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend, why = choose_backend(args.backend)
         n = args.num_instances
-        if not port_plan.port_is_free(args.host, args.port):
+        if not port_plan.port_is_free(args.host, args.port, reuse_address=True):
             raise LaunchError(
                 f"the router's port {args.host}:{args.port} is taken (another server on it?): "
                 "pass --port with a free one"

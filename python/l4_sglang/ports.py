@@ -51,8 +51,12 @@ class InstancePorts:
         return [self.http, self.nccl, *derived_ports(self.http, self.dp_attention)]
 
 
-def port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int, reuse_address: bool = False) -> bool:
+    """Whether `port` can be bound. `reuse_address`: as a server that sets SO_REUSEADDR binds
+    (aiohttp's router does), so connections of a stopped server still in TIME_WAIT do not count."""
     with socket.socket() as s:
+        if reuse_address:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -7,39 +7,13 @@ import urllib.parse
 
 import openai
 import pytest
+from openai_cases import cases, messages
 from router_http import MODEL, Scripted, call, get_json, metric, poll, workers
 
 from l4_sglang.router import BackgroundRouter, RouterSettings
 
-MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-        },
-    }
-]
-SCHEMA = {
-    "type": "json_schema",
-    "json_schema": {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}},
-}
-# (route, extra arguments, choices expected), each sent streamed and not.
-CASES = {
-    "completion logprobs": ("completions", {"prompt": "Hello", "logprobs": 3}, 1),
-    "completion n=2": ("completions", {"prompt": "Hello", "n": 2}, 2),
-    "completion echo": ("completions", {"prompt": "Echo me", "echo": True}, 1),
-    "completion echo+logprobs": ("completions", {"prompt": "Echo me", "echo": True, "logprobs": 1}, 1),
-    "batched prompts": ("completions", {"prompt": ["one", "two two", [1, 2, 3]]}, 3),
-    "batched prompts n=2": ("completions", {"prompt": ["one", "two two"], "n": 2}, 4),
-    "chat logprobs": ("chat", {"logprobs": True, "top_logprobs": 4}, 1),
-    "chat n=2": ("chat", {"n": 2}, 2),
-    "chat tools": ("chat", {"tools": TOOLS, "tool_choice": "auto"}, 1),
-    "chat json_object": ("chat", {"response_format": {"type": "json_object"}}, 1),
-    "chat json_schema": ("chat", {"response_format": SCHEMA}, 1),
-}
+MESSAGES = messages()
+CASES = cases()
 
 
 @pytest.fixture(scope="module")

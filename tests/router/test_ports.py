@@ -144,3 +144,21 @@ def test_launcher_refuses_a_taken_router_port_before_starting_workers(monkeypatc
         taken = held.getsockname()[1]
         assert launch.main(["--port", str(taken), "--num-instances", "1"]) == 2
     assert f"port 127.0.0.1:{taken} is taken" in capsys.readouterr().err
+
+
+def test_the_routers_port_is_free_again_right_after_a_server_on_it_stopped():
+    # A server that closed its side of a connection leaves it in TIME_WAIT on its port for a
+    # minute; the router (aiohttp, SO_REUSEADDR) binds there anyway, so the launcher's check must too.
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server side closes first: TIME_WAIT is on the server's port
+    client.recv(1)
+    client.close()
+    server.close()
+    assert not ports.port_is_free("127.0.0.1", port)  # a plain bind still fails
+    assert ports.port_is_free("127.0.0.1", port, reuse_address=True)

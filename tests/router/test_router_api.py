@@ -185,3 +185,23 @@ def test_a_stream_aborted_by_rid_ends_with_a_final_chunk(fleet):
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert last["meta_info"]["finish_reason"]["type"] == "abort" and last["meta_info"]["id"] == "mine-3"
+
+
+def test_a_chat_without_max_tokens_gets_the_same_budget_via_the_router_as_direct():
+    # One rule for both (api_shapes.chat_open_ended_max_tokens): up to the context, never below 0,
+    # as SGLang's scheduler. Prompts from short to filling the 64-token context.
+    from l4_sglang import api_shapes
+
+    assert [api_shapes.chat_open_ended_max_tokens(64, p) for p in (10, 62, 63, 64, 90)] == [53, 1, 0, 0, 0]
+    with (
+        workers(1, context_length=64) as ws,
+        BackgroundRouter(RouterSettings(worker_urls=(ws[0].url,), port=0)) as router,
+    ):
+        for words in (1, 12, 47, 48, 49):  # prompts of 16, 27, 62, 63 and 64 tokens
+            body = {"model": MODEL, "messages": [{"role": "user", "content": " ".join(["hi"] * words)}]}
+            via = call("POST", router.url + "/v1/chat/completions", body)
+            direct = call("POST", ws[0].url + "/v1/chat/completions", body)
+            assert via[0] == direct[0], (words, via[2], direct[2])
+            if via[0] == 200:
+                got, want = json.loads(via[2])["usage"], json.loads(direct[2])["usage"]
+                assert got == want and got["completion_tokens"] == 64 - got["prompt_tokens"] - 1

@@ -75,3 +75,13 @@ def test_a_chat_without_max_tokens_runs_up_to_the_context_as_sglang():
     assert 0 < prompt < 63 and inp.params.max_new_tokens == 64 - prompt - 1
     capped = openai_api.parse_chat({**body, "max_tokens": 5}, Limits(context_length=64))
     assert capped.params.max_new_tokens == 5
+
+
+def test_the_host_latency_probe_speaks_a_small_vocabulary(hf_tokenizer):
+    # The start-up probe (--host-latency auto) sends prompt ids: inside the tokenizer's 4,000, or a 400.
+    import asyncio
+
+    from l4_sglang.worker import host_latency
+
+    settings = WorkerSettings(port=0, time_scale=0.01, tokenizer_path=hf_tokenizer)
+    assert asyncio.run(host_latency.measure(settings, samples=3)) >= 0.0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from l4_sglang import api_shapes
 from l4_sglang.policy.base import NoWorkerAvailable
 from l4_sglang.router import native, openai
 from l4_sglang.router.generation import Generation
@@ -181,7 +182,7 @@ class GenerationRoutes:
         ctx = self.pool.context_length()
         if ctx is None:
             return FALLBACK_CHAT_MAX_TOKENS, True
-        return max(ctx - prompt_tokens - 1, 1), False
+        return api_shapes.chat_open_ended_max_tokens(ctx, prompt_tokens), False
 
     async def _openai(self, request: web.Request, chat: bool) -> web.StreamResponse:
         arrival = self.now()

@@ -55,12 +55,13 @@ async def measure(settings: WorkerSettings, samples: int = 30) -> float:
     found: list[float] = []
     try:
         assert probe.runner is not None
+        top = min(32000, probe.vocab.size)  # ids the probe's own tokenizer accepts
         started = time.perf_counter()
         async with aiohttp.ClientSession() as session:
             for i in range(WARMUP + samples):
                 if found and time.perf_counter() - started > BUDGET_S:
                     break
-                ids = [rng.randrange(1, 32000) for _ in range(PROMPT_TOKENS)]
+                ids = [rng.randrange(1, top) for _ in range(PROMPT_TOKENS)]
                 first = await _first_chunk_s(session, probe.url, ids)
                 step = probe.runner.step_log[-1]
                 waited = probe.runner.request_delay_s + step.cost_s * probe.runner.time_scale

@@ -171,8 +171,7 @@ def parse_chat(body: Any, limits: Limits) -> OpenAIInput:
     model, stream, include_usage, rid, hash_ids, n = _common(body)
     _check_tools(body)
     ids = limits.vocab.tok.chat_ids(api_shapes.chat_turns(body, SERVER))
-    # SGLang's chat without max_tokens runs up to the context length (prompt + new < context).
-    open_ended = max(limits.context_length - len(ids) - 1, 0)
+    open_ended = api_shapes.chat_open_ended_max_tokens(limits.context_length, len(ids))
     params = _sampling(body, api_shapes.chat_max_tokens(body), open_ended)
     check_length(len(ids), params.max_new_tokens, limits)
     top_k = _count(body, "top_logprobs", 0, 20)

@@ -1,0 +1,3 @@
+import _import_stub
+
+_import_stub.become(__name__)
