@@ -455,6 +455,7 @@ SUBCOMMANDS = {
     "ablation": "ablation",  # where L4's time goes (simulated variants)
     "tables": "tables",  # markdown tables from benchmark results
     "proof": "proof",  # the launch proof's requests through a router
+    "predict": "predict",  # the DP's predicted mean E2E of layouts against the simulator's
 }
 """`python -m l4_sglang.bench <command> ...` -> the module of l4_sglang.bench whose `main(argv)` runs it;
 without a command, the benchmark above."""
