@@ -11,24 +11,31 @@
 #     (backends sglang, sglang-oai-chat, sglang-oai; random dataset, small lengths) and an
 #     sgl.RuntimeEndpoint program;
 #  5. SIGTERM to the launcher (always, from the EXIT trap), and a check that nothing it started is left.
-# Every phase is cut at a budget so the call ends within BUDGET_S (default 510 s) plus the stop.
-# $OUT gets job.log (set -x), summary.txt, launch.{stdout,stderr}, matrix.{txt,xml,jsonl},
-# bench-<backend>.{jsonl,log}, frontend.txt, server_info.json, workers.json.
+# Every phase is cut at a budget so the call ends within BUDGET_S (default 530 s) plus the stop.
+# The device tool brings back at most 8 files from $OUT, so $OUT gets three: job.log (set -x),
+# summary.txt (also the call's output: each failed matrix case with its assertion, each bench
+# backend's completed/total, TTFT and ITL) and results.tar.gz, everything else (made in $WORK,
+# default /tmp/l4om-work): matrix.{txt,xml,jsonl}, matrix-failures.txt, bench-<backend>.{jsonl,log},
+# frontend.txt, launch.{stdout,stderr}, command.txt, server_info.json, workers.json,
+# router_metrics.txt, stages.json, summary.txt.
 #   OUT=... bash docs/gpu/openai_matrix.sh [PROMPTS]      (PROMPTS: per bench backend, default 50)
 # Dry run without a GPU (the same flow on emulated workers; SITE holds sglang and its client deps,
-# e.g. .ci/bench-serving.txt installed with --target, and a config.json in MODEL_DIR):
+# e.g. .ci/bench-serving.txt installed with --target, and a config.json in MODEL_DIR; only there,
+# as in CI, tests/router/import_stubs stands in for torch and the rest of SGLang's server stack):
 #   OUT=... SITE=DIR MODEL_DIR=DIR BACKEND=emulated LAUNCH_ARGS="--tokenizer-path /tmp/model-words" bash ...
 set -u
 out=${OUT:?set OUT}
 prompts=${1:-50}
 pack=${PACK:-.device/pack}
-budget=${BUDGET_S:-510}
+budget=${BUDGET_S:-530}
 port=${PORT:-30000}
 site=${SITE:-/tmp/site}
 model_dir=${MODEL_DIR:-/tmp/model}
 backend=${BACKEND:-sglang}
+work=${WORK:-/tmp/l4om-work}
 t0=$(date +%s)
 mkdir -p "$out"
+rm -rf "$work" && mkdir -p "$work"
 exec 3>&1                              # the call's own output: the summary lines only
 exec >>"$out/job.log" 2>&1             # everything else, with the set -x trace
 set -x
@@ -62,9 +69,12 @@ stop_fleet() {
   done
   say "processes of this job left after the stop:${left_over:- none}"
   for f in launch.stdout launch.stderr; do
-    [ -f "$out/$f" ] && [ "$(wc -l < "$out/$f")" -gt 3000 ] && { tail -3000 "$out/$f" > "$out/$f.tail" && mv "$out/$f.tail" "$out/$f"; }
+    [ -f "$work/$f" ] && [ "$(wc -l < "$work/$f")" -gt 3000 ] && { tail -3000 "$work/$f" > "$work/$f.tail" && mv "$work/$f.tail" "$work/$f"; }
   done
   say "done in $(( $(date +%s) - t0 )) s"
+  # One archive of everything but the two plain files (the device tool brings back at most 8 files).
+  cp "$out/summary.txt" "$work/" 2>/dev/null
+  tar -C "$work" -czf "$out/results.tar.gz" . && echo "results.tar.gz: $(du -k "$out/results.tar.gz" | cut -f1) KiB" >&3
 }
 trap stop_fleet EXIT
 
@@ -76,9 +86,29 @@ fi
 say "unpacked; host $(hostname); $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 L4OM_JOB=$t0
 export PYTHONPATH=$PWD/python:$site
-# bench_serving and the frontend only: the import stubs last, used only for what the host lacks
-# (bench_serving imports `datasets`); SGLang itself never sees them.
-bench_path=$PYTHONPATH:$PWD/tests/router/import_stubs
+# bench_serving and the frontend (the sglang wheel's imports pull in SGLang's server stack, and
+# bench_serving's dataset loaders import `datasets`). PYTHONPATH comes before site-packages, so a
+# stub there shadows an installed package: the folder tests/router/import_stubs (a fake torch,
+# triton, ...) goes on the path only on the dry run's emulated backend, as in CI; on the GPU host
+# it never does (its fake torch broke scipy's is_torch_array there). A host that lacks one of the
+# modules that are no more than imported (datasets, IPython, sentencepiece, zmq, starlette: never
+# torch, triton or torchvision) gets a stand-in for that one alone, in /tmp/l4om-missing.
+if [ "$backend" = emulated ]; then
+  bench_path=$PYTHONPATH:$PWD/tests/router/import_stubs
+else
+  bench_path=$PYTHONPATH
+  missing=$(python3 -c 'import importlib.util as u
+print(" ".join(m for m in ("datasets", "IPython", "sentencepiece", "zmq", "starlette") if u.find_spec(m) is None))')
+  if [ -n "$missing" ]; then
+    rm -rf /tmp/l4om-missing && mkdir -p /tmp/l4om-missing
+    cp tests/router/import_stubs/_import_stub.py /tmp/l4om-missing/
+    for m in $missing; do cp -r "tests/router/import_stubs/$m" /tmp/l4om-missing/; done
+    bench_path=$PYTHONPATH:/tmp/l4om-missing
+  fi
+  say "bench_serving's path: real packages$( [ -n "$missing" ] && echo ", import-only stand-ins for the absent: $missing")"
+  PYTHONPATH=$bench_path python3 -c 'import torch; print("torch", torch.__version__, torch.__file__)' \
+    || say "bench_serving's python cannot import the real torch"
+fi
 # pytest, if the host lacks it, from wheels carried in .device/wheels (docs/gpu/README.md), on the
 # path of the matrix's pytest only (its packaging wheel must not shadow the host's for SGLang).
 pytest_path=$PYTHONPATH
@@ -100,14 +130,14 @@ start() {
   cmd=(python3 -m l4_sglang.launch --backend "$backend" --model-path /tmp/model-words --num-instances 1
        --port "$port" --load-format dummy --attention-backend flashinfer --grammar-backend none
        --mem-fraction-static 0.85 --context-length 131072 ${LAUNCH_ARGS:-} "$@")
-  echo "${cmd[*]}" >> "$out/command.txt"
-  "${cmd[@]}" >> "$out/launch.stdout" 2>> "$out/launch.stderr" &
+  echo "${cmd[*]}" >> "$work/command.txt"
+  "${cmd[@]}" >> "$work/launch.stdout" 2>> "$work/launch.stderr" &
   launcher=$!
   local began
   began=$(date +%s)
   state=timeout
   while [ "$(left)" -gt 150 ]; do
-    if grep -q "serving on" "$out/launch.stdout" 2>/dev/null; then state=serving; break; fi
+    if grep -q "serving on" "$work/launch.stdout" 2>/dev/null; then state=serving; break; fi
     if ! kill -0 "$launcher" 2>/dev/null; then state=exited; break; fi
     sleep 2
   done
@@ -117,36 +147,62 @@ start
 tokenizer=words
 if [ "$state" = exited ] && [ "$(left)" -gt 330 ]; then
   wait "$launcher"; launcher=
-  tail -30 "$out/launch.stderr" > "$out/launch-first-attempt.tail"
+  tail -30 "$work/launch.stderr" > "$work/launch-first-attempt.tail"
   tokenizer=skipped
   start --skip-tokenizer-init
 fi
-[ "$state" = serving ] || { tail -30 "$out/launch.stderr" | sed 's/^/  | /' >&3; exit 1; }
+[ "$state" = serving ] || { tail -30 "$work/launch.stderr" | sed 's/^/  | /' >&3; exit 1; }
 
-curl -s "$router/workers" > "$out/workers.json"
-worker=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["workers"][0]["url"])' "$out/workers.json")
+curl -s "$router/workers" > "$work/workers.json"
+worker=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["workers"][0]["url"])' "$work/workers.json")
 model=$(curl -s "$router/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
-curl -s "$worker/get_server_info" > "$out/server_info.json"
+curl -s "$worker/get_server_info" > "$work/server_info.json"
 say "router $router, worker $worker, model $model, SGLang's tokenizer: $tokenizer"
 
 # 4a. the openai SDK matrix
-PYTHONPATH=$pytest_path L4_OPENAI_ROUTER_URL=$router L4_OPENAI_WORKER_URL=$worker L4_OPENAI_RESULTS=$out/matrix.jsonl \
-  limit 150 python3 -m pytest -p no:cacheprovider -o addopts= --import-mode=importlib -rA -q \
-  --junitxml="$out/matrix.xml" tests/router/test_openai_real.py > "$out/matrix.txt" 2>&1
-say "openai matrix (pytest rc $?): $(tail -1 "$out/matrix.txt")"
-grep -E '^(FAILED|ERROR)' "$out/matrix.txt" | head -30 | sed 's/^/  | /' >&3
+PYTHONPATH=$pytest_path L4_OPENAI_ROUTER_URL=$router L4_OPENAI_WORKER_URL=$worker L4_OPENAI_RESULTS=$work/matrix.jsonl \
+  limit 240 python3 -m pytest -p no:cacheprovider -o addopts= --import-mode=importlib -rA -q \
+  --junitxml="$work/matrix.xml" tests/router/test_openai_real.py > "$work/matrix.txt" 2>&1
+say "openai matrix (pytest rc $?): $(tail -1 "$work/matrix.txt")"
+# Each failed case with its reason (the junit failure message, 300 characters) and what each side
+# answered (its matrix.jsonl row), in summary.txt and the call's output.
+python3 - "$work/matrix.xml" "$work/matrix.jsonl" > "$work/matrix-failures.txt" 2>&1 <<'PY'
+import json, sys, xml.etree.ElementTree as ET
+rows = {}
+try:
+    for line in open(sys.argv[2]):
+        r = json.loads(line)
+        if not r.get("warm_up"):
+            rows.setdefault((r["case"], r["stream"]), r)
+except OSError:
+    pass
+for tc in ET.parse(sys.argv[1]).iter("testcase"):
+    for bad in list(tc.iter("failure")) + list(tc.iter("error")):
+        name = tc.get("name", "")
+        why = " ".join((bad.get("message") or bad.text or "").split())[:300]
+        print(f"  | {bad.tag.upper()} {name}: {why}")
+        case = name[name.find("[") + 1 : -1] if "[" in name else None
+        row = rows.get((case, "streams" in name))
+        if row:
+            print(f"  |   answered: {json.dumps(row)[:300]}")
+PY
+cat "$work/matrix-failures.txt" >> "$out/summary.txt"
+cat "$work/matrix-failures.txt" >&3
 
 # 4b. sglang.bench_serving through the router, and SGLang's frontend
 bench() {
   PYTHONPATH=$bench_path limit 100 python3 -m sglang.bench_serving --backend "$1" --base-url "$router" --model "$model" \
     --tokenizer /tmp/model-words --dataset-name random --dataset-path /tmp/sharegpt-words.json \
     --num-prompts "$prompts" --random-input-len 256 --random-output-len 32 --random-range-ratio 0.5 \
-    --request-rate inf --seed 1 --disable-tqdm --flush-cache --output-file "$out/bench-$1.jsonl" \
-    > "$out/bench-$1.log" 2>&1
+    --request-rate inf --seed 1 --disable-tqdm --flush-cache --output-file "$work/bench-$1.jsonl" \
+    > "$work/bench-$1.log" 2>&1
   local rc=$?
   local res
-  res=$(python3 - "$out/bench-$1.jsonl" "$prompts" <<'PY' 2>&1
-import json, sys
+  res=$(python3 - "$work/bench-$1.jsonl" "$prompts" "$work/bench-$1.log" <<'PY' 2>&1
+import json, os, sys
+if not os.path.exists(sys.argv[1]):
+    lines = [l.strip() for l in open(sys.argv[3]) if l.strip() and not l.startswith("+")]
+    sys.exit(f"no results; its log ends: {' / '.join(lines[-2:])[:300]}")
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
 print(f"completed {r['completed']}/{sys.argv[2]}, "
       f"output tokens {r['total_output_tokens']}, TTFT {r['mean_ttft_ms']:.1f} ms, ITL {r['mean_itl_ms']:.2f} ms, "
@@ -156,7 +212,7 @@ PY
   say "bench_serving --backend $1 (rc $rc): $res"
 }
 bench sglang
-PYTHONPATH=$bench_path limit 60 python3 - "$router" > "$out/frontend.txt" 2>&1 <<'PY'
+PYTHONPATH=$bench_path limit 60 python3 - "$router" > "$work/frontend.txt" 2>&1 <<'PY'
 import json, sys
 import sglang as sgl
 
@@ -172,8 +228,8 @@ batch = answer.run_batch([{"question": "w30"}, {"question": "w31 w32"}], backend
 print(json.dumps({"model": backend.get_model_name(), "first": state["first"], "second": state["second"],
                   "batch": [b["first"] for b in batch]}))
 PY
-say "sgl.RuntimeEndpoint (rc $?): $(tail -1 "$out/frontend.txt" | cut -c1-300)"
+say "sgl.RuntimeEndpoint (rc $?): $(tail -1 "$work/frontend.txt" | cut -c1-300)"
 bench sglang-oai-chat
 bench sglang-oai
-curl -s "$router/metrics" > "$out/router_metrics.txt"
-curl -s "$router/l4/stages" > "$out/stages.json"
+curl -s "$router/metrics" > "$work/router_metrics.txt"
+curl -s "$router/l4/stages" > "$work/stages.json"

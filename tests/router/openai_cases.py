@@ -20,8 +20,17 @@ SCHEMA = {
 }
 # The prompts' words: plain English for the built-in tokenizer; `w<id>` words for the word-level
 # tokenizer that the GPU job gives real SGLang (tests/router/word_tokenizer.py), which knows no other.
-ENGLISH = dict(chat="What is the weather in Paris?", hello="Hello", echo="Echo me", one="one", two="two two")
-WORDS = dict(chat="w101 w102 w103 w104", hello="w201", echo="w301 w302", one="w401", two="w501 w502")
+ENGLISH = dict(
+    chat="What is the weather in Paris?",
+    hello="Hello",
+    echo="Echo me",
+    one="one",
+    two="two two",
+    three="three",
+)
+WORDS = dict(
+    chat="w101 w102 w103 w104", hello="w201", echo="w301 w302", one="w401", two="w501 w502", three="w601"
+)
 
 
 def messages(words: dict[str, str] = ENGLISH) -> list[dict]:
@@ -36,7 +45,11 @@ def cases(words: dict[str, str] = ENGLISH) -> dict[str, tuple[str, dict, int]]:
         "completion n=2": ("completions", {"prompt": w["hello"], "n": 2}, 2),
         "completion echo": ("completions", {"prompt": w["echo"], "echo": True}, 1),
         "completion echo+logprobs": ("completions", {"prompt": w["echo"], "echo": True, "logprobs": 1}, 1),
-        "batched prompts": ("completions", {"prompt": [w["one"], w["two"], [1, 2, 3]]}, 3),
+        # SGLang takes a list of strings or a list of token-id lists, and refuses (400) a list that
+        # mixes them (its `prompt` field's type): the real matrix then checks the router's refusal.
+        "batched prompts": ("completions", {"prompt": [w["one"], w["two"], w["three"]]}, 3),
+        "batched token ids": ("completions", {"prompt": [[1, 2, 3], [4, 5]]}, 2),
+        "batched mixed prompts": ("completions", {"prompt": [w["one"], w["two"], [1, 2, 3]]}, 3),
         "batched prompts n=2": ("completions", {"prompt": [w["one"], w["two"]], "n": 2}, 4),
         "chat logprobs": ("chat", {"logprobs": True, "top_logprobs": 4}, 1),
         "chat n=2": ("chat", {"n": 2}, 2),

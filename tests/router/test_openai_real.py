@@ -11,7 +11,12 @@ Against an external fleet (docs/gpu/openai_matrix.sh on a GPU host, real SGLang 
     L4_OPENAI_ROUTER_URL=http://127.0.0.1:30000 L4_OPENAI_WORKER_URL=http://127.0.0.1:PORT \
         python -m pytest tests/router/test_openai_real.py
 
-(L4_OPENAI_RESULTS=FILE: one JSON line per case, what each side answered). Without those variables
+(L4_OPENAI_RESULTS=FILE: one JSON line per case, what each side answered). Each case is first sent
+once to the worker directly, unchecked (a warm-up: on the first run of a GPU host, real SGLang's
+first echo+logprobs request held its scheduler ~94 s, its /health failed meanwhile and the router
+rightly ejected its one worker, so the next cases got the router's 503 while the worker answered),
+and before each pair of requests the router is waited for until it counts the worker healthy.
+Without those variables
 the same checks run against an emulated worker and router with the word-level tokenizer the GPU
 job gives SGLang, so this module runs in CI too.
 """
@@ -31,6 +36,9 @@ CASES = cases(WORDS)
 MESSAGES = messages(WORDS)
 MAX_TOKENS = 8
 FINISH = {"length", "stop", "tool_calls"}
+READY_S = 150
+"""How long the router is waited for to count the worker healthy again (after a stall)."""
+WARM_UP_TIMEOUT_S = 300
 
 
 class Target:
@@ -47,6 +55,43 @@ class Target:
         self.grammar = info.get("grammar_backend") not in (None, "none")
         self.results = []
         self.flushes = True
+        self.waits = True
+
+    def ready(self) -> float:
+        """Wait until the router counts the worker healthy (it ejects one whose /health fails, as
+        SGLang's does while its scheduler is held); the seconds waited. After one wait that never
+        ends (READY_S), no more are tried: the cases then meet the router as it is."""
+        began = time.monotonic()
+        while self.waits and time.monotonic() - began < READY_S:
+            status, _, text = call("GET", self.router + "/workers", timeout=60)
+            if status != 200:
+                return 0.0  # no such view: nothing to wait for
+            workers = json.loads(text).get("workers") or []
+            if any(w.get("url", "").rstrip("/") == self.worker and w.get("healthy") for w in workers):
+                return round(time.monotonic() - began, 1)
+            time.sleep(0.5)
+        self.waits = False
+        return round(time.monotonic() - began, 1)
+
+    def warm_up(self) -> None:
+        """Each case once to the worker directly, unchecked: what a first request compiles or
+        loads (SGLang: its first echo+logprobs) happens here, not inside a comparison."""
+        for case, (route, extra, _) in CASES.items():
+            began = time.monotonic()
+            client = self.client(self.worker).with_options(timeout=WARM_UP_TIMEOUT_S)
+            args = {"model": self.model, "max_tokens": MAX_TOKENS, **extra}
+            try:
+                if route == "chat":
+                    client.chat.completions.create(messages=MESSAGES, **args)
+                else:
+                    client.completions.create(**args)
+                outcome = "ok"
+            except openai.APIError as e:
+                outcome = f"{type(e).__name__}: {str(e)[:200]}"
+            self.results.append(
+                {"case": case, "warm_up": True, "worker": outcome, "s": round(time.monotonic() - began, 1)}
+            )
+        self.results.append({"case": "warm-up", "warm_up": True, "router_ready_after_s": self.ready()})
 
     def client(self, url: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
@@ -68,6 +113,7 @@ def target(tmp_path_factory):
     router, worker = os.environ.get("L4_OPENAI_ROUTER_URL"), os.environ.get("L4_OPENAI_WORKER_URL")
     if router and worker:
         t = Target(router, worker)
+        t.warm_up()
         yield t
     else:
         from word_tokenizer import write_word_tokenizer
@@ -81,6 +127,7 @@ def target(tmp_path_factory):
             BackgroundRouter(RouterSettings(worker_urls=(w.url,), port=0, tokenizer_path=tok)) as r,
         ):
             t = Target(r.url, w.url)
+            t.warm_up()
             yield t
     path = os.environ.get("L4_OPENAI_RESULTS")
     if path:
@@ -135,11 +182,18 @@ def check_logprobs(route: str, extra: dict, resp) -> None:
 def test_a_feature_answers_as_the_worker_does(target, case):
     t = target
     route, extra, choices = CASES[case]
+    waited = t.ready()
     t.flush()
     via, via_err = create(t, t.router, route, extra)
     t.flush()
     direct, direct_err = create(t, t.worker, route, extra)
-    row = {"case": case, "stream": False, "router": via_err or "ok", "worker": direct_err or "ok"}
+    row = {
+        "case": case,
+        "stream": False,
+        "router": via_err or "ok",
+        "worker": direct_err or "ok",
+        "waited_s": waited,
+    }
     t.results.append(row)
     if direct_err is not None:
         # The worker refuses it (e.g. JSON mode without a grammar backend): so must the router.
@@ -182,6 +236,7 @@ def test_a_feature_answers_as_the_worker_does(target, case):
 def test_a_feature_streams_what_it_answers(target, case):
     t = target
     route, extra, choices = CASES[case]
+    waited = t.ready()
     t.flush()
     whole, whole_err = create(t, t.router, route, extra)
     t.flush()
@@ -203,7 +258,9 @@ def test_a_feature_streams_what_it_answers(target, case):
                         tokens[c.index] = tokens.get(c.index, 0) + len(lp or [])
     except openai.APIError as e:
         err = (getattr(e, "status_code", None), str(e))
-    t.results.append({"case": case, "stream": True, "router": err or "ok", "finish": finish})
+    t.results.append(
+        {"case": case, "stream": True, "router": err or "ok", "finish": finish, "waited_s": waited}
+    )
     if whole_err is not None:
         assert err is not None, "streamed but refused unstreamed"
         return
@@ -243,3 +300,29 @@ def test_sglang_endpoints_answer_through_the_router(target, path):
     if path == "/get_model_info":
         direct = json.loads(call("GET", t.worker + path, timeout=60)[2])
         assert json.loads(text)["model_path"] == direct["model_path"]
+
+
+@pytest.mark.skipif(bool(os.environ.get("L4_OPENAI_ROUTER_URL")), reason="emulated fleet only")
+def test_a_case_waits_for_the_router_to_take_its_worker_back(tmp_path):
+    """What the first GPU run met: the router ejected its one worker (SGLang's /health failed while
+    a first echo+logprobs request held its scheduler), and the next cases got the router's 503
+    while the worker itself answered. `Target.ready` waits for the router to take it back."""
+    from word_tokenizer import write_word_tokenizer
+
+    from l4_sglang.router import BackgroundRouter, RouterSettings
+    from l4_sglang.worker.server import BackgroundWorker, WorkerSettings
+
+    tok = str(write_word_tokenizer(tmp_path, 4000))
+    with BackgroundWorker(WorkerSettings(port=0, time_scale=0.05, tokenizer_path=tok)) as w:
+        settings = RouterSettings(
+            worker_urls=(w.url,), port=0, tokenizer_path=tok, load_poll_interval=0.2, recovery_threshold=2
+        )
+        with BackgroundRouter(settings) as r:
+            t = Target(r.url, w.url)
+            route, extra, _ = CASES["chat logprobs"]
+            r.call(lambda: r.router.pool.report_failure(w.url, "held by a long request"))
+            _, err = create(t, t.router, route, extra)
+            assert err is not None and err[0] == 503, err  # what the matrix saw
+            assert 0 < t.ready() < READY_S
+            via, err = create(t, t.router, route, extra)
+            assert err is None and len(via.choices) == 1, err
