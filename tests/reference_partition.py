@@ -269,20 +269,6 @@ class Reference:
             j, i, lam, mig, mig_prefill, prefill_work, residual, decode_rate, mean_kv, max_kv, work
         )
 
-    def expected_longest(self, j: int, i: int, n: float) -> float:
-        """E[max] of the contexts of n batch slots, a slot holding a bin-b request with
-        probability decode_rate[b] / D, at the bin's mean decode context (the spec's formula,
-        bin by bin)."""
-        total = sum(self.decode[j:i])
-        longest, cum = 0.0, 0.0
-        for b in range(j, i):
-            if self.decode[b] <= 0:
-                continue
-            below = (cum / total) ** n
-            cum += self.decode[b]
-            longest += self.context[b] * (min(cum / total, 1.0) ** n - below)
-        return longest
-
     def excess(self, j: int, i: int, m) -> np.ndarray:
         """max(0, W - m * max_utilization), over an array of instance counts."""
         m = np.atleast_1d(np.asarray(m, dtype=np.float64))
@@ -310,14 +296,8 @@ class Reference:
         busy = 1.0 - s.prefill_work / mf * share  # 1 - u_p
         tpot = np.zeros_like(mf)
         if s.decode_rate > 0:
-            # The batch on the top edge's curve (unsolved: demand beyond the largest batch, the
-            # batch is n_cap), then the step with that batch's expected longest context.
-            demand = s.decode_rate / mf / busy
-            batch, _, solved = solve_decode(self.p, demand, s.mean_kv, s.max_kv)
-            longest = [max(self.expected_longest(j, i, max(n, 1.0)), s.mean_kv) for n in batch]
-            step = np.array(
-                [solve_decode(self.p, d, s.mean_kv, L)[1][0] for d, L in zip(demand, longest, strict=True)]
-            )
+            # Unsolved (demand beyond the largest batch), the step is the one at n_cap.
+            _, step, solved = solve_decode(self.p, s.decode_rate / mf / busy, s.mean_kv, s.max_kv)
             tpot = step / busy
             # Cannot happen while rho < max_utilization < 1; priced as infeasible if it does.
             rho = np.where(solved | over, rho, np.nan)

@@ -21,16 +21,8 @@
 //!                                  its largest batch (KV or request limit) of kv, L
 //! rho  = W / m                     overloaded when rho >= max_utilization
 //! u_p  = P / m                     share of time spent in prefill steps
-//! n    = the smallest batch with n = (D/m) / (1 - u_p) * step_L(n)   (cost model,
-//!                                  every batch's longest context at L)
-//! L_n  = sum over bins b of c_b * (F_b^n - F_(b-1)^n)
-//!                                  the expected longest context of a batch of n:
-//!                                  a slot holds a bin-b request with probability
-//!                                  decode_rate[b] / D (one step per token), at
-//!                                  c_b = decode_context[b]; F_b the cumulative share
-//! n'   = the smallest batch with n' = (D/m) / (1 - u_p) * step_Ln(n')
-//!                                  (step_Ln(n_cap) when there is none)
-//! tpot = step_Ln(n') / (1 - u_p)   decode steps stretched by prefill steps
+//! n    = the smallest batch with n = (D/m) / (1 - u_p) * step(n)   (cost model)
+//! tpot = step(n) / (1 - u_p)       decode steps stretched by prefill steps
 //! wait = rho^(sqrt(2(m+1)) - 1) / (m (1 - rho)) * E[S^2] / (2 E[S])
 //!                                  M/G/m queue (Sakasegawa; exact M/G/1 at m = 1)
 //!                                  over the stage's prefill times: E[S^2] / E[S] =
@@ -330,10 +322,6 @@ struct StageShape {
     work: f64,
     /// E[S^2] / (2 E[S]) of the stage's prefill times (the M/G/m residual).
     residual: f64,
-    /// Decode-weighted mean context (0 without decode).
-    mean_kv: f64,
-    /// The step curve with the stage's top edge as every batch's longest
-    /// context: its capacity prices the work, its operating point the batch.
     curve: Option<DecodeCurve>,
 }
 
@@ -357,7 +345,6 @@ impl StageShape {
 struct Prepared<'a> {
     w: &'a Workload,
     qoe: QoeConfig,
-    model: CostModel,
     /// prefill(prompt_tokens[b]), running max over b (equal to the value on occupied bins).
     prefill_mono: Vec<f64>,
     cum_lam: Vec<f64>,
@@ -443,7 +430,6 @@ impl<'a> Prepared<'a> {
             decode_rate: 0.0,
             work: 0.0,
             residual: 0.0,
-            mean_kv: 0.0,
             curve: None,
         };
         for j in 0..=n {
@@ -477,9 +463,9 @@ impl<'a> Prepared<'a> {
                 } else {
                     0.0
                 };
-                let (mut work, mut curve, mut mean_kv) = (prefill_work, None, 0.0);
+                let (mut work, mut curve) = (prefill_work, None);
                 if decode_rate > 0.0 {
-                    mean_kv = decode_ctx / decode_rate;
+                    let mean_kv = decode_ctx / decode_rate;
                     let max_kv = top.map_or(mean_kv, |h| w.edges[h + 1]);
                     let c = model.decode_curve(mean_kv, max_kv);
                     work += decode_rate / c.max_throughput();
@@ -494,7 +480,6 @@ impl<'a> Prepared<'a> {
                     decode_rate,
                     work,
                     residual,
-                    mean_kv,
                     curve,
                 });
             }
@@ -502,7 +487,6 @@ impl<'a> Prepared<'a> {
         Prepared {
             w,
             qoe,
-            model: model.clone(),
             prefill_mono,
             cum_lam,
             cum_decode,
@@ -512,26 +496,6 @@ impl<'a> Prepared<'a> {
 
     fn shape(&self, j: usize, i: usize) -> &StageShape {
         &self.shapes[j * (self.w.bins() + 1) + i]
-    }
-
-    /// Expected longest context of a batch of `n` decoding requests of stage
-    /// `[j, i)`: a batch slot holds a bin-b request with probability
-    /// decode_rate[b] / D (a request sits in the batch one step per token), at
-    /// its bin's mean decode context, so E[max] = sum c_b (F_b^n - F_(b-1)^n).
-    fn expected_longest(&self, j: usize, i: usize, n: f64) -> f64 {
-        let total = self.shape(j, i).decode_rate;
-        let (mut cum, mut below, mut longest) = (0.0, 0.0, 0.0);
-        for b in j..i {
-            let rate = self.w.decode_rate[b];
-            if rate <= 0.0 {
-                continue;
-            }
-            cum += rate;
-            let f = (cum / total).min(1.0).powf(n);
-            longest += self.w.decode_context[b] * (f - below);
-            below = f;
-        }
-        longest
     }
 
     /// First bin in `[from, i)` whose TTFT exceeds the SLO at this wait
@@ -588,26 +552,17 @@ impl<'a> Prepared<'a> {
             1.0
         };
         let busy = 1.0 - prefill_utilization * share;
-        if let Some(top_curve) = &s.curve {
-            let demand = s.decode_rate / mf / busy;
-            // The batch at the top edge's curve, then its expected longest context.
-            let batch = match top_curve.solve(demand) {
-                Some((n, _)) => n,
+        if let Some(curve) = &s.curve {
+            match curve.solve(s.decode_rate / mf / busy) {
+                Some((_, step)) => out.tpot = step / busy,
                 // Decode demand beyond the largest batch: it runs full, the rest waits.
-                None if over => top_curve.n_cap(),
+                None if over => out.tpot = curve.step(curve.n_cap()) / busy,
                 None => {
                     out.feasible = false;
                     out.cost = f64::INFINITY;
                     return out;
                 }
-            };
-            let longest = self.expected_longest(j, i, batch.max(1.0));
-            let curve = self.model.decode_curve(s.mean_kv, longest);
-            let step = match curve.solve(demand) {
-                Some((_, step)) => step,
-                None => curve.step(curve.n_cap()),
-            };
-            out.tpot = step / busy;
+            }
         }
         out.wait = if over {
             overload_wait(
@@ -1775,27 +1730,6 @@ mod tests {
             .price(0, bins, 1, (0, bins))
             .cost;
         assert!(c600 > c60, "{c600} vs {c60}");
-    }
-
-    #[test]
-    fn a_batch_expects_its_longest_between_the_mean_and_the_top() {
-        let w = bimodal(1.0);
-        let p = Prepared::new(&model(), &w, QoeConfig::default());
-        let bins = w.bins();
-        // One occupied bin: every slot holds its mean context.
-        assert!((p.expected_longest(0, 1, 40.0) - 600.0).abs() < 1e-9);
-        // Chats and documents: 1.5% of the decode tokens are a document's, so a batch of one
-        // holds the decode-weighted mean and a large one almost surely a document.
-        let one = p.expected_longest(0, bins, 1.0);
-        let mean = p.shape(0, bins).mean_kv;
-        assert!((one - mean).abs() <= 1e-9 * mean, "{one} vs {mean}");
-        let mut last = one;
-        for n in [2.0, 8.0, 64.0, 1024.0] {
-            let l = p.expected_longest(0, bins, n);
-            assert!(l > last && l < 60_100.0, "n {n}: {l}");
-            last = l;
-        }
-        assert!(last > 60_000.0, "{last}");
     }
 
     #[test]

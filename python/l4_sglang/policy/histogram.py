@@ -71,6 +71,34 @@ class LengthHistogram:
         arrivals, tokens = self.count[first : last + 1], self.tokens[first : last + 1]
         return bool(arrivals.sum() <= share * self.count.sum() and tokens.sum() <= share * self.tokens.sum())
 
+    def share(self, a: float, b: float, lo: float, hi: float) -> float:
+        """The larger of the arrivals' and the decode tokens' share that lengths [a, b) hold of
+        lengths [lo, hi); a bin's mass counts in proportion to its part inside the range (in log
+        space, as the bins are laid out)."""
+        arrivals, tokens = self._mass(a, b)
+        all_arrivals, all_tokens = self._mass(lo, hi)
+        return max(
+            arrivals / all_arrivals if all_arrivals > 0 else 0.0,
+            tokens / all_tokens if all_tokens > 0 else 0.0,
+        )
+
+    def _mass(self, a: float, b: float) -> tuple[float, float]:
+        lo, hi = (a, b) if a <= b else (b, a)
+        e = self.edges
+        hi = min(hi, float(e[-1]))
+        if not lo < hi:
+            return 0.0, 0.0
+        arrivals = tokens = 0.0
+        for k in range(self.bin_of(lo), self.bin_of(float(np.nextafter(hi, 0))) + 1):
+            x0, x1 = max(lo, e[k]), min(hi, e[k + 1])
+            if x1 <= x0:
+                continue
+            # Log space as the bins are laid out; the first bin starts at 0, so linear there.
+            part = math.log(x1 / x0) / math.log(e[k + 1] / e[k]) if e[k] > 0 else (x1 - x0) / e[k + 1]
+            arrivals += part * self.count[k]
+            tokens += part * self.tokens[k]
+        return float(arrivals), float(tokens)
+
     def _weight(self, now: float) -> float:
         """Scaled weight of an event at `now` (time never runs backwards here)."""
         now = max(float(now), self._last)

@@ -452,6 +452,7 @@ class L4(Policy):
             float(self._edges[-1]),
             span,
             lambda a, b: self._hist.is_empty(a, b, EMPTY_SHARE),
+            self._hist.share,
         )
         if moved:
             self._updated_at = float(now)

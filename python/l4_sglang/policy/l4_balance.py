@@ -4,7 +4,10 @@ above its usual level (docs/l4.md, "Balance").
 The state is two exponential averages of each stage's predicted work per worker: a short one (over
 `refine_interval_s`) and a long one (over `decay_half_life_s`). Their ratio is a stage's transient
 load; only departures from its usual load move a boundary, since the DP chose unequal loads on
-purpose and a cost model's absolute numbers may be off for a real engine.
+purpose and a cost model's absolute numbers may be off for a real engine. A boundary hands over at
+most half the relative imbalance's worth of the sending stage's traffic, counted from where the DP
+put it: on a bimodal mix, a boundary that walks into the short mode would otherwise hand most of
+the short stage's requests to the long one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import math
 from collections.abc import Callable, Sequence
 
 from l4_sglang.core import diffuse_boundary
+
+CAP_BISECTIONS = 20
+"""Halvings (in log space) of a capped diffusion step: 2^-20 of the step's span."""
 
 
 class BoundaryDiffusion:
@@ -61,12 +67,16 @@ class BoundaryDiffusion:
         top: float,
         span: float,
         moves_nobody: Callable[[float, float], bool],
+        shifted_share: Callable[[float, float, float, float], float],
     ) -> bool:
         """Move `bounds` (in place) on the stages' mean work per worker `work`; True if one moved.
 
         A boundary stays within a factor `span` of where the DP put it (`plan`) and short of the
         log-midpoint to the DP's neighbouring boundaries, so no stage collapses; a move that
-        `moves_nobody` (across an empty length range) is not made: it would only churn the layout.
+        `moves_nobody` (across an empty length range) is not made: it would only churn the layout;
+        and a move away from the plan stops where the lengths between the DP's boundary and the
+        new one carry half the relative imbalance's share of the sending stage's traffic
+        (`shifted_share(a, b, lo, hi)`: the share lengths [a, b) hold of [lo, hi)).
         """
         if len(work) < 2:
             return False
@@ -85,6 +95,24 @@ class BoundaryDiffusion:
             if not lo < b < hi:
                 continue
             moved = diffuse_boundary(b, lower, upper, lo, hi, self._rate, self._deadband)
+            if moved == b or moves_nobody(b, moved):
+                continue
+            # What the move hands over, counted from where the DP put the boundary, as a share
+            # of the sender (the lower stage when the boundary falls, else the upper one).
+            start = plan[k] if plan is not None and len(plan) == len(bounds) else b
+            below = bounds[k - 1] if k > 0 else 0.0
+            above = bounds[k + 1] if k + 1 < len(bounds) else top
+            sender = (below, max(b, start)) if moved < b else (min(b, start), above)
+            imbalance = abs(lower - upper) / (lower + upper)
+            cap = imbalance / 2
+            back = min(b, start) <= moved <= max(b, start)  # toward the plan: always allowed
+            if not back and shifted_share(start, moved, *sender) > cap:
+                # Go only as far as the cap allows (bisection in log space, from b).
+                near, far = b, moved
+                for _ in range(CAP_BISECTIONS):
+                    mid = math.sqrt(near * far)
+                    near, far = (mid, far) if shifted_share(start, mid, *sender) <= cap else (near, mid)
+                moved = near
             if moved != b and not moves_nobody(b, moved):
                 bounds[k] = moved
                 moved_any = True
