@@ -139,12 +139,14 @@ class _Conn(asyncio.Protocol):
 
     # one answer
     def start(self, waiter: asyncio.Future, exchange: Exchange, events: StreamEvents | None) -> None:
+        if self._parser is None or not self._complete:
+            self._parser = httptools.HttpResponseParser(self)
+        # (else llhttp stands at the start of the next answer, as after any kept-alive one)
         self.waiter, self.exchange, self.events = waiter, exchange, events
         self.streaming = self.answered = self._in_body = self._framed = self._to_eof = False
         self._informational = self._complete = False
         self._line.clear()
         self._status, self._stalled, self._chunks, self._size = 0, 0, [], 0
-        self._parser = httptools.HttpResponseParser(self)
 
     def abandon(self) -> None:
         """Our side gives up on the answer: no more events, and the worker sees the connection close."""
