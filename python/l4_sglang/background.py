@@ -8,6 +8,8 @@ import contextlib
 import threading
 from typing import Any, Protocol, Self
 
+from l4_sglang import eventloop
+
 
 class AsyncService(Protocol):
     """What `BackgroundLoop` drives: started and stopped on its loop, reachable at `url`."""
@@ -43,7 +45,7 @@ class BackgroundLoop:
         return self._service.url
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = eventloop.new_event_loop()
         self._loop = loop
         try:
             self._service = self._create()

@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 
+from l4_sglang import eventloop
 from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import DEFAULT_COST_MODEL, CostModel
 from l4_sglang.worker import host_latency
@@ -174,7 +175,7 @@ async def serve(settings: WorkerSettings, measure_host_latency: bool = False) ->
 def main(argv: list[str] | None = None) -> int:
     settings, measure_host_latency = parse_args(argv)
     try:
-        asyncio.run(serve(settings, measure_host_latency))
+        eventloop.run(serve(settings, measure_host_latency))
     except (ValueError, OSError) as e:  # a bad cost model name or path, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 2

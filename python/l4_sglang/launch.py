@@ -37,7 +37,6 @@ workers also die with the launcher if it is killed outright). That part is
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import os
 import shutil
@@ -46,6 +45,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from l4_sglang import eventloop
 from l4_sglang import ports as port_plan
 from l4_sglang.cli_help import HelpFormatter, unknown_own_flags
 from l4_sglang.launch_router import OWN_PREFIXES, add_router_args, settings_from
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LaunchError, port_plan.PortError) as e:
         print(f"l4_sglang: error: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(run(plans, settings, wait, args.smoke_test, model))
+    return eventloop.run(run(plans, settings, wait, args.smoke_test, model))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from l4_sglang import eventloop
 from l4_sglang.cli_help import HelpFormatter, add_policy_knobs, check_knobs, knobs_for, parse_strict
 from l4_sglang.core import CostModel
 from l4_sglang.policy.registry import POLICIES
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(_serve(settings))
+        eventloop.run(_serve(settings))
     except (ValueError, OSError) as e:  # a tokenizer that does not load, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -179,7 +179,9 @@ def test_a_hung_worker_is_ejected_by_health_checks_and_its_streams_resume(tmp_pa
             port=0,
             policy="round_robin",
             load_poll_interval=0.1,
-            health_timeout=0.5,
+            # Long enough that the other worker, taking the hung one's streams on a loaded 2-core
+            # machine, still answers its checks (at 0.5 s both were ejected now and then).
+            health_timeout=2.0,
         )
         with BackgroundRouter(settings) as router:
             hung = ws[0]

@@ -449,6 +449,40 @@ def test_a_chunk_size_line_without_end_is_refused():
     run(go())
 
 
+@pytest.mark.parametrize(
+    "endless",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * (2 * http1.MAX_HEAD_BYTES),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;" + b"e" * (2 * http1.MAX_HEAD_BYTES),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: "
+        + b"t" * (2 * http1.MAX_HEAD_BYTES),
+    ],
+    ids=["head", "chunk-extension", "trailers"],
+)
+def test_a_head_chunk_line_or_trailers_without_end_are_refused(endless):
+    """llhttp buffers none of these itself, but httptools gathers header values: the client bounds
+    what it takes without the parser getting on (to within one read)."""
+
+    async def go():
+        async with Scripted(fixed(endless), split=1000, hold_after=True) as url:
+            with pytest.raises(WorkerConnectionError, match="too long"):
+                await WorkerHttp().post(url, "/generate", b"{}")
+
+    run(go())
+
+
+def test_bytes_after_the_answer_keep_its_connection_from_reuse():
+    async def go():
+        server = Scripted(fixed(LENGTH + b"HTTP/1.1 200 OK\r\n"))  # in the same write
+        async with server as url:
+            http = WorkerHttp()
+            assert await http.post(url, "/generate", b"{}") == (200, JSON)
+            assert await http.post(url, "/generate", b"{}") == (200, JSON)
+        assert server.connections == 2
+
+    run(go())
+
+
 def test_closing_the_exchange_mid_stream_closes_the_connection_and_hands_on_nothing_more():
     async def go():
         server = Scripted(fixed(chunked(SSE.replace(b"data: [DONE]\n\n", b""), 9)[:-5]), hold_after=True)

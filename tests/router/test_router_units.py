@@ -239,3 +239,49 @@ def test_token_ids_are_checked(ids, ok):
     else:
         with pytest.raises(BadRequest, match="input_ids"):
             check_ids(ids, "input_ids")
+
+
+def test_router_metrics_are_prometheus_text_that_prometheus_client_parses():
+    import math
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from l4_sglang.policy.base import LayoutView, StageView
+    from l4_sglang.router.metrics import RouterMetrics
+
+    m = RouterMetrics()
+    m.on_response("/generate", 200)
+    m.on_response("/generate", 200)
+    m.on_response("/v1/completions", 503)
+    m.on_ttft("/generate", 0.02)
+    m.on_added_latency("/generate", 0.0003)
+    m.on_migration("failover")
+    m.on_leg('http://w"1')  # a label value that needs escaping
+    m.generated_tokens += 4
+    layout = LayoutView(
+        (StageView(0.0, 512.0, ("a",)), StageView(512.0, math.inf, ("b", "c"))), predicted_mean_e2e_s=1.5,
+        updated_at=0.0,
+    )  # fmt: skip
+    text = m.render(layout, {}, {"a": True, "b": False})
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("l4_router_requests_total", (("route", "/generate"), ("status", "200")))] == 2
+    assert samples[("l4_router_requests_total", (("route", "/v1/completions"), ("status", "503")))] == 1
+    assert samples[("l4_router_ttft_seconds_bucket", (("le", "0.025"), ("route", "/generate")))] == 1
+    assert samples[("l4_router_ttft_seconds_bucket", (("le", "0.01"), ("route", "/generate")))] == 0
+    assert samples[("l4_router_ttft_seconds_count", (("route", "/generate"),))] == 1
+    added = ("l4_router_added_latency_seconds_bucket", (("le", "0.0005"), ("route", "/generate")))
+    assert samples[added] == 1
+    assert samples[("l4_router_migrations_total", (("reason", "failover"),))] == 1
+    assert samples[("l4_router_worker_legs_total", (("worker", 'http://w"1'),))] == 1
+    assert samples[("l4_router_generation_tokens_total", ())] == 4
+    assert samples[("l4_router_stages", ())] == 2
+    assert samples[("l4_router_stage_upper_tokens", (("stage", "1"),))] == math.inf
+    assert samples[("l4_router_stage_workers", (("stage", "1"),))] == 2
+    assert samples[("l4_router_predicted_mean_e2e_seconds", ())] == 1.5
+    assert samples[("l4_router_worker_healthy", (("worker", "b"),))] == 0
+    # A second router in the same process counts apart (its own registry).
+    assert "l4_router_requests_total{" not in RouterMetrics().render(None, {}, {})

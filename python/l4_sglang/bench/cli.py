@@ -192,15 +192,10 @@ def _slo_attainment(res: SimResult, ttft_ms: float, tpot_ms: float) -> float:
 def _progress(label: str, quiet: bool):
     if quiet:
         return None
+    from l4_sglang.bench.progress import Progress
 
-    def show(done: int, total: int, _now: float) -> None:
-        if done == total or done % max(1, total // 200) == 0:
-            sys.stderr.write(f"\r[{label}] {done}/{total} requests")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    return show
+    bar = Progress(label)
+    return lambda done, total, _now: bar.update(done, total)
 
 
 def _jsonable(overrides: dict) -> dict:

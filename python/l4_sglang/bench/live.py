@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -370,20 +368,13 @@ def replay(
 
 
 def progress_bar(label: str) -> ProgressFn:
-    """A one-line progress report on stderr."""
-    state = {"last": -math.inf}
+    """Progress on stderr (`bench.progress`): a bar on a terminal, else one line at the end."""
+    from l4_sglang.bench.progress import Progress
+
+    bar = Progress(label, word="done")
 
     def show(done: int, total: int, in_flight: int, elapsed: float) -> None:
-        if done != total and elapsed - state["last"] < 0.5:
-            return
-        state["last"] = elapsed
-        width = 30
-        fill = int(width * done / max(total, 1))
-        bar = "#" * fill + "." * (width - fill)
-        sys.stderr.write(f"\r[{label}] [{bar}] {done}/{total} done, {in_flight} in flight, {elapsed:.0f} s")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        bar.update(done, total, in_flight=in_flight)
 
     return show
 

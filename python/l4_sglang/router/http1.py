@@ -4,8 +4,9 @@ aiohttp's client costs more CPU per tiny request than all of the router's
 own work on it (about 0.13 ms on a 2-core VM), so `/generate` goes through
 this instead: one asyncio protocol per keep-alive connection, an idle list
 per worker, one request at a time per connection, answers delimited by
-Content-Length, chunked encoding or the connection's end. Health checks and
-aborts stay on aiohttp.
+Content-Length, chunked encoding or the connection's end, parsed by httptools
+(llhttp, Node's parser; uvicorn's too). Health checks and aborts stay on
+aiohttp.
 
 `post` returns a whole answer. `post_stream` returns at the head of a 200
 answer, and its body goes on with no task of its own: the protocol splits
@@ -32,8 +33,10 @@ from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import httptools
+
 MAX_HEAD_BYTES = 64 * 1024
-"""Longest head, chunk-size line or trailer section of an answer."""
+"""Longest head, chunk-size line or trailer section of an answer (llhttp keeps no bound of its own)."""
 MAX_BODY_BYTES = 256 * 1024**2
 MAX_LINE_BYTES = MAX_BODY_BYTES
 """Longest SSE line of a streamed answer: a cumulative chunk carries the whole output so far."""
@@ -55,17 +58,10 @@ class StreamEvents(Protocol):
         """Once, last: None at `[DONE]` or the body's clean end, else the error that broke it."""
 
 
-def _find_bounded(buf: bytearray, sep: bytes, start: int, too_long: str) -> int:
-    """Where `sep` is in `buf` (from `start`), or -1 to wait for more; a head-like part that
-    outgrows MAX_HEAD_BYTES without its end is refused, so a worker cannot make us buffer forever."""
-    at = buf.find(sep, start)
-    if at < 0 and len(buf) > MAX_HEAD_BYTES:
-        raise WorkerConnectionError(too_long)
-    return at
-
-
 class _Conn(asyncio.Protocol):
-    """One connection: reads one answer at a time, whole into `waiter`, or (a streamed 200) to `events`."""
+    """One connection: reads one answer at a time, whole into `waiter`, or (a streamed 200) to `events`.
+
+    httptools (llhttp) parses; its callbacks (`on_*`) run inside `feed_data`."""
 
     def __init__(self, home: WorkerHttp, base_url: str) -> None:
         self.home = home
@@ -80,14 +76,19 @@ class _Conn(asyncio.Protocol):
         self.streaming = False
         self.answered = False
         """Some of the answer has arrived."""
-        self.buf = bytearray()
         self.reusable = True
         self.lost = False
+        self._parser: httptools.HttpResponseParser | None = None
         self._status = 0
         self._in_body = False
-        self._chunked = False
-        self._left: int | None = None
-        """Body bytes to come (None: until the connection's end); chunked: of this chunk and its CRLF."""
+        self._framed = False
+        """The head gave a Content-Length or chunked encoding (else the body runs to the connection's end)."""
+        self._to_eof = False
+        self._informational = False
+        self._complete = False
+        self._progress = False
+        self._stalled = 0
+        """Bytes fed since the parser last got on (a head, body bytes, the answer's end)."""
         self._chunks: list[bytes] = []
         self._size = 0
         self._line = bytearray()  # a streamed body's partial last line
@@ -101,31 +102,51 @@ class _Conn(asyncio.Protocol):
         self.reusable = False
         if self.waiter is None:
             return
-        if self._in_body and not self._chunked and self._left is None:
+        if self._in_body and self._to_eof:
             self._body_ended()  # the body ran to the connection's end
         else:
             self._broke(WorkerConnectionError(f"connection lost: {exc or 'closed by the worker'}"))
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:
+        parser = self._parser
+        if self.waiter is None or parser is None:
             self._distrust()  # bytes nobody asked for
             return
         self.answered = True
-        self.buf += data
+        self._progress = False
         try:
-            if not self._in_body and not self._parse_head():
-                return
-            self._parse_body()
-        except WorkerConnectionError as e:
-            self._broke(e)
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            error = e.__context__
+            if not isinstance(error, WorkerConnectionError):
+                if error is not None:
+                    raise error from None  # a fault of ours (or of the caller's events), not the worker's
+                error = WorkerConnectionError(str(e))
+            self._broke(error)
+            return
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._broke(WorkerConnectionError(f"not an HTTP/1.x answer this client reads: {e!r}"))
+            return
+        if self._progress:
+            self._stalled = 0
+        else:
+            self._stalled += len(data)
+            if self._stalled > MAX_HEAD_BYTES and self.waiter is not None:
+                # llhttp keeps no such bound: a head, a chunk-size line or trailers without end.
+                self._broke(
+                    WorkerConnectionError("the answer's head, a chunk-size line or trailers are too long")
+                )
 
     # one answer
     def start(self, waiter: asyncio.Future, exchange: Exchange, events: StreamEvents | None) -> None:
+        if self._parser is None or not self._complete:
+            self._parser = httptools.HttpResponseParser(self)
+        # (else llhttp stands at the start of the next answer, as after any kept-alive one)
         self.waiter, self.exchange, self.events = waiter, exchange, events
-        self.streaming = self.answered = self._in_body = self._chunked = False
-        self.buf.clear()
+        self.streaming = self.answered = self._in_body = self._framed = self._to_eof = False
+        self._informational = self._complete = False
         self._line.clear()
-        self._status, self._left, self._chunks, self._size = 0, None, [], 0
+        self._status, self._stalled, self._chunks, self._size = 0, 0, [], 0
 
     def abandon(self) -> None:
         """Our side gives up on the answer: no more events, and the worker sees the connection close."""
@@ -146,115 +167,60 @@ class _Conn(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
-    # parsing
-    def _parse_head(self) -> bool:
-        buf = self.buf
-        end = _find_bounded(buf, b"\r\n\r\n", 0, "the answer's head is too long")
-        if end < 0:
-            return False
-        lines = bytes(buf[:end]).split(b"\r\n")
-        del buf[: end + 4]
-        status = lines[0].split(None, 2)
-        if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-            raise WorkerConnectionError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-        self._status = int(status[1])
-        if 100 <= self._status < 200:  # informational (103 Early Hints): the answer follows
-            return self._parse_head()
-        if status[0] == b"HTTP/1.0":
-            self.reusable = False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            value = value.strip().lower()
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > MAX_BODY_BYTES:
-                    raise WorkerConnectionError(f"bad Content-Length {value[:40]!r}")
-                self._left = int(value)
-            elif name == b"transfer-encoding":
-                self._chunked = value.endswith(b"chunked")
-            elif name == b"connection" and b"close" in value:
-                self.reusable = False
-        if self._status in (204, 304):
-            self._left, self._chunked = 0, False  # never a body
-        if self._chunked:
-            self._left = 0  # a chunk-size line comes first
-        elif self._left is None:
-            self.reusable = False  # delimited by the connection's end
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._complete:  # the answer has ended: the rest is nobody's
+            raise WorkerConnectionError("bytes after the answer")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # a trailer
+        name = name.lower()
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or int(value) > MAX_BODY_BYTES:
+                raise WorkerConnectionError(f"bad Content-Length {value[:40]!r}")
+            self._framed = True
+        elif name == b"transfer-encoding" and value.strip().lower().endswith(b"chunked"):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self._progress = True
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if 100 <= status < 200:  # informational (103 Early Hints): the answer follows
+            self._informational, self._framed = True, False
+            return
+        self._status = status
         self._in_body = True
-        if self.events is not None and self._status == 200:
+        if parser.get_http_version() == "1.0":
+            self.reusable = False
+        self._to_eof = not self._framed and status not in (204, 304)
+        if self._to_eof:
+            self.reusable = False  # delimited by the connection's end
+        if self.events is not None and status == 200:
             self.streaming = True  # the body is ours to hand on now, and the connection ours to give back
             self.home._streams.add(self)
             assert self.waiter is not None
             if not self.waiter.done():
                 self.waiter.set_result((200, b""))
-        return True
 
-    def _parse_body(self) -> None:
-        """Hand on the body bytes that have arrived (`_take`); at the body's end, `_body_ended`."""
-        buf = self.buf
-        if not self._chunked:
-            if self._left is None:  # until the connection's end
-                if buf:
-                    self._take(bytes(buf))
-                    buf.clear()
-                return
-            n = min(len(buf), self._left)
-            if n:
-                self._take(bytes(buf[:n]))
-                del buf[:n]
-                self._left -= n
-            if self._left == 0:
-                if buf:
-                    self.reusable = False
-                self._body_ended()
+    def on_body(self, data: bytes) -> None:
+        self._progress = True
+        if self.waiter is not None:  # (else closed from our side as this read was parsed)
+            self._take(data)
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        if self._informational:
+            self._informational = False
             return
-        while self.waiter is not None:
-            left = self._left
-            assert left is not None
-            if left > 2:  # a chunk's data
-                n = min(len(buf), left - 2)
-                if not n:
-                    return
-                self._take(bytes(buf[:n]))
-            elif left:  # the CRLF after it
-                n = min(len(buf), left)
-                if not n:
-                    return
-            elif not self._chunk_head():
-                return
-            else:
-                continue
-            del buf[:n]
-            self._left = left - n
-
-    def _chunk_head(self) -> bool:
-        """Read a chunk-size line (True); or the last chunk and its trailers: the body ends (False).
-        False too when the line is not all here yet."""
-        buf = self.buf
-        eol = _find_bounded(buf, b"\r\n", 0, "a chunk-size line is too long")
-        if eol < 0:
-            return False
-        size_text = bytes(buf[:eol]).split(b";", 1)[0].strip()
-        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
-            raise WorkerConnectionError(f"bad chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
-        if size:
-            del buf[: eol + 2]
-            self._left = size + 2
-            return True
-        # The last chunk, then trailers (usually none) ended by a blank line.
-        if buf[eol + 2 : eol + 4] == b"\r\n":
-            end = eol + 4
-        else:
-            end = _find_bounded(buf, b"\r\n\r\n", eol + 2, "the answer's trailers are too long")
-            if end < 0:
-                return False
-            end += 4
-        if len(buf) > end:
-            self.reusable = False
-        buf.clear()
+        self._complete = True
+        parser = self._parser
+        if parser is not None and not parser.should_keep_alive():
+            self.reusable = False  # Connection: close
         self._body_ended()
-        return False
 
     def _take(self, data: bytes) -> None:
         if self.streaming:
