@@ -57,3 +57,21 @@ def cases(words: dict[str, str] = ENGLISH) -> dict[str, tuple[str, dict, int]]:
         "chat json_object": ("chat", {"response_format": {"type": "json_object"}}, 1),
         "chat json_schema": ("chat", {"response_format": SCHEMA}, 1),
     }
+
+
+def collect_stream(stream, route: str):
+    """(texts, finish reasons, logprob token counts, usage) of a streamed answer, by choice index."""
+    texts: dict[int, str] = {}
+    finish: dict[int, str | None] = {}
+    tokens: dict[int, int] = {}
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            piece = (c.delta.content if route == "chat" else c.text) or ""
+            texts[c.index] = texts.get(c.index, "") + piece
+            finish[c.index] = c.finish_reason or finish.get(c.index)
+            if c.logprobs is not None:
+                got = c.logprobs.content if route == "chat" else c.logprobs.tokens
+                tokens[c.index] = tokens.get(c.index, 0) + len(got or [])
+    return texts, finish, tokens, usage

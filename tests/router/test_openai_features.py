@@ -7,7 +7,7 @@ import urllib.parse
 
 import openai
 import pytest
-from openai_cases import cases, messages
+from openai_cases import cases, collect_stream, messages
 from router_http import MODEL, Scripted, call, get_json, metric, poll, workers
 
 from l4_sglang.router import BackgroundRouter, RouterSettings
@@ -80,19 +80,8 @@ def test_a_feature_streams_what_it_answers(fleet, case):
     route, extra, choices = CASES[case]
     client = _client(router.url)
     whole = _plain(_create(client, route, extra))
-    texts: dict[int, str] = {}
-    finish: dict[int, str] = {}
-    tokens: dict[int, int] = {}
-    usage = None
-    for chunk in _create(client, route, extra, stream=True, stream_options={"include_usage": True}):
-        usage = chunk.usage or usage
-        for c in chunk.choices:
-            piece = (c.delta.content if route == "chat" else c.text) or ""
-            texts[c.index] = texts.get(c.index, "") + piece
-            finish[c.index] = c.finish_reason or finish.get(c.index)
-            if c.logprobs is not None:
-                got = c.logprobs.content if route == "chat" else c.logprobs.tokens
-                tokens[c.index] = tokens.get(c.index, 0) + len(got)
+    stream = _create(client, route, extra, stream=True, stream_options={"include_usage": True})
+    texts, finish, tokens, usage = collect_stream(stream, route)
     assert texts == {i: text for i, text, _, _ in whole}
     assert finish == {i: "length" for i in range(choices)}
     assert usage.completion_tokens == 8 * choices

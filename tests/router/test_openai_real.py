@@ -30,7 +30,7 @@ import time
 import openai
 import pytest
 from http_helpers import call
-from openai_cases import WORDS, cases, messages
+from openai_cases import WORDS, cases, collect_stream, messages
 
 CASES = cases(WORDS)
 MESSAGES = messages(WORDS)
@@ -247,15 +247,7 @@ def test_a_feature_streams_what_it_answers(target, case):
     try:
         stream, err = create(t, t.router, route, extra, stream=True, stream_options={"include_usage": True})
         if err is None:
-            for chunk in stream:
-                usage = chunk.usage or usage
-                for c in chunk.choices:
-                    piece = (c.delta.content if route == "chat" else c.text) or ""
-                    got[c.index] = got.get(c.index, "") + piece
-                    finish[c.index] = c.finish_reason or finish.get(c.index)
-                    if c.logprobs is not None:
-                        lp = c.logprobs.content if route == "chat" else c.logprobs.tokens
-                        tokens[c.index] = tokens.get(c.index, 0) + len(lp or [])
+            got, finish, tokens, usage = collect_stream(stream, route)
     except openai.APIError as e:
         err = (getattr(e, "status_code", None), str(e))
     t.results.append(

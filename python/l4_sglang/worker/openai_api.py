@@ -213,30 +213,9 @@ def response(inp: OpenAIInput, reqs: list[Request], texts: list[str], created: i
     return api_shapes.response_of(inp.chat, rid, inp.model, created, choices, usage(inp, reqs))
 
 
-def chunk(
-    inp: OpenAIInput,
-    rid: str,
-    created: int,
-    delta_text: str | None,
-    *,
-    role: bool = False,
-    finish: str | None = None,
-    matched: int | str | None = None,
-    index: int = 0,
-    logprobs: dict | None = None,
-) -> dict:
-    return api_shapes.chunk(
-        inp.chat,
-        rid,
-        inp.model,
-        created,
-        delta_text,
-        role=role,
-        finish=finish,
-        matched=matched,
-        index=index,
-        logprobs=logprobs,
-    )
+def chunk(inp: OpenAIInput, rid: str, created: int, delta_text: str | None, **fields: Any) -> dict:
+    """api_shapes.chunk for this request (`fields`: role, finish, matched, index, logprobs)."""
+    return api_shapes.chunk(inp.chat, rid, inp.model, created, delta_text, **fields)
 
 
 def usage_chunk(inp: OpenAIInput, rid: str, reqs: list[Request], created: int) -> dict:
