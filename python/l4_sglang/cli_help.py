@@ -71,7 +71,16 @@ def add_policy_knobs(p: argparse.ArgumentParser) -> None:
     dataclasses (`policy_config_fields`); each defaults to None (not given)."""
     from l4_sglang.policy.registry import POLICIES, policy_config_fields
 
-    knobs = p.add_argument_group("policy knobs (--<policy>-<knob>)")
+    knobs = p.add_argument_group("policy knobs (--<policy>-<knob>, or --policy-config FILE)")
+    knobs.add_argument(
+        "--policy-config",
+        default=None,
+        metavar="FILE",
+        help="policy knobs from a JSON or TOML (.toml) file: a table per policy, knobs named as the "
+        'flags without --<policy>- (JSON: {"l4": {"min_gain": 0.1}, "static_buckets": {"boundaries": '
+        "[8192]}}; TOML: [l4] min_gain = 0.1); a knob flag given beside it wins; an unknown policy or "
+        "knob is an error (default: no file, every knob at its default unless a flag sets it)",
+    )
     for name in POLICIES:
         for f in policy_config_fields(name):
             knobs.add_argument(
@@ -101,27 +110,51 @@ def given_knobs(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[st
     return out
 
 
-def check_knobs(p: argparse.ArgumentParser, policy: str, overrides: dict[str, Any]) -> None:
-    """Parser error when `overrides` do not make a valid Config of `policy`."""
+def check_knobs(p: argparse.ArgumentParser, policy: str, overrides: dict[str, Any], where: str = "") -> None:
+    """Parser error when `overrides` do not make a valid Config of `policy` (`where`: after the
+    policy's name in the message)."""
     from l4_sglang.policy.registry import make_config
 
     try:
         make_config(policy, overrides)
     except ValueError as e:
-        p.error(f"policy {policy}: {e}")
+        p.error(f"policy {policy}{where}: {e}")
+
+
+def file_knobs(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{policy: {knob: value}} of the file `--policy-config` names (empty without one); a file that
+    does not read or parse, or an unknown policy or knob in it, is a parser error (`knob_file`)."""
+    from l4_sglang.knob_file import KnobFileError, load_knob_file
+
+    path = getattr(args, "policy_config", None)
+    if path is None:
+        return {}
+    try:
+        return load_knob_file(path)
+    except KnobFileError as e:
+        p.error(f"--policy-config {e}")
 
 
 def knobs_for(
     p: argparse.ArgumentParser, args: argparse.Namespace, policies: Collection[str], elsewhere: str
 ) -> dict[str, dict[str, Any]]:
-    """{policy: overrides} of the knob flags given, each checked as a Config of its policy. A knob of
-    a policy outside `policies` is a parser error: `<flag> is a knob of policy 'p', <elsewhere>`."""
+    """{policy: overrides} of the knobs given, each checked as a Config of its policy: those of the
+    `--policy-config` file, with the knob flags given laid over them. A knob flag of a policy outside
+    `policies` is a parser error: `<flag> is a knob of policy 'p', <elsewhere>`; the file's tables of
+    other policies are checked on their own and left out (one file may serve several runs)."""
     given = given_knobs(p, args)
     for name, knobs in given.items():
         if name not in policies:
             p.error(f"{knob_flag(name, next(iter(knobs)))} is a knob of policy {name!r}, {elsewhere}")
-        check_knobs(p, name, knobs)
-    return given
+    from_file = file_knobs(p, args)
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*from_file, *given]):
+        merged = {**from_file.get(name, {}), **given.get(name, {})}
+        where = f" (knobs from --policy-config {args.policy_config})" if name in from_file else ""
+        check_knobs(p, name, merged, where)
+        if name in policies and merged:
+            out[name] = merged
+    return out
 
 
 def parse_strict(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
     python -m l4_sglang.launch [--model-path M] [--num-instances 4] [--backend auto|sglang|emulated]
         [--policy l4] [--host 127.0.0.1] [--port 30000] [--cost-model NAME|PATH] [--time-scale S]
-        [--instances-per-gpu K] [--l4-<knob> V ...] [SGLang server flags ...]
+        [--instances-per-gpu K] [--l4-<knob> V ...] [--policy-config FILE] [SGLang server flags ...]
 
 Backends:
 - `sglang`: N `python -m sglang.launch_server` processes, each on its own
@@ -20,8 +20,10 @@ Backends:
 - `auto` (default): sglang when a GPU and the sglang package are there, else
   emulated, saying so and why.
 
-Flags starting with --l4-, --router-, --llumnix- or --static-buckets- are the
-launcher's own: one it does not know is an error naming the nearest it knows.
+Flags starting with --l4-, --router-, --llumnix-, --static-buckets- or --policy-
+are the launcher's own: one it does not know is an error naming the nearest it
+knows. Policy knobs may also come from a file, `--policy-config FILE` (JSON or
+TOML, as in `launch_router`).
 
 max_tokens as SGLang 0.5.14: a chat without it runs up to the context length
 (minus the prompt and one; on emulated workers, which almost never draw EOS,

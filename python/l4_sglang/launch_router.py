@@ -2,11 +2,15 @@
 
     python -m l4_sglang.launch_router --worker-urls http://127.0.0.1:30001 http://127.0.0.1:30002 \\
         [--policy l4] [--cost-model NAME|PATH] [--tokenizer-path DIR] [--port 30000] [--l4-<knob> V]
+        [--policy-config FILE]
 
 Every policy knob is a flag `--<policy>-<knob>` (underscores as dashes), from
 the policy's own config (`l4_sglang.policy.registry.policy_config_fields`);
 tuples are comma-separated, booleans true/false. A knob of a policy other
-than `--policy` is an error. The api key may come from `$L4_ROUTER_API_KEY`
+than `--policy` is an error. Knobs may also come from a JSON or TOML file,
+`--policy-config FILE` (`{"l4": {"min_gain": 0.1}}`, `knob_file.py`): a flag
+given beside it wins, the file's tables of other policies are checked and
+left unused, and an unknown policy or knob in it is an error. The api key may come from `$L4_ROUTER_API_KEY`
 instead of the command line (which other users can see).
 
 SIGTERM or Ctrl-C drains: the router stops listening, answers requests on
@@ -35,7 +39,7 @@ from l4_sglang.router.app import RouterSettings
 
 API_KEY_ENV = "L4_ROUTER_API_KEY"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-OWN_PREFIXES = ("--l4-", "--router-", "--llumnix-", "--static-buckets-")
+OWN_PREFIXES = ("--l4-", "--router-", "--llumnix-", "--static-buckets-", "--policy-")
 """Flags with these prefixes are ours: one we do not know is a typo, not an SGLang flag."""
 
 

@@ -175,3 +175,12 @@ def test_jobs_do_not_change_the_numbers(tiny, tmp_path):
             assert got["policies"][pol]["mean_e2e_ms"] == exp["policies"][pol]["mean_e2e_ms"]
             assert got["policies"][pol]["p99_e2e_ms"] == exp["policies"][pol]["p99_e2e_ms"]
         assert got["bar"] == exp["bar"]
+
+
+def test_suite_policy_config_errors_exit_2(tmp_path):
+    cfg = tmp_path / "knobs.toml"
+    cfg.write_text("[l4]\nmin_gian = 0.1\n")
+    proc = run_cli("suite", "--output-dir", str(tmp_path / "o"), "--policy-config", str(cfg), timeout=60)
+    assert proc.returncode == 2
+    assert f"--policy-config {cfg}: l4.min_gian: unknown knob of l4 (did you mean 'min_gain'?)" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from l4_sglang.bench.suite import TRACES_DIR_HELP, trace_path
+from l4_sglang.bench.trace_files import TRACES_DIR_HELP, trace_path
 from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import CostModel
 from l4_sglang.sim import simulate
@@ -27,7 +27,7 @@ CASES = [
     ("azure code (1 h)", "azure_code", None, [10.0, 30.0]),
     ("azure conversation (1 h)", "azure_conversation", None, [30.0]),
 ]
-"""(label, workload of bench/suite.py's REAL_TRACES, trace seconds kept, rate scales)."""
+"""(label, workload of bench/trace_files.py's REAL_TRACES, trace seconds kept, rate scales)."""
 OLD = {"pick": "work", "candidates": 2, "stage_gain": 0.0}  # l4's defaults before 2026-11-23's fix
 VARIANTS = [
     ("l4", "l4", None),

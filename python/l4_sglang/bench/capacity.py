@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l4_sglang.bench.suite import TRACES_DIR_HELP, trace_path
+from l4_sglang.bench.trace_files import TRACES_DIR_HELP, trace_path
 from l4_sglang.cli_help import HelpFormatter
 from l4_sglang.core import CostModel
 from l4_sglang.sim import simulate

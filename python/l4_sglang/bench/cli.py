@@ -240,9 +240,12 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
 def policy_knobs(
     parser: argparse.ArgumentParser, args: argparse.Namespace, policies: list[str]
 ) -> dict[str, dict]:
-    """{policy: overrides} from the --<policy>-<knob> flags; a knob of a policy this run does not
-    simulate (or any knob in live mode, whose router has its own) is an error."""
+    """{policy: overrides} from the --<policy>-<knob> flags over the --policy-config file; a knob
+    flag of a policy this run does not simulate (or any knob in live mode, whose router has its
+    own) is an error."""
     if args.mode == "live":
+        if args.policy_config is not None:
+            parser.error("--policy-config is for --mode sim (the router at --url has its own)")
         return knobs_for(
             parser, args, (), "but policy knobs are for --mode sim (the router at --url has its own)"
         )
