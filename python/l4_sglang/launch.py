@@ -33,7 +33,9 @@ It waits until every worker answers /health, starts the router in this
 process, prints the URL to use, and serves until Ctrl-C or SIGTERM; then it
 stops every worker's whole process group (nothing is left behind, and the
 workers also die with the launcher if it is killed outright). That part is
-`launch_run.py`'s; this module plans the workers and reads the flags.
+`launch_run.py`'s; this module plans the workers and reads the flags (about 500
+lines, most of them the flag table with its help text and the worker plan: ports, GPUs and
+SGLang's own flag check).
 """
 
 from __future__ import annotations
