@@ -28,6 +28,11 @@ ln -s "$py" "$work/bin/python3"
 
 # site/ and model/: the host's install script, run with Python 3.12 first on PATH.
 PATH="$work/bin:$PATH" bash "$install" "$bundle" "$work/site" "$work/model"
+# The router's own runtime dependencies that the SGLang bundle lacks (pyproject's dependencies).
+"$py" -m pip install -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+  --target "$work/site" httptools uvloop prometheus_client tqdm
+rm -rf "$work/site/bin"
 tar -C "$work" -cf - site model | xz -T0 -9e > "$out/site.tar.xz"
 
 # smg/: the wheel unpacked (pure Python + one abi3 library), library stripped; setproctitle beside it.
