@@ -126,20 +126,22 @@ def test_a_worker_killed_under_load_loses_no_request_and_comes_back(tmp_path):
             policy="l4",
             load_poll_interval=0.1,
             tick_interval=0.05,
-            policy_overrides={"min_samples": 0, "refine_interval_s": 0.2},
+            # No proposed migrations: in-stage pairing drains the busiest worker, the one the test
+            # kills, and could empty it of streams just before the kill. Failover is the driver's.
+            policy_overrides={"min_samples": 0, "refine_interval_s": 0.2, "migration": False},
         )
         with BackgroundRouter(settings) as router:
             assert _staged(router.url) == {w.url for w in ws}
             seen = {}
 
             def kill_mid_stream():
-                # Once the requests are spread and decoding, kill the busiest worker. 24 of the 60
-                # at once (not more: on a busy 2-core machine the clients send slowly enough that
-                # early streams end before the last start).
+                # Once the requests are decoding, kill the busiest worker as soon as it runs 5 (a
+                # fleet-wide count would wait in vain on a busy 2-core machine, where the clients
+                # send slowly enough that early streams end before the last start).
                 def busiest():
                     running = {w.url: _running(w.url) for w in ws}
                     top = max(ws, key=lambda w: running[w.url])
-                    return top if sum(running.values()) >= 24 and running[top.url] >= 5 else None
+                    return top if running[top.url] >= 5 else None
 
                 seen["victim"] = victim = poll(busiest, timeout=60)
                 seen["running"] = _running(victim.url)

@@ -148,6 +148,10 @@ class _Conn(asyncio.Protocol):
         self._line.clear()
         self._status, self._stalled, self._chunks, self._size = 0, 0, [], 0
 
+    def fail(self, error: WorkerConnectionError) -> None:
+        """The request could not be sent: its waiter gets `error`."""
+        self._broke(error)
+
     def abandon(self) -> None:
         """Our side gives up on the answer: no more events, and the worker sees the connection close."""
         self.events = None
@@ -419,7 +423,13 @@ class WorkerHttp:
             waiter = asyncio.get_running_loop().create_future()
             conn.start(waiter, exchange, events)
             assert conn.transport is not None
-            conn.transport.write(data)
+            if conn.lost or conn.transport.is_closing():  # closed while we connected or took it
+                conn.fail(WorkerConnectionError("connection lost: closed by the worker"))
+            else:
+                try:
+                    conn.transport.write(data)
+                except RuntimeError as e:  # uvloop raises on a closed transport; asyncio drops the write
+                    conn.fail(WorkerConnectionError(f"connection lost: {e}"))
             try:
                 status, answer = await waiter
             except WorkerConnectionError:
