@@ -95,7 +95,7 @@ class BoundaryDiffusion:
             if not lo < b < hi:
                 continue
             moved = diffuse_boundary(b, lower, upper, lo, hi, self._rate, self._deadband)
-            if moved == b or moves_nobody(b, moved):
+            if moved == b:
                 continue
             # What the move hands over, counted from where the DP put the boundary, as a share
             # of the sender (the lower stage when the boundary falls, else the upper one).
